@@ -1,0 +1,12 @@
+"""The op library. Importing it registers every op (see registry.REGISTRY)."""
+
+from graphc.ops import (  # noqa: F401 - imported for registration
+    activations,
+    dense,
+    losses,
+    math,
+    tensor,
+)
+from graphc.ops.registry import REGISTRY, all_ops, get_op
+
+__all__ = ["REGISTRY", "all_ops", "get_op"]

@@ -60,8 +60,8 @@ def infer_node(graph: Graph, node: Node) -> list[TensorType]:
                      graph.dtype)
         old = graph.params.get(pname)
         keep = old is not None and old.shape == shape and old.value is not None
-        p = Param(pname, shape, dtype, init, bool(node.attrs.get("frozen", False)),
-                  _fans(spec, shape), old.value if keep else None)
+        p = Param(pname, shape, dtype, init, bool(node.attrs.get("frozen", False)) or spec.state,
+                  _fans(spec, shape), old.value if keep else None, spec.state)
         if keep and old.value.dtype != dtype:
             p.value = old.value.astype(dtype)
         graph.params[pname] = p

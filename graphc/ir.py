@@ -53,6 +53,7 @@ class Param:
     frozen: bool = False
     fan: tuple[int, int] = (1, 1)  # fan-in, fan-out, for He and Xavier scaling
     value: np.ndarray | None = None
+    state: bool = False  # running statistics (batch norm): updated by the step, not trained
 
     @property
     def type(self) -> TensorType:

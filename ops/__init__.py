@@ -2,9 +2,14 @@
 
 from graphc.ops import (  # noqa: F401 - imported for registration
     activations,
+    conv,
     dense,
+    dropout,
     losses,
     math,
+    norm,
+    pool,
+    recurrent,
     tensor,
 )
 from graphc.ops.registry import REGISTRY, all_ops, get_op

@@ -43,6 +43,7 @@ class ParamSpec:
     init: str = "he"
     layout: str = "io"  # how fans are read: "io" (in, out), "oi" (out, in, *kernel), "vec"
     when: Callable[[dict], bool] | None = None  # present only if this holds for the attrs
+    state: bool = False  # running statistics: never trained, updated by the training step
 
 
 class NotDifferentiable:

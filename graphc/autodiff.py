@@ -44,8 +44,8 @@ class GradCtx:
     _wanted: frozenset = frozenset()
 
 
-def grad_name(target: str) -> str:
-    return f"{target}.grad"
+def grad_name(target: str, suffix: str = ".grad") -> str:
+    return f"{target}{suffix}"
 
 
 def default_targets(graph: Graph) -> list[str]:
@@ -53,15 +53,15 @@ def default_targets(graph: Graph) -> list[str]:
 
 
 def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None, *,
-         seed: str | None = None) -> Graph:
+         seed: str | None = None, suffix: str = ".grad") -> Graph:
     """Forward graph plus gradient nodes for d(loss)/d(each target).
 
     Targets default to every parameter that is not frozen; any float input or
     value may be named (saliency: the gradient of a class score with respect to
     the image). `seed` names a value holding the output gradient to propagate
-    instead of 1 (vector-Jacobian products, Hessian-vector products). The result
-    keeps the forward outputs and adds `<target>.grad` for each target; the loss
-    comes first among the outputs.
+    instead of 1 (vector-Jacobian products). The result keeps the forward
+    outputs and adds `<target><suffix>` (default `<target>.grad`) for each
+    target; the loss comes first among the outputs.
     """
     loss = loss or graph.loss
     if loss is None:
@@ -122,7 +122,7 @@ def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None
         total = _total(b, grads.get(t, []))
         if total is None:
             total = b.zeros_like(Tensor(b, t))
-        names[t] = b.add("identity", [total.name], {}, name=grad_name(t)).name
+        names[t] = b.add("identity", [total.name], {}, name=grad_name(t, suffix)).name
     g.meta["grads"] = names
     g.meta["loss"] = loss
     _drop_dead_grad_nodes(g, [loss, *g.outputs, *names.values()])
@@ -196,3 +196,26 @@ def _drop_dead_grad_nodes(g: Graph, outputs: Sequence[str]) -> None:
             del g.nodes[name]
     for c in [c for c in g.constants if c not in live and c.startswith("d_")]:
         del g.constants[c]
+
+
+def hvp(graph: Graph, wrt: Sequence[str] | None = None, loss: str | None = None) -> Graph:
+    """Hessian-vector products: for each target t, an input `<t>.v`, an output `<t>.hvp`.
+
+    Differentiates the gradient graph again: hvp = d/dθ (Σ_t <∇_t L, v_t>). Works
+    for every op whose gradient rule is built from differentiable ops (see
+    docs/autodiff.md).
+    """
+    first = grad(graph, loss=loss, wrt=wrt)
+    targets = list(first.meta["grads"])
+    b = Builder(first, prefix="hv_", tags={"grad": True})
+    terms = []
+    for t in targets:
+        v = b.input(f"{t}.v", first.type(t).shape, first.type(t).dtype)
+        terms.append(b.reduce_sum(Tensor(b, first.meta["grads"][t]) * v))
+    dot = terms[0] if len(terms) == 1 else b.add_n(*terms)
+    dot = b.identity(dot, name="grad_dot_v")
+    second = grad(first, loss=dot.name, wrt=targets, suffix=".hvp")
+    second.meta["first_grads"] = first.meta["grads"]
+    second.outputs = [graph.loss or loss] + list(second.meta["grads"].values())
+    second.loss = graph.loss or loss
+    return second

@@ -83,6 +83,9 @@ class Param:
         elif self.init == "uniform":
             limit = 1.0 / np.sqrt(max(fan_in, 1))
             v = rng.uniform(-limit, limit, shape)
+        elif self.init.startswith("constant:"):
+            # a fixed starting value declared by an op (PReLU slopes start at 0.25)
+            v = np.full(shape, float(self.init.split(":", 1)[1]))
         else:
             raise GraphError(
                 f"unknown initializer '{self.init}' for parameter '{self.name}'",

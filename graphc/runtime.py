@@ -82,17 +82,31 @@ def run(session, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = No
         ) -> dict[str, np.ndarray]:
     """Run a session; checks feed names and shapes first for a clear message."""
     expected = {i.name: i for i in session.get_inputs()}
+    optional = {i.name: i for i in session.get_overridable_initializers()}
     for name in feeds:
-        if name not in expected:
+        if name not in expected and name not in optional:
             raise GraphError(f"the model has no input '{name}'",
                              hint="inputs: " + ", ".join(expected))
     missing = [k for k in expected if k not in feeds]
     if missing:
         raise GraphError("missing input(s): " + ", ".join(missing),
                          hint="pass each as --input NAME=FILE.npy")
+    for name, value in feeds.items():
+        _check_shape(name, np.shape(value), (expected.get(name) or optional[name]).shape)
     names = outputs or [o.name for o in session.get_outputs()]
     try:
         vals = session.run(names, dict(feeds))
     except Exception as err:
         raise GraphError(f"ONNX Runtime failed: {err}") from err
     return dict(zip(names, vals))
+
+
+def _check_shape(name: str, got: tuple, want: list) -> None:
+    from graphc.shapes import fmt_shape
+
+    ok = len(got) == len(want) and all(
+        not isinstance(w, int) or w == g for g, w in zip(got, want))
+    if not ok:
+        raise GraphError(f"input '{name}' has shape {fmt_shape(got)}, the model expects "
+                         f"{fmt_shape(tuple(w if w is not None else '?' for w in want))}",
+                         hint="named dims (N, T) take any size; numbered ones must match")

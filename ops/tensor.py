@@ -299,9 +299,10 @@ def _one_hot_ref(x, depth, dtype):
 
 
 def _one_hot_lower(e, n, x):
-    dt = n.attrs["dtype"]
-    return e.op("OneHot", [x, e.const(np.asarray(n.attrs["depth"], np.int64)),
-                           e.const(np.asarray([0, 1], dtype=dt))], axis=-1)
+    # Equal against arange rather than ONNX OneHot: ORT's OneHot has no float64 kernel
+    classes = e.const(np.arange(n.attrs["depth"], dtype=e.type(n.inputs[0]).dtype))
+    hit = e.op("Equal", [e.op("Unsqueeze", [x, e.ints([-1])]), classes])
+    return e.op("Cast", [hit], to=e.onnx_dtype(n.attrs["dtype"]))
 
 
 defop("one_hot", attrs={"depth": Attr(int), "dtype": Attr(str, "float32")},

@@ -1,0 +1,73 @@
+"""Cost estimates over a graph: bytes of each value and FLOPs of each node.
+
+Symbolic dims (`N`, `T`) are replaced by concrete sizes: `graph.meta["dim_sizes"]`
+when a command set it (e.g. the batch size of `graphc train`), else a default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import numpy as np
+
+from graphc.infer import split_inputs
+from graphc.ir import Graph, Node, TensorType
+from graphc.ops.registry import InferCtx, get_op
+from graphc.shapes import concrete
+
+DEFAULT_DIM = 32
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+
+
+def dim_sizes(graph: Graph, default: int = DEFAULT_DIM) -> dict[str, int]:
+    """Concrete sizes for symbolic dims (a mapping that answers `default` for unknown names)."""
+    sizes = defaultdict(lambda: default)
+    sizes.update(graph.meta.get("dim_sizes", {}))
+    return sizes
+
+
+def numel_of(t: TensorType, sizes: dict[str, int]) -> int:
+    return int(np.prod(concrete(t.shape, sizes, default=DEFAULT_DIM), dtype=np.int64))
+
+
+def nbytes(t: TensorType, sizes: dict[str, int]) -> int:
+    return numel_of(t, sizes) * np.dtype(t.dtype).itemsize
+
+
+def node_flops(graph: Graph, node: Node) -> int:
+    op = get_op(node.op, node.loc)
+    if op.flops is None:
+        return 0
+    data, params = split_inputs(node)
+    types = [graph.types.get(v) if v else None for v in data + params]
+    ctx = InferCtx(op, node.name, types, node.attrs, node.loc)
+    try:
+        return int(op.flops(ctx, [graph.types[o] for o in node.outputs]))
+    except Exception:  # an estimate only: an op whose rule needs static dims counts 0
+        return 0
+
+
+def totals(graph: Graph) -> dict[str, int]:
+    """Node count, bytes of every node output, FLOPs of every node."""
+    sizes = dim_sizes(graph)
+    b = sum(nbytes(graph.types[o], sizes) for n in graph.nodes.values() for o in n.outputs
+            if o in graph.types)
+    f = sum(node_flops(graph, n) for n in graph.nodes.values())
+    return {"nodes": len(graph.nodes), "bytes": b, "flops": f}
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def fmt_count(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}T"

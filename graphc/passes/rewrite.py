@@ -1,0 +1,106 @@
+"""What every pass shares: rerouting uses of a value, protected values, and the rule driver.
+
+A rule is a pattern (the ops it watches), a check that returns either a match
+or a string saying *why* it did not match, and a rewrite. The driver applies
+rules over the graph until nothing changes and counts both rewrites and
+reasons, so `--print-passes` can say what fired and what almost did.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphc.builder import Builder
+from graphc.ir import Graph, Node
+
+
+def protected(g: Graph) -> set[str]:
+    """Values the outside world reads by name: outputs, the loss and the gradients."""
+    keep = set(g.outputs)
+    if g.loss:
+        keep.add(g.loss)
+    keep.update(g.meta.get("grads", {}).values())
+    return keep
+
+
+def replace_uses(g: Graph, old: str, new: str) -> None:
+    """Make every consumer of `old` read `new` instead (the producer is left for DCE)."""
+    for n in g.nodes.values():
+        if old in n.inputs:
+            n.inputs = [new if v == old else v for v in n.inputs]
+
+
+def sort_nodes(g: Graph) -> None:
+    """Store the nodes in a topological order (rewrites append nodes at the end)."""
+    order = g.topo_order()
+    g.nodes = {n.name: n for n in order}
+
+
+def builder_for(g: Graph, near: Node, prefix: str | None = None) -> Builder:
+    """A builder whose new nodes carry `near`'s tags and location (gradient, recompute …)."""
+    b = Builder(g, prefix=prefix if prefix is not None else f"{near.name}_", tags=dict(near.tags))
+    b.loc = near.loc
+    return b
+
+
+@dataclass
+class Match:
+    """What a rule's check found; `values` are whatever its rewrite needs."""
+
+    node: Node
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rule:
+    name: str
+    ops: tuple[str, ...]  # ops the pattern is rooted at
+    check: Callable[[Graph, Node, dict], Match | str]  # a match, or why not
+    rewrite: Callable[[Graph, Match], None]
+    doc: str = ""
+
+
+@dataclass
+class RuleReport:
+    fired: Counter = field(default_factory=Counter)
+    missed: Counter = field(default_factory=Counter)  # (rule, reason) -> count
+
+    def summary(self) -> str:
+        parts = [f"{k} x{v}" for k, v in self.fired.items()]
+        return ", ".join(parts)
+
+
+def apply_rules(g: Graph, rules: Iterable[Rule], *, max_rounds: int = 20) -> RuleReport:
+    """Apply rules until a fixed point; a rule that matched a node sees it next round again."""
+    rules = list(rules)
+    by_op: dict[str, list[Rule]] = {}
+    for r in rules:
+        for op in r.ops:
+            by_op.setdefault(op, []).append(r)
+    report = RuleReport()
+    for _ in range(max_rounds):
+        changed = False
+        ctx: dict = {"consumers": g.consumers(), "producers": g.producers(),
+                     "protected": protected(g)}
+        for node in list(g.nodes.values()):
+            if node.name not in g.nodes:
+                continue
+            for rule in by_op.get(node.op, ()):
+                found = rule.check(g, node, ctx)
+                if isinstance(found, str):
+                    report.missed[(rule.name, found)] += 1
+                    continue
+                rule.rewrite(g, found)
+                report.fired[rule.name] += 1
+                changed = True
+                # the rewrite changed the graph: recompute the indexes before going on
+                ctx = {"consumers": g.consumers(), "producers": g.producers(),
+                       "protected": protected(g)}
+                break
+        if not changed:
+            break
+    sort_nodes(g)
+    return report

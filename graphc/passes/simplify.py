@@ -1,0 +1,162 @@
+"""Algebraic simplification: identities, neutral elements, double negation, transpose and
+reshape chains, no-op casts and broadcasts. Each rule says why it did not fire.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.ir import Graph, Node
+from graphc.passes.manager import register
+from graphc.passes.rewrite import Match, Rule, apply_rules, builder_for, replace_uses
+
+
+def _forward(g: Graph, node: Node, ctx: dict, value: str) -> Match | str:
+    """Match that `node`'s output can simply be replaced by `value`."""
+    if node.outputs[0] in ctx["protected"]:
+        return "its output is a graph output"
+    if g.types[value] != g.types[node.outputs[0]]:
+        return "the replacement has another type (broadcast or cast)"
+    return Match(node, {"value": value})
+
+
+def _replace(g: Graph, m: Match) -> None:
+    replace_uses(g, m.node.outputs[0], m.values["value"])
+
+
+def _const_equal(g: Graph, v: str, x: float) -> bool:
+    arr = g.constants.get(v)
+    return arr is not None and arr.size > 0 and bool(np.all(arr == x))
+
+
+def _producer(ctx: dict, v: str, op: str) -> Node | None:
+    p = ctx["producers"].get(v)
+    return p if p is not None and p.op == op else None
+
+
+def check_identity(g, node, ctx):
+    return _forward(g, node, ctx, node.inputs[0])
+
+
+def check_neutral(g, node, ctx):
+    a, b = node.inputs
+    unit = 1.0 if node.op in ("mul", "div") else 0.0
+    if _const_equal(g, b, unit):
+        return _forward(g, node, ctx, a)
+    if node.op in ("add", "mul") and _const_equal(g, a, unit):
+        return _forward(g, node, ctx, b)
+    return f"no operand is the constant {unit:g}"
+
+
+def check_double_neg(g, node, ctx):
+    inner = _producer(ctx, node.inputs[0], "neg")
+    if inner is None:
+        return "the input is not a neg"
+    return _forward(g, node, ctx, inner.inputs[0])
+
+
+def _perm(g: Graph, node: Node) -> tuple[int, ...]:
+    rank = g.types[node.inputs[0]].rank
+    return tuple(node.attrs["perm"] or reversed(range(rank)))
+
+
+def check_transpose(g, node, ctx):
+    perm = _perm(g, node)
+    if perm == tuple(range(len(perm))):
+        return _forward(g, node, ctx, node.inputs[0])
+    inner = _producer(ctx, node.inputs[0], "transpose")
+    if inner is None:
+        return "the input is not a transpose and the perm is not the identity"
+    both = tuple(_perm(g, inner)[p] for p in perm)
+    return Match(node, {"x": inner.inputs[0], "perm": both})
+
+
+def rewrite_transpose(g, m):
+    if "value" in m.values:
+        return _replace(g, m)
+    perm = m.values["perm"]
+    x = m.values["x"]
+    if perm == tuple(range(len(perm))):
+        new = x
+    else:
+        new = builder_for(g, m.node).transpose(builder_for(g, m.node).tensor(x), perm=perm).name
+    _replace(g, Match(m.node, {"value": new}))
+
+
+def check_reshape(g, node, ctx):
+    if g.types[node.inputs[0]] == g.types[node.outputs[0]]:
+        return _forward(g, node, ctx, node.inputs[0])
+    inner = ctx["producers"].get(node.inputs[0])
+    if inner is None or inner.op not in ("reshape", "reshape_like", "flatten", "squeeze",
+                                         "unsqueeze"):
+        return "the input is not a reshape and the shape changes"
+    if node.op == "reshape" and 0 in node.attrs["shape"]:
+        return "the outer reshape copies dims (0) from the inner result"
+    return Match(node, {"x": inner.inputs[0]})
+
+
+def rewrite_reshape(g, m):
+    if "value" in m.values:
+        return _replace(g, m)
+    m.node.inputs[0] = m.values["x"]  # same op and attributes, one step earlier
+
+
+def check_noop_cast(g, node, ctx):
+    if g.types[node.inputs[0]].dtype != node.attrs["to"]:
+        return "the cast changes the dtype"
+    return _forward(g, node, ctx, node.inputs[0])
+
+
+def check_broadcast(g, node, ctx):
+    if g.types[node.inputs[0]].shape != g.types[node.outputs[0]].shape:
+        return "the broadcast changes the shape"
+    return _forward(g, node, ctx, node.inputs[0])
+
+
+def check_add_n(g, node, ctx):
+    if len(node.inputs) != 1:
+        return "more than one operand"
+    return _forward(g, node, ctx, node.inputs[0])
+
+
+def check_add_neg(g, node, ctx):
+    """a + (-b) -> a - b and a - (-b) -> a + b: one op instead of two."""
+    inner = _producer(ctx, node.inputs[1], "neg")
+    if inner is None:
+        return "the second operand is not a neg"
+    if len(ctx["consumers"].get(node.inputs[1], ())) != 1:
+        return "the neg has other consumers"
+    if node.outputs[0] in ctx["protected"]:
+        return "its output is a graph output"
+    return Match(node, {"b": inner.inputs[0]})
+
+
+def rewrite_add_neg(g, m):
+    m.node.op = "sub" if m.node.op == "add" else "add"
+    m.node.inputs[1] = m.values["b"]
+
+
+RULES = [
+    Rule("identity", ("identity",), check_identity, _replace, "identity(x) -> x"),
+    Rule("neutral_element", ("add", "sub", "mul", "div"), check_neutral, _replace,
+         "x + 0, x - 0, x * 1, x / 1 -> x"),
+    Rule("double_negation", ("neg",), check_double_neg, _replace, "-(-x) -> x"),
+    Rule("transpose_chain", ("transpose",), check_transpose, rewrite_transpose,
+         "transpose(transpose(x)) -> one transpose (or none)"),
+    Rule("reshape_chain", ("reshape", "reshape_like", "flatten"), check_reshape,
+         rewrite_reshape, "reshape(reshape(x)) -> reshape(x); no-op reshapes go"),
+    Rule("noop_cast", ("cast",), check_noop_cast, _replace, "cast to the same dtype -> x"),
+    Rule("noop_broadcast", ("broadcast_to",), check_broadcast, _replace,
+         "broadcast to the same shape -> x"),
+    Rule("single_add_n", ("add_n",), check_add_n, _replace, "add_n(x) -> x"),
+    Rule("add_of_neg", ("add", "sub"), check_add_neg, rewrite_add_neg,
+         "a + (-b) -> a - b, a - (-b) -> a + b"),
+]
+
+
+@register("simplify", "algebraic identities: x*1, x+0, -(-x), transpose/reshape chains, "
+          "no-op casts and broadcasts")
+def simplify(g: Graph) -> Graph:
+    report = apply_rules(g, RULES)
+    g.meta["_pass_note"] = report.summary()
+    return g

@@ -55,8 +55,8 @@ class Tensor:
     def _lift(self, other: Any) -> Tensor:
         return other if isinstance(other, Tensor) else self.b.scalar(other, like=self)
 
-    def __add__(self, o): return self.b.add(self, self._lift(o))
-    def __radd__(self, o): return self.b.add(self._lift(o), self)
+    def __add__(self, o): return self.b.op("add", self, self._lift(o))
+    def __radd__(self, o): return self.b.op("add", self._lift(o), self)
     def __sub__(self, o): return self.b.sub(self, self._lift(o))
     def __rsub__(self, o): return self.b.sub(self._lift(o), self)
     def __mul__(self, o): return self.b.mul(self, self._lift(o))

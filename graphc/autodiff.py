@@ -122,7 +122,7 @@ def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None
         total = _total(b, grads.get(t, []))
         if total is None:
             total = b.zeros_like(Tensor(b, t))
-        names[t] = b.add("identity", [total.name], {}, name=grad_name(t, suffix)).name
+        names[t] = b.emit("identity", [total.name], {}, name=grad_name(t, suffix)).name
     g.meta["grads"] = names
     g.meta["loss"] = loss
     _drop_dead_grad_nodes(g, [loss, *g.outputs, *names.values()])

@@ -55,8 +55,8 @@ class Tensor:
     def _lift(self, other: Any) -> Tensor:
         return other if isinstance(other, Tensor) else self.b.scalar(other, like=self)
 
-    def __add__(self, o): return self.b.op("add", self, self._lift(o))
-    def __radd__(self, o): return self.b.op("add", self._lift(o), self)
+    def __add__(self, o): return self.b.add(self, self._lift(o))
+    def __radd__(self, o): return self.b.add(self._lift(o), self)
     def __sub__(self, o): return self.b.sub(self, self._lift(o))
     def __rsub__(self, o): return self.b.sub(self._lift(o), self)
     def __mul__(self, o): return self.b.mul(self, self._lift(o))
@@ -137,9 +137,9 @@ class Builder:
             if k in tensor_kw:
                 raise GraphError(f"{opname}() attribute '{k}' must be a literal, not a tensor",
                                  loc=self.loc)
-        return self.add(opname, inputs, attrs, name=name)
+        return self.emit(opname, inputs, attrs, name=name)
 
-    def add(self, opname: str, inputs: Sequence[str], attrs: dict, *, name: str | None = None,
+    def emit(self, opname: str, inputs: Sequence[str], attrs: dict, *, name: str | None = None,
             comment: Sequence[str] = ()):
         """Add a node from already-bound inputs and attributes (the parser's entry point)."""
         op = get_op(opname, self.loc)

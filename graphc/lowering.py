@@ -66,7 +66,7 @@ def _expand(g: Graph, node: Node) -> None:
             producers[want] = made
         else:
             b.prefix = ""
-            ident = b.add("identity", [got.name], {}, name=want)
+            ident = b.emit("identity", [got.name], {}, name=want)
             new.append(ident.name)
     rest = [k for k in order[at + 1:] if k in g.nodes]
     head = order[:at]

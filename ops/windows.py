@@ -1,0 +1,165 @@
+"""Window geometry shared by convolution and pooling, and NumPy sliding windows.
+
+A window sweep over d spatial axes has a kernel, stride, dilation and explicit
+begin/end pads; `make_window` validates the attributes and resolves the
+padding forms ("same", per-axis, begins+ends) into those pads, so every other
+stage sees static numbers. `windows` / `unwindow` are the NumPy references'
+building blocks: gather every window, and add windows back (the transpose).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphc.errors import GraphError
+from graphc.shapes import Dim, conv_out, fmt_shape, is_static
+
+Fail = Callable[..., GraphError]
+
+@dataclass(frozen=True)
+class Window:
+    """A resolved window sweep over d spatial axes: explicit pads, never "same"."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    begin: tuple[int, ...]  # padding before each spatial axis
+    end: tuple[int, ...]  # padding after
+    ceil: bool = False
+
+    @property
+    def eff(self) -> tuple[int, ...]:
+        """Extent of each dilated kernel."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+
+    @property
+    def onnx_pads(self) -> list[int]:
+        return list(self.begin) + list(self.end)
+
+    def out_dims(self, spatial: Sequence[Dim]) -> tuple[Dim, ...]:
+        out = []
+        for i, size in enumerate(spatial):
+            k, s, d, b, e = self.kernel[i], self.stride[i], self.dilation[i], self.begin[i], self.end[i]
+            if not self.ceil or not isinstance(size, int):
+                out.append(conv_out(size, k, s, b + e, d))
+                continue
+            n = size + b + e - self.eff[i]
+            o = -(-n // s) + 1
+            if (o - 1) * s >= size + b:  # a last window starting in the end padding is dropped
+                o -= 1
+            out.append(o)
+        return tuple(out)
+
+    def extra_end(self, spatial: Sequence[int], out: Sequence[int]) -> tuple[int, ...]:
+        """How far the last window reaches past the end padding (ceil mode only)."""
+        return tuple(max(0, (o - 1) * s + f - (n + b + e)) for n, o, s, f, b, e in
+                     zip(spatial, out, self.stride, self.eff, self.begin, self.end))
+
+
+def tuple_of(fail: Fail, name: str, value, d: int, *, low: int = 1) -> tuple[int, ...]:
+    """An int-or-tuple attribute as d ints, each at least `low`."""
+    vals = (value,) * d if isinstance(value, int) else tuple(value)
+    if len(vals) != d or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        raise fail(f"{name} must be an int or a tuple of {d} ints, got {value!r}")
+    if any(v < low for v in vals):
+        raise fail(f"{name} must be at least {low}, got {value!r}")
+    return vals
+
+
+def make_window(fail: Fail, spatial: Sequence[Dim], kernel, stride, padding, dilation,
+                ceil: bool = False) -> Window:
+    """Validate window attributes against the input's spatial dims and resolve the pads.
+
+    padding: an int (every side), d ints (both sides of each axis), 2d ints
+    (all begins, then all ends, as ONNX orders them), "valid" (0) or "same"
+    (output = ceil(input / stride); an odd total puts the extra pad at the
+    end, like TensorFlow and ONNX SAME_UPPER).
+    """
+    d = len(spatial)
+    k = tuple_of(fail, "kernel", kernel, d)
+    s = tuple_of(fail, "stride", stride, d)
+    dil = tuple_of(fail, "dilation", dilation, d)
+    eff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, dil))
+    if padding == "valid":
+        begin = end = (0,) * d
+    elif padding == "same":
+        if ceil:
+            raise fail("padding='same' already rounds up; ceil_mode adds nothing to it",
+                       hint="drop ceil_mode or give explicit padding")
+        begin_l, end_l = [], []
+        for i, n in enumerate(spatial):
+            if isinstance(n, int):
+                total = max((-(-n // s[i]) - 1) * s[i] + eff[i] - n, 0)
+            elif s[i] == 1:
+                total = eff[i] - 1
+            else:
+                raise fail(f"padding='same' with stride {s[i]} needs a fixed size on spatial "
+                           f"axis {i}, got '{n}'", hint="give explicit padding instead")
+            begin_l.append(total // 2)
+            end_l.append(total - total // 2)
+        begin, end = tuple(begin_l), tuple(end_l)
+    elif isinstance(padding, str):
+        raise fail(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+    else:
+        p = (padding,) * d if isinstance(padding, int) else tuple(padding)
+        if len(p) == d:
+            p = p + p
+        if len(p) != 2 * d or not all(isinstance(v, int) for v in p):
+            raise fail(f"padding needs 1, {d} or {2 * d} ints for {d} spatial axes, got "
+                       f"{padding!r}", hint="2d ints are all begins, then all ends")
+        if any(v < 0 for v in p):
+            raise fail(f"padding must not be negative, got {padding!r}")
+        begin, end = p[:d], p[d:]
+    if ceil and not is_static(spatial):
+        raise fail(f"ceil_mode needs fixed spatial sizes, got {fmt_shape(tuple(spatial))}")
+    win = Window(k, s, dil, tuple(begin), tuple(end), ceil)
+    for i, n in enumerate(spatial):
+        if isinstance(n, int) and n + begin[i] + end[i] < eff[i]:
+            raise fail(f"spatial axis {i} has size {n} (padded {n + begin[i] + end[i]}), smaller "
+                       f"than the kernel's extent {eff[i]}",
+                       hint="use a smaller kernel or dilation, or more padding")
+    return win
+
+
+def geometry_error(message: str, hint: str | None = None) -> GraphError:
+    """For re-resolving a window outside inference (already validated there)."""
+    return GraphError(message, hint=hint)
+
+
+# --------------------------------------------------- NumPy sliding windows
+
+
+def _pad_spatial(x: np.ndarray, win: Window, value: float, extra: Sequence[int]) -> np.ndarray:
+    width = [(0, 0), (0, 0)] + [(b, e + x_) for b, e, x_ in zip(win.begin, win.end, extra)]
+    return np.pad(x, width, constant_values=value)
+
+
+def windows(x: np.ndarray, win: Window, pad_value: float = 0.0) -> np.ndarray:
+    """Every window of x: [N, C, *out, *kernel] (padding filled with pad_value)."""
+    d = x.ndim - 2
+    out = win.out_dims(x.shape[2:])
+    xp = _pad_spatial(x, win, pad_value, win.extra_end(x.shape[2:], out))
+    view = np.lib.stride_tricks.sliding_window_view(xp, win.eff, axis=tuple(range(2, 2 + d)))
+    idx = ((slice(None), slice(None))
+           + tuple(slice(0, s * (o - 1) + 1, s) for o, s in zip(out, win.stride))
+           + tuple(slice(None, None, dil) for dil in win.dilation))
+    return view[idx]
+
+
+def unwindow(cols: np.ndarray, win: Window, spatial: Sequence[int]) -> np.ndarray:
+    """The transpose of `windows`: add every window's entries back where they came from."""
+    d = len(spatial)
+    n, c = cols.shape[:2]
+    out = cols.shape[2:2 + d]
+    extra = win.extra_end(spatial, out)
+    padded = [sz + b + e + x_ for sz, b, e, x_ in zip(spatial, win.begin, win.end, extra)]
+    acc = np.zeros((n, c, *padded), dtype=cols.dtype)
+    for kk in np.ndindex(*win.kernel):
+        dst = tuple(slice(ki * dil, ki * dil + s * (o - 1) + 1, s)
+                    for ki, dil, s, o in zip(kk, win.dilation, win.stride, out))
+        acc[(slice(None), slice(None)) + dst] += cols[(Ellipsis,) + kk]
+    crop = tuple(slice(b, b + sz) for b, sz in zip(win.begin, spatial))
+    return acc[(slice(None), slice(None)) + crop]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import TensorType
+from graphc.ops.common import elementwise_flops
 from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, ParamSpec, defop
 from graphc.shapes import concrete
 
@@ -66,7 +67,9 @@ defop("linear", inputs=("x",),
       infer=_linear_infer, reference=_linear_ref, lower=_linear_lower, grad=_linear_grad,
       category="layers", flops=_linear_flops, key_attrs=("units",),
       doc="dense layer: y = x @ weight + bias; weight is [in, units]",
-      test={"shapes": [[4, 5]], "attrs": {"units": 3}})
+      test={"cases": [{"shapes": [[4, 5]], "attrs": {"units": 3}},
+                      {"shapes": [[2, 3, 4]], "attrs": {"units": 2, "bias": False}}],
+            "grad": True})
 
 defop("step", inputs=("x",), attrs={"threshold": Attr(float, 0.0)},
       infer=lambda c: c.need_float(0),
@@ -75,4 +78,7 @@ defop("step", inputs=("x",), attrs={"threshold": Attr(float, 0.0)},
                                  to=e.onnx_dtype(e.type(n.inputs[0]).dtype)),
       grad=NotDifferentiable("the perceptron step is flat almost everywhere, so its gradient "
                              "carries no signal"),
-      category="activations", doc="perceptron step: 1 where x > threshold, else 0")
+      category="activations", doc="perceptron step: 1 where x > threshold, else 0",
+      flops=elementwise_flops, key_attrs=("threshold",),
+      test={"cases": [{"shapes": [[4, 5]]}, {"shapes": [[4, 5]], "attrs": {"threshold": 0.3}}],
+            "grad": "not differentiable (the perceptron step)"})

@@ -56,7 +56,12 @@ defop("reshape", attrs={"shape": Attr(tuple, doc="new shape; 0 copies a dim, -1 
       infer=_reshape_infer, reference=_reshape_ref,
       lower=lambda e, n, x: e.op("Reshape", [x, e.ints(n.attrs["shape"])]),
       grad=lambda c: [c.b.reshape_like(c.g, c.x[0])], category="tensor",
-      doc="same elements, new shape", aliases={0: 0}, key_attrs=("shape",))
+      doc="same elements, new shape", aliases={0: 0}, key_attrs=("shape",),
+      test={"cases": [{"shapes": [[4, 6]], "attrs": {"shape": (0, 2, 3)}},
+                      {"shapes": [[2, 3, 4]], "attrs": {"shape": (0, -1)}},
+                      {"shapes": [[2, 3, 4]], "attrs": {"shape": (-1,)}},
+                      {"shapes": [[2, 6]], "attrs": {"shape": (4, 3)}, "batch": False}],
+            "grad": True})
 
 
 def _reshape_like_infer(ctx: InferCtx) -> TensorType:
@@ -70,7 +75,8 @@ defop("reshape_like", inputs=("x", "like"), infer=_reshape_like_infer,
       reference=lambda x, like: x.reshape(like.shape),
       lower=lambda e, n, x, like: e.op("Reshape", [x, e.op("Shape", [like])]),
       grad=lambda c: [c.b.reshape_like(c.g, c.x[0]), None], category="tensor",
-      doc="x reshaped to like's (possibly symbolic) shape", aliases={0: 0})
+      doc="x reshaped to like's (possibly symbolic) shape", aliases={0: 0},
+      test={"cases": [{"shapes": [[4, 6], [4, 2, 3]]}], "grad": True})
 
 
 def _flatten_infer(ctx: InferCtx) -> TensorType:
@@ -86,7 +92,9 @@ defop("flatten", attrs={"axis": Attr(int, 1, doc="dims before it form rows, the 
       reference=lambda x, axis: x.reshape(int(np.prod(x.shape[:axis % (x.ndim + 1)])), -1),
       lower=lambda e, n, x: e.op("Flatten", [x], axis=n.attrs["axis"]),
       grad=lambda c: [c.b.reshape_like(c.g, c.x[0])], category="tensor",
-      doc="collapse to 2-D: [N, C, H, W] -> [N, C*H*W]", aliases={0: 0})
+      doc="collapse to 2-D: [N, C, H, W] -> [N, C*H*W]", aliases={0: 0},
+      test={"cases": [{"shapes": [[2, 3, 4, 2]]}, {"shapes": [[2, 3, 4]], "attrs": {"axis": 2}}],
+            "grad": True})
 
 
 def _transpose_infer(ctx: InferCtx) -> TensorType:
@@ -106,7 +114,10 @@ defop("transpose", attrs={"perm": Attr(tuple, None, doc="axis order (reversed by
       infer=_transpose_infer, reference=lambda x, perm: np.transpose(x, perm),
       lower=lambda e, n, x: e.op("Transpose", [x], perm=list(n.attrs["perm"])
                                  if n.attrs["perm"] else None),
-      grad=_transpose_grad, category="tensor", doc="permute axes", key_attrs=("perm",))
+      grad=_transpose_grad, category="tensor", doc="permute axes", key_attrs=("perm",),
+      test={"cases": [{"shapes": [[2, 3, 4]], "attrs": {"perm": (0, 2, 1)}},
+                      {"shapes": [[2, 3, 4]]}, {"shapes": [[4, 5]], "attrs": {"perm": (1, 0)}}],
+            "grad": True})
 
 
 def _concat_infer(ctx: InferCtx) -> TensorType:
@@ -142,7 +153,11 @@ defop("concat", inputs=("xs*",), attrs={"axis": axis_attr(1)}, infer=_concat_inf
       reference=lambda *xs, axis: np.concatenate(xs, axis=axis),
       lower=lambda e, n, *xs: e.op("Concat", list(xs), axis=n.attrs["axis"]),
       grad=_concat_grad, category="tensor", doc="join tensors along an axis",
-      key_attrs=("axis",))
+      key_attrs=("axis",),
+      test={"cases": [{"shapes": [[4, 2], [4, 3]]},
+                      {"shapes": [[2, 3], [2, 3], [2, 3]], "attrs": {"axis": 0}},
+                      {"shapes": [[2, 3, 4], [2, 3, 1]], "attrs": {"axis": -1}}],
+            "grad": True})
 
 
 def _slice_norm(ctx_or_rank, attrs, shape):
@@ -207,7 +222,14 @@ def _slice_grad(c):
 defop("slice", attrs={"starts": Attr(tuple), "ends": Attr(tuple),
                       "axes": Attr(tuple, None), "steps": Attr(tuple, None)},
       infer=_slice_infer, reference=_slice_ref, lower=_slice_lower, grad=_slice_grad,
-      category="tensor", doc="x[starts:ends:steps] along axes", key_attrs=("starts", "ends"))
+      category="tensor", doc="x[starts:ends:steps] along axes", key_attrs=("starts", "ends"),
+      test={"cases": [{"shapes": [[4, 6]], "attrs": {"starts": (1,), "ends": (4,), "axes": (1,)}},
+                      {"shapes": [[2, 5, 4]],
+                       "attrs": {"starts": (-3, 1), "ends": (2**62, -1), "axes": (1, 2)}},
+                      {"shapes": [[4, 7]], "attrs": {"starts": (0,), "ends": (7,), "axes": (1,),
+                                                     "steps": (2,)},
+                       "grad": "the slice gradient supports step 1 only"}],
+            "grad": True})
 
 
 def _pad_infer(ctx: InferCtx) -> TensorType:
@@ -238,7 +260,10 @@ defop("pad", attrs={"pads": Attr(tuple, doc="begins of every axis, then ends"),
       infer=_pad_infer, reference=_pad_ref,
       lower=lambda e, n, x: e.op("Pad", [x, e.ints(n.attrs["pads"]),
                                          e.scalar(n.attrs["value"], n.inputs[0])]),
-      grad=_pad_grad, category="tensor", doc="constant padding")
+      grad=_pad_grad, category="tensor", doc="constant padding",
+      test={"cases": [{"shapes": [[4, 5]], "attrs": {"pads": (0, 1, 0, 2), "value": 0.5}},
+                      {"shapes": [[2, 3, 4]], "attrs": {"pads": (0, 0, 1, 0, 2, 0)}}],
+            "grad": True})
 
 
 def _unsqueeze_infer(ctx: InferCtx) -> TensorType:
@@ -254,7 +279,9 @@ defop("unsqueeze", attrs={"axes": Attr(tuple)}, infer=_unsqueeze_infer,
       reference=lambda x, axes: np.expand_dims(x, tuple(axes)),
       lower=lambda e, n, x: e.op("Unsqueeze", [x, e.ints(n.attrs["axes"])]),
       grad=lambda c: [c.b.reshape_like(c.g, c.x[0])], category="tensor",
-      doc="insert size-1 axes", aliases={0: 0})
+      doc="insert size-1 axes", aliases={0: 0},
+      test={"cases": [{"shapes": [[4, 5]], "attrs": {"axes": (1,)}},
+                      {"shapes": [[4, 5]], "attrs": {"axes": (1, 3)}}], "grad": True})
 
 
 def _squeeze_infer(ctx: InferCtx) -> TensorType:
@@ -270,7 +297,9 @@ defop("squeeze", attrs={"axes": Attr(tuple)}, infer=_squeeze_infer,
       reference=lambda x, axes: np.squeeze(x, tuple(axes)),
       lower=lambda e, n, x: e.op("Squeeze", [x, e.ints(n.attrs["axes"])]),
       grad=lambda c: [c.b.reshape_like(c.g, c.x[0])], category="tensor",
-      doc="drop size-1 axes", aliases={0: 0})
+      doc="drop size-1 axes", aliases={0: 0},
+      test={"cases": [{"shapes": [[4, 1, 5]], "attrs": {"axes": (1,)}},
+                      {"shapes": [[4, 1, 5, 1]], "attrs": {"axes": (1, -1)}}], "grad": True})
 
 
 def _broadcast_to_infer(ctx: InferCtx) -> TensorType:
@@ -284,7 +313,9 @@ defop("broadcast_to", inputs=("x", "like"), infer=_broadcast_to_infer,
       reference=lambda x, like: np.broadcast_to(x, like.shape).copy(),
       lower=lambda e, n, x, like: e.op("Expand", [x, e.op("Shape", [like])]),
       grad=lambda c: [c.g, None], category="tensor",
-      doc="x repeated to like's shape (the autodiff driver sums the gradient back)")
+      doc="x repeated to like's shape (the autodiff driver sums the gradient back)",
+      test={"cases": [{"shapes": [[1, 5], [4, 5]]}, {"shapes": [[3, 1], [2, 3, 4]]}],
+            "batch": False, "grad": True})
 
 
 def _one_hot_infer(ctx: InferCtx) -> TensorType:
@@ -307,4 +338,8 @@ def _one_hot_lower(e, n, x):
 
 defop("one_hot", attrs={"depth": Attr(int), "dtype": Attr(str, "float32")},
       infer=_one_hot_infer, reference=_one_hot_ref, lower=_one_hot_lower,
-      grad=lambda c: [None], category="tensor", doc="integer labels to one-hot rows")
+      grad=lambda c: [None], category="tensor", doc="integer labels to one-hot rows",
+      test={"cases": [{"shapes": [[5]], "dtypes": ["int64"], "attrs": {"depth": 4}},
+                      {"shapes": [[2, 3]], "dtypes": ["int64"],
+                       "attrs": {"depth": 4, "dtype": "float64"}}],
+            "int_high": 4, "grad": "integer input"})

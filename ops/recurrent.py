@@ -168,11 +168,6 @@ def _reference(kind: str):
 
 
 # ------------------------------------------------------------- unrolling
-def _add(b, x, y):
-    # spelled as b.op("add", ...): `Builder.add` is the node-adding method, not the op
-    return b.op("add", x, y)
-
-
 def _cell(kind: str, b, xw, state, w_hh, bias_hn, units: int):
     """One step from the projected input `xw` [N, G*units]; `state` None means zeros."""
     def gate(v, k):
@@ -180,22 +175,22 @@ def _cell(kind: str, b, xw, state, w_hh, bias_hn, units: int):
 
     rec = None if state is None else state[0] @ w_hh
     if kind == "rnn":
-        return (b.tanh(xw if rec is None else _add(b, xw, rec)),)
+        return (b.tanh(xw if rec is None else xw + rec),)
     if kind == "lstm":
-        z = xw if rec is None else _add(b, xw, rec)
+        z = xw if rec is None else xw + rec
         i, f, g, o = (gate(z, k) for k in range(4))
         ig = b.sigmoid(i) * b.tanh(g)
-        c = ig if state is None else _add(b, b.sigmoid(f) * state[1], ig)
+        c = ig if state is None else b.sigmoid(f) * state[1] + ig
         return (b.sigmoid(o) * b.tanh(c), c)
     # gru: the reset gate scales the whole recurrent term of the candidate, bias included
     if rec is None:
         reset, update = b.sigmoid(gate(xw, 0)), b.sigmoid(gate(xw, 1))
-        cand = b.tanh(_add(b, gate(xw, 2), reset * bias_hn))
+        cand = b.tanh(gate(xw, 2) + reset * bias_hn)
         return ((1.0 - update) * cand,)
-    reset = b.sigmoid(_add(b, gate(xw, 0), gate(rec, 0)))
-    update = b.sigmoid(_add(b, gate(xw, 1), gate(rec, 1)))
-    cand = b.tanh(_add(b, gate(xw, 2), reset * _add(b, gate(rec, 2), bias_hn)))
-    return (_add(b, (1.0 - update) * cand, update * state[0]),)
+    reset = b.sigmoid(gate(xw, 0) + gate(rec, 0))
+    update = b.sigmoid(gate(xw, 1) + gate(rec, 1))
+    cand = b.tanh(gate(xw, 2) + reset * (gate(rec, 2) + bias_hn))
+    return ((1.0 - update) * cand + update * state[0],)
 
 
 def _decompose(kind: str):
@@ -214,7 +209,7 @@ def _decompose(kind: str):
                      "lengths")
         units, window = node.attrs["units"], node.attrs["bptt"]
         # every step's input projection in one matmul: [N, T, F] @ [F, G*units]
-        xw_all = _add(b, b.matmul(x, w_ih), bias)
+        xw_all = b.matmul(x, w_ih) + bias
         state = None if states[0] is None else tuple(states)
         hs = []
         for t in range(steps):

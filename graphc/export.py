@@ -37,6 +37,7 @@ class Emitter:
         self._names: set[str] = set(graph.value_names())
         self._consts: dict[tuple, str] = {}
         self.node: Node | None = None  # the IR node being lowered
+        self._types: dict[str, TensorType] = {}  # ONNX output name -> IR type
 
     def fresh(self, hint: str) -> str:
         base = hint
@@ -76,7 +77,9 @@ class Emitter:
         return self.const(np.asarray(value, dtype=self.type(like).dtype), hint="scalar")
 
     def type(self, value: str) -> TensorType:
-        return self.graph.type(value)
+        """The IR type of a value, by IR name or by the ONNX name a lowering produced."""
+        t = self._types.get(value)
+        return t if t is not None else self.graph.type(value)
 
     def onnx_dtype(self, dtype: str) -> int:
         return onnx_dtype(dtype)
@@ -147,6 +150,7 @@ def export(graph: Graph, *, outputs: Sequence[str] | None = None,
         res = [res] if isinstance(res, str) else list(res)
         for want, got in zip(node.outputs, res):
             alias[want] = got
+            e._types[got] = graph.type(want)
     used = {i for n in e.nodes for i in n.input} | set(src(o) for o in outputs)
     inputs = [k for k in (input_order or graph.inputs) if keep_inputs or k in used]
     inputs += [k for k in extra_inputs if k not in inputs]

@@ -41,7 +41,9 @@ How they run:
   values are unchanged, but a gradient reaching step t flows back through
   the recurrence only to the start of t's window (at most k steps,
   including t). Weights still get gradient from every step; an `h0`/`c0`
-  input gets gradient only from the first window. `bptt=0` is full BPTT.
+  input gets gradient only from the first window, and with
+  `return_sequences=False` only the last window's steps get any (the loss
+  sees only the last state). `bptt=0` is full BPTT.
 - for inference export each op has a direct lowering to ONNX RNN/LSTM/GRU
   (`expand_composites(keep_lowerable=True)` keeps it): the weights are
   transposed and their gate blocks reordered to ONNX's order (LSTM i,o,f,c;

@@ -315,10 +315,7 @@ def export_step(ts: TrainStep, *, defaults: bool = True):
         _add_default(model, LR, lr_default)
         _add_default(model, STEP, np.asarray(0, dtype=np.int64))
     else:
-        keep = set(ts.inputs)
-        inits = [t for t in model.graph.initializer if t.name not in keep]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(inits)
+        drop_defaults(model)
     _set_metadata(model, ts)
     from graphc.export import check_model
 
@@ -335,6 +332,14 @@ def _order_inputs(model, order: list[str]) -> None:
     ordered = [by_name[k] for k in order] + [i for i in model.graph.input if i.name not in order]
     del model.graph.input[:]
     model.graph.input.extend(ordered)
+
+
+def drop_defaults(model) -> None:
+    """Remove the initializers that give graph inputs default values (inputs stay required)."""
+    inputs = {i.name for i in model.graph.input}
+    inits = [t for t in model.graph.initializer if t.name not in inputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
 
 
 def _add_default(model, name: str, value: np.ndarray) -> None:

@@ -1,0 +1,267 @@
+"""Running the training step on ONNX Runtime with the state kept on the device.
+
+Parameters, running statistics and optimizer slots live in two sets of
+OrtValues, A and B, allocated once on the device. Two IOBindings are built
+up front: one reads A and writes B, the other reads B and writes A. A step
+binds only the batch, the learning rate and the step count, runs, and flips
+which set is current: nothing is copied to NumPy except the scalar loss and
+metrics. The previous set stays intact, which is what lets a non-finite step
+be rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from graphc.errors import GraphError
+from graphc.ir import Graph
+from graphc.train.step import LR, NEW, STEP, TrainStep, drop_defaults
+
+
+# ------------------------------------------------------------ data -> inputs
+def data_inputs(graph: Graph, target: str | None) -> tuple[str, str | None]:
+    """(input that receives X, input that receives y) by the documented convention.
+
+    X goes to the first float input; y to the loss's target when that is an
+    input, else to the first other input.
+    """
+    floats = [k for k, t in graph.inputs.items() if t.dtype.startswith("float")
+              and k != target]
+    if not floats:
+        raise GraphError("the model has no float input to feed the data to",
+                         hint="declare one, e.g. x = input(float32, [N, 64])")
+    x_name = floats[0]
+    if target is not None and target in graph.inputs:
+        return x_name, target
+    rest = [k for k in graph.inputs if k != x_name]
+    return x_name, (rest[0] if rest else None)
+
+
+def fit_array(graph: Graph, name: str, arr: np.ndarray, what: str = "data") -> np.ndarray:
+    """arr as the input's dtype and declared shape; reshapes when the sizes per row agree."""
+    t = graph.inputs[name]
+    arr = np.asarray(arr)
+    want = t.shape
+    if len(want) == arr.ndim and all(not isinstance(w, int) or w == h
+                                     for w, h in zip(want[1:], arr.shape[1:])):
+        out = arr
+    else:
+        fixed = want[1:]
+        if not all(isinstance(d, int) for d in fixed):
+            raise GraphError(
+                f"cannot feed {what} of shape {list(arr.shape)} to input '{name}' "
+                f"{t}: its dims are symbolic", node=name,
+                hint="give the input fixed sizes after the batch dim, or reshape the data")
+        size = int(np.prod(fixed)) if fixed else 1
+        row = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
+        if size != row:
+            raise GraphError(
+                f"{what} rows have {row} values (shape {list(arr.shape)}) but input '{name}' "
+                f"expects {list(want)} ({size} per row)", node=name,
+                hint="pick a data set that matches the model's input, or change the input")
+        out = arr.reshape((arr.shape[0],) + tuple(fixed))
+    if t.dtype.startswith("float"):
+        return np.ascontiguousarray(out, dtype=t.dtype)
+    return np.ascontiguousarray(out, dtype=t.dtype)
+
+
+# ------------------------------------------------------------------ sessions
+def _ort_device(session) -> str:
+    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
+class StepRunner:
+    """The training step's session plus the double-buffered device state."""
+
+    def __init__(self, ts: TrainStep, device: str = "cpu", threads: int | None = None,
+                 profile: str | None = None) -> None:
+        from graphc.runtime import make_session
+
+        self.ts = ts
+        self.session = make_session(ts.export(defaults=False), device, threads=threads,
+                                    profile=profile)
+        self.device = _ort_device(self.session)
+        self.lr_dtype = np.dtype(ts.graph.type(LR).dtype)
+        self.scalar_names = ["loss"] + ts.metrics
+        self.buffers: list[dict] = [{}, {}]
+        self.cur = 0
+        self.set_state(ts.init)
+
+    def _ortvalue(self, arr: np.ndarray):
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(np.array(arr, copy=True), self.device, 0)
+
+    def _empty(self, shape, dtype):
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.dtype(dtype),
+                                                         self.device, 0)
+
+    def set_state(self, values: Mapping[str, np.ndarray]) -> None:
+        """Load carried tensors (parameters, statistics, slots) onto the device."""
+        carried = self.ts.carried
+        missing = [k for k in carried if k not in values]
+        if missing:
+            raise GraphError("missing values for " + ", ".join(missing))
+        self.buffers = [{k: self._ortvalue(values[k]) for k in carried},
+                        {k: self._empty(values[k].shape, values[k].dtype) for k in carried}]
+        self.cur = 0
+        self.scalars = {k: self._empty(self.ts.graph.type(k).shape, self.ts.graph.type(k).dtype)
+                        for k in self.scalar_names}
+        self.bindings = []
+        for side in (0, 1):
+            io = self.session.io_binding()
+            for k in carried:
+                io.bind_ortvalue_input(k, self.buffers[side][k])
+                io.bind_ortvalue_output(NEW + k, self.buffers[1 - side][k])
+            for k, v in self.scalars.items():
+                io.bind_ortvalue_output(k, v)
+            self.bindings.append(io)
+
+    def step(self, feeds: Mapping[str, np.ndarray], lr: float, step: int) -> list[float]:
+        """Run one step; returns [loss, *metrics] as floats."""
+        io = self.bindings[self.cur]
+        for k, v in feeds.items():
+            io.bind_cpu_input(k, v)
+        io.bind_cpu_input(LR, np.asarray(lr, dtype=self.lr_dtype))
+        io.bind_cpu_input(STEP, np.asarray(step, dtype=np.int64))
+        self.session.run_with_iobinding(io)
+        self.cur ^= 1
+        return [float(self.scalars[k].numpy()) for k in self.scalar_names]
+
+    def rollback(self) -> None:
+        """Make the inputs of the last step current again (its outputs are discarded)."""
+        self.cur ^= 1
+
+    def current(self, name: str):
+        return self.buffers[self.cur][name]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of the carried tensors (to NumPy: for checkpoints and export only)."""
+        return {k: v.numpy().copy() for k, v in self.buffers[self.cur].items()}
+
+
+class Evaluator:
+    """Evaluation and prediction sessions over the model in inference mode.
+
+    They read the parameters straight from the step runner's current device
+    buffers, so evaluating after an epoch copies no weights.
+    """
+
+    def __init__(self, ts: TrainStep, runner: StepRunner | None, device: str = "cpu",
+                 threads: int | None = None) -> None:
+        self.ts = ts
+        self.runner = runner
+        self.graph = _inference_graph(ts)
+        self.device = device
+        self.threads = threads
+        self._sessions: dict[tuple, object] = {}
+
+    def _session(self, outputs: tuple[str, ...]):
+        if outputs not in self._sessions:
+            from graphc.export import export
+            from graphc.runtime import make_session
+
+            model = export(self.graph, outputs=list(outputs), params_as_inputs=True)
+            drop_defaults(model)  # parameters are bound from the device buffers each time
+            self._sessions[outputs] = make_session(model, self.device, threads=self.threads)
+        return self._sessions[outputs]
+
+    def run(self, outputs: tuple[str, ...], feeds: Mapping[str, np.ndarray],
+            batch_size: int = 1024, state: Mapping[str, np.ndarray] | None = None
+            ) -> list[np.ndarray]:
+        """Outputs over the whole data, in batches; batch results are concatenated."""
+        sess = self._session(outputs)
+        n = len(next(iter(feeds.values())))
+        names = {i.name for i in sess.get_inputs()}
+        parts: list[list[np.ndarray]] = [[] for _ in outputs]
+        weights = []
+        for start in range(0, n, batch_size):
+            io = sess.io_binding()
+            for k, v in feeds.items():
+                if k in names:
+                    io.bind_cpu_input(k, v[start:start + batch_size])
+            for k in names - set(feeds):
+                if state is not None:
+                    io.bind_cpu_input(k, np.asarray(state[k]))
+                elif self.runner is not None:
+                    io.bind_ortvalue_input(k, self.runner.current(k))
+                else:
+                    io.bind_cpu_input(k, self.ts.init[k])
+            for k in outputs:
+                io.bind_output(k, "cpu")
+            sess.run_with_iobinding(io)
+            for i, v in enumerate(io.copy_outputs_to_cpu()):
+                parts[i].append(v)
+            weights.append(min(batch_size, n - start))
+        out = []
+        for p in parts:
+            if p[0].ndim == 0:  # a scalar per batch (the mean loss): weight by batch size
+                out.append(np.asarray(np.average([float(v) for v in p], weights=weights)))
+            else:
+                out.append(np.concatenate(p))
+        return out
+
+
+def _inference_graph(ts: TrainStep) -> Graph:
+    """The source model (training mode off) with frozen parameters as constants."""
+    g = ts.source.copy()
+    for name in ts.frozen:
+        p = g.params.pop(name)
+        g.constants[name] = p.value if p.value is not None else p.initial_value(g.seed)
+    return g
+
+
+def trained_graph(ts: TrainStep, state: Mapping[str, np.ndarray]) -> Graph:
+    """A copy of the source model holding the learned parameters and statistics."""
+    g = ts.source.copy()
+    for name in ts.params + ts.stats:
+        g.params[name].value = np.asarray(state[name])
+    return g
+
+
+def export_trained(ts: TrainStep, state: Mapping[str, np.ndarray]):
+    """The trained inference model: plain ONNX with the learned weights as initializers."""
+    from graphc.export import export
+
+    g = trained_graph(ts, state)
+    outputs = list(g.outputs) or ([ts.pred] if ts.pred else [])
+    if not outputs:
+        raise GraphError("the model has no outputs to export",
+                         hint="add `output(logits)` to the model file")
+    return export(g, outputs=outputs, doc="trained with graphc")
+
+
+# ------------------------------------------------------------- diagnosis
+def first_nonfinite(ts: TrainStep, feeds: Mapping[str, np.ndarray],
+                    state: Mapping[str, np.ndarray], lr: float, step: int) -> GraphError:
+    """Re-run a failed step in the NumPy interpreter and name the first non-finite value."""
+    from graphc.interp import evaluate
+
+    for k in ts.carried:
+        if not np.all(np.isfinite(state[k])):
+            return GraphError(f"'{k}' was already non-finite before step {step}", node=k)
+    for k, v in feeds.items():
+        if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)):
+            return GraphError(f"the input batch '{k}' holds non-finite values at step {step}",
+                              node=k, hint="clean the data (NaN or inf in the file)")
+    g = ts.graph
+    full = dict(feeds)
+    full[LR] = np.asarray(lr, dtype=g.type(LR).dtype)
+    full[STEP] = np.asarray(step, dtype=np.int64)
+    with np.errstate(all="ignore"):
+        env = evaluate(g, full, params=dict(state))
+    for node in g.topo_order():
+        for out in node.outputs:
+            v = env.get(out)
+            if v is not None and v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                where = node.tags.get("grad_of")
+                what = (f"in the gradient of '{where}'" if where else
+                        "in the optimizer update" if node.tags.get("train") else "in the forward pass")
+                return GraphError(f"first non-finite value: '{out}' ({node.op}, {what})",
+                                  loc=node.loc, node=node.name)
+    return GraphError(f"the loss became non-finite at step {step}, but the NumPy reference "
+                      "finds no non-finite value (ONNX Runtime and NumPy round differently)")

@@ -48,6 +48,10 @@ def _check_common(ctx: InferCtx, min_rank: int, what: str) -> TensorType:
 
 
 def _channels(ctx: InferCtx) -> int:
+    # parameter shapes are read before the shape rule runs, so check the rank here too
+    if ctx.x.rank < 2:
+        raise ctx.fail(f"the input must be [N, C] or [N, C, *spatial], got {ctx.x} "
+                       f"(rank {ctx.x.rank})")
     c = ctx.x.shape[1]
     if not isinstance(c, int):
         raise ctx.fail(f"the channel dim (axis 1) of {ctx.x} must be a fixed size, got '{c}'",
@@ -342,6 +346,10 @@ def _in_lower(e, node, x, *params):
     a = node.attrs
     t = e.type(node.inputs[0])
     w, bias, _ = _split_affine(params, a["affine"])
+    if t.dtype != "float32":
+        # ORT's InstanceNormalization kernel is float32 (and float16 on CUDA) only
+        return _lower_normalize(e, x, tuple(range(2, t.rank)), a["eps"], w, bias,
+                                param_shape=(-1,) + (1,) * (t.rank - 2))
     if not a["affine"]:
         c = t.shape[1]
         w, bias = e.const(np.ones(c, t.dtype)), e.const(np.zeros(c, t.dtype))

@@ -42,7 +42,7 @@ def stream_of(node_name: str) -> int:
 
 def threshold(rate: float) -> int:
     """Hash values below this are dropped: P(drop) = threshold / 2**31 = rate (to 2**-31)."""
-    return int(round(rate * MOD))
+    return round(rate * MOD)
 
 
 def mix_np(x: np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ FORWARD_CASES = [(op, shape, attrs, False) for op, shape, attrs in NORM_CASES] +
 @pytest.mark.parametrize("op,shape,attrs,training", FORWARD_CASES)
 def test_forward_matches_reference(op, shape, attrs, training, dtype, tol):
     attrs = dict(attrs, training=True) if training else attrs
-    b, outs = _build(op, shape, attrs, dtype)
+    b, _outs = _build(op, shape, attrs, dtype)
     g = b.graph
     rng = np.random.default_rng(1)
     params = _set_params(g, rng)
@@ -108,7 +108,7 @@ def test_forward_matches_reference(op, shape, attrs, training, dtype, tol):
 def test_decomposition_matches_fused_lowering(op, shape, attrs, training):
     """The primitives autodiff differentiates compute what the exported fused op computes."""
     attrs = dict(attrs, training=True) if training else attrs
-    b, outs = _build(op, shape, attrs, "float64")
+    b, _outs = _build(op, shape, attrs, "float64")
     g = b.graph
     rng = np.random.default_rng(10)
     params = _set_params(g, rng)
@@ -127,7 +127,7 @@ def test_eval_and_training_batch_norm_differ_and_eval_uses_running_stats():
     x = rng.normal(3.0, 2.0, (8, 3)).astype(np.float64)
     results = {}
     for training in (False, True):
-        b, outs = _build("batch_norm", x.shape, {"training": training}, "float64")
+        b, _outs = _build("batch_norm", x.shape, {"training": training}, "float64")
         g = b.graph
         rm, rv = np.array([1.0, -2.0, 0.5]), np.array([4.0, 0.25, 1.0])
         g.params["n.running_mean"].value, g.params["n.running_var"].value = rm, rv
@@ -159,7 +159,7 @@ def test_fused_onnx_ops_are_used_where_they_exist():
 def test_running_statistics_update(shape):
     """running = momentum * running + (1 - momentum) * batch; unbiased variance for the var."""
     momentum = 0.7
-    b, (y, new_mean, new_var) = _build("batch_norm", shape, {"training": True,
+    b, (_y, new_mean, new_var) = _build("batch_norm", shape, {"training": True,
                                                              "momentum": momentum}, "float64")
     g = b.graph
     rng = np.random.default_rng(3)
@@ -177,7 +177,7 @@ def test_running_statistics_update(shape):
 
 def test_running_statistics_with_a_single_value_per_channel_stay_finite():
     # n = 1: the unbiased variance is undefined; the factor n/max(n-1, 1) keeps it at 0
-    b, outs = _build("batch_norm", (1, 2), {"training": True}, "float64")
+    b, _outs = _build("batch_norm", (1, 2), {"training": True}, "float64")
     got = _ort(export(b.graph), {"x": np.array([[1.0, 2.0]])})
     assert all(np.isfinite(v).all() for v in got.values())
     np.testing.assert_allclose(got["n:2"], 0.9 * np.ones(2))

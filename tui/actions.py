@@ -1,0 +1,109 @@
+"""The editor's compiler actions as plain functions: each takes a Graph, returns a report.
+
+They run in worker threads (the UI stays responsive) and import the stage
+they need lazily, so a stage that is missing or broken makes that one action
+say so instead of keeping the editor from starting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graphc import Graph, GraphError
+
+
+class Unavailable(GraphError):
+    """A stage the action needs is not installed or not built yet."""
+
+
+def _need(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise Unavailable(f"{what} is not available: {err}") from None
+
+
+def compile_onnx(graph: Graph, path: Path) -> str:
+    """Export the inference graph as standard ONNX beside the model file."""
+    export = _need("graphc.export", "ONNX export")
+    model = export.export(graph.copy())
+    export.save(model, path)
+    return f"wrote {path} ({len(model.graph.node)} ONNX nodes, opset {export.OPSET})"
+
+
+def render_graphviz(graph: Graph, path: Path) -> str:
+    render = _need("graphc.render", "Graphviz rendering")
+    fn = getattr(render, "render", None)
+    if fn is None:
+        raise Unavailable("graphc.render has no render() function yet")
+    out = fn(graph.copy(), str(path))
+    return f"rendered {out or path}"
+
+
+def gradcheck_report(graph: Graph, tol: float = 1e-6) -> str:
+    mod = _need("graphc.gradcheck", "gradcheck")
+    if graph.loss is None:
+        raise GraphError("gradcheck needs a loss", hint="select the loss node and press l")
+    results = mod.gradcheck(graph.copy(), None, batch=3, coords=10, seed=0)
+    lines = [f"{'parameter':<24} {'checked':>7}  {'rel. error':>10}  result"]
+    bad = 0
+    for r in results:
+        ok = r.ok(tol)
+        bad += not ok
+        lines.append(f"{r.target:<24} {r.checked:>7}  {r.rel_error:>10.2e}  "
+                     f"{'ok' if ok else 'FAIL'}")
+    lines.append(f"{len(results) - bad}/{len(results)} parameters within {tol:g}")
+    return "\n".join(lines)
+
+
+def summary_report(graph: Graph) -> str:
+    """Parameters and FLOPs per node, and the totals."""
+    from graphc.summary import summarize
+
+    rows = summarize(graph)
+    w = max([len(r.name) for r in rows] + [4])
+    lines = [f"{'node':<{w}}  {'op':<14} {'output':<18} {'params':>10} {'FLOPs':>14}"]
+    tp = tf = 0
+    for r in rows:
+        from graphc.tui.scene import type_text
+
+        tp += r.params
+        tf += r.flops or 0
+        flops = "-" if r.flops is None else f"{r.flops:,}"
+        lines.append(f"{r.name:<{w}}  {r.op:<14} {type_text(graph, r.name):<18} "
+                     f"{r.params:>10,} {flops:>14}")
+    lines.append(f"{'total':<{w}}  {'':<14} {'':<18} {tp:>10,} {tf:>14,}")
+    lines.append("")
+    lines.append("FLOPs count multiply-adds as 2 for one example where the batch is symbolic.")
+    return "\n".join(lines)
+
+
+def backward_graph(graph: Graph) -> Graph:
+    if graph.loss is None:
+        raise GraphError("the backward view needs a loss",
+                         hint="select the loss node and press l (or run 'Set loss')")
+    from graphc.autodiff import grad
+
+    return grad(graph.copy())
+
+
+def optimized_graph(graph: Graph) -> Graph:
+    passes = _need("graphc.passes", "the optimizer")
+    src = backward_graph(graph) if graph.loss else graph.copy()
+    return passes.optimize(src, level=2)
+
+
+def memory_report(graph: Graph) -> str:
+    passes = _need("graphc.passes", "the memory planner")
+    plan_memory = getattr(passes, "plan_memory", None)
+    if plan_memory is None:
+        raise Unavailable("the memory planner has not landed yet")
+    src = backward_graph(graph) if graph.loss else graph.copy()
+    plan = plan_memory(src)
+    for attr in ("report", "summary", "format"):
+        fn = getattr(plan, attr, None)
+        if callable(fn):
+            return str(fn())
+    return str(plan)

@@ -1,0 +1,643 @@
+"""`graphc edit`: the Textual graph editor.
+
+The App holds a Document (the model, undo/redo, autosave) and draws it on a
+GraphCanvas, with an Inspector beside it. Every edit goes through the
+Document, which re-infers; the app then rebuilds the scene. Keys live on the
+main screen (so they do not fire under a dialog); every action is also in
+the command palette (ctrl+p).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from functools import partial
+from pathlib import Path
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from graphc import Graph, GraphError
+from graphc.ops.registry import all_ops, get_op
+from graphc.tui import actions, edits
+from graphc.tui.canvas import GraphCanvas
+from graphc.tui.document import Document
+from graphc.tui.inspector import Inspector
+from graphc.tui.scene import build, residual_block
+from graphc.tui.screens import ConfirmScreen, PromptScreen, TextScreen
+
+# (key, action, footer label, palette title, shown in footer)
+KEYS = [
+    ("a", "add_op", "Add", "Add op", True),
+    ("c", "connect", "Connect", "Connect an input", True),
+    ("d", "delete", "Delete", "Delete node", True),
+    ("e", "edit", "Edit", "Edit attributes (inspector)", True),
+    ("u,ctrl+z", "undo", "Undo", "Undo", True),
+    ("s,ctrl+s", "save", "Save", "Save", True),
+    ("slash", "find", "Find", "Find node by name or op", True),
+    ("question_mark", "help", "Help", "Help: all keys", True),
+    ("U,ctrl+y", "redo", "Redo", "Redo", False),
+    ("i", "add_input", "Input", "Add graph input", False),
+    ("x", "disconnect", "Disconnect", "Disconnect an input", False),
+    ("D", "delete_subtree", "Delete tree", "Delete node and everything after it", False),
+    ("r", "rename", "Rename", "Rename node or input", False),
+    ("o", "toggle_output", "Output", "Mark/unmark as graph output", False),
+    ("l", "set_loss", "Loss", "Set as loss (minimize)", False),
+    ("n", "next_match", "Next", "Next search match", False),
+    ("E", "next_error", "Error", "Jump to the error", False),
+    ("z", "collapse", "Fold", "Collapse/expand block (fork..join) or group", False),
+    ("Z", "expand_all", "Unfold", "Expand all collapsed groups", False),
+    ("1", "view('forward')", "Forward", "View: forward graph", False),
+    ("2", "view('backward')", "Backward", "View: backward graph (gradients)", False),
+    ("3", "view('optimized')", "Optimized", "View: optimized graph", False),
+    ("4", "summary", "Summary", "View: parameters and FLOPs", False),
+    ("5", "memory", "Memory", "View: memory plan", False),
+    ("C", "compile", "Compile", "Compile to ONNX", False),
+    ("R", "render", "Render", "Render with Graphviz", False),
+    ("G", "gradcheck", "Gradcheck", "Run gradcheck", False),
+    ("T", "train", "Train", "Train (live curve)", False),
+    ("N", "new_file", "New", "New graph file", False),
+    ("A", "save_as", "Save as", "Save as…", False),
+    ("q", "quit", "Quit", "Quit", False),
+]
+
+
+class EditorScreen(Screen):
+    BINDINGS = [Binding(k, f"app.{a}", label, show=show, priority=False)
+                for k, a, label, _, show in KEYS]
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            yield GraphCanvas(id="canvas", engine=self.app.engine)
+            yield Inspector(id="inspector")
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.app.start()
+
+
+class GraphApp(App):
+    """The graph editor."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "graphc edit"
+
+    def __init__(self, path: str | Path | None = None, *, document: Document | None = None,
+                 engine: str = "auto", autosave_s: float = 3.0, watch_s: float = 2.0) -> None:
+        super().__init__()
+        self.doc = document or (Document.open(path) if path is not None else Document.new())
+        self.engine = engine
+        self.autosave_s, self.watch_s = autosave_s, watch_s
+        self.view = "forward"
+        self.view_graph: Graph = self.doc.graph
+        self.groups: dict[str, list[str]] = {}
+        self.matches: list[str] = []
+        self.message = ""
+        self.timings: dict[str, float] = {}
+        self._asking_disk = False
+
+    # ------------------------------------------------------------- set-up
+    def get_default_screen(self) -> Screen:
+        return EditorScreen()
+
+    def start(self) -> None:
+        """First draw, timers, and the offer of a crashed session's autosave."""
+        self.refresh_view()
+        self.canvas.focus()
+        if self.autosave_s:
+            self.set_interval(self.autosave_s, self._autosave)
+        if self.watch_s:
+            self.set_interval(self.watch_s, self._watch_disk)
+        if self.doc.pending_autosave() is not None:
+            self.push_screen(ConfirmScreen(
+                f"An autosave of {self.doc.title} newer than the file was found "
+                "(the editor did not close cleanly).",
+                [("restore", "Restore it"), ("discard", "Discard it")]), self._on_autosave_answer)
+
+    def _on_autosave_answer(self, answer: str) -> None:
+        if answer == "restore":
+            self._guard(self.doc.restore_autosave)
+            self.say("restored the autosave (u undoes it)")
+        else:
+            self.doc.discard_autosave()
+        self.refresh_view()
+
+    @property
+    def canvas(self) -> GraphCanvas:
+        return self._editor().query_one(GraphCanvas)
+
+    def _editor(self) -> EditorScreen:
+        return next(s for s in self.screen_stack if isinstance(s, EditorScreen))
+
+    @property
+    def inspector(self) -> Inspector:
+        return self._editor().query_one(Inspector)
+
+    @property
+    def selected(self) -> str | None:
+        return self.canvas.selected
+
+    # ------------------------------------------------------------ drawing
+    def refresh_view(self) -> None:
+        """Rebuild the scene from the document (after every edit) and redraw."""
+        t0 = time.perf_counter()
+        g = self.doc.graph
+        result = self.doc.result
+        if self.view != "forward":
+            try:
+                g = (actions.backward_graph if self.view == "backward" else
+                     actions.optimized_graph)(self.doc.last_good or self.doc.graph)
+                result = None
+            except GraphError as err:
+                self.say(f"{self.view} view: {err.message}", error=True)
+                self.view = "forward"
+                g = self.doc.graph
+        self.view_graph = g
+        groups = [(k, v) for k, v in self.groups.items()]
+        scene = build(g, result, groups)
+        t1 = time.perf_counter()
+        self.canvas.set_scene(scene)
+        self.timings = {"scene": t1 - t0, **self.canvas.timings}
+        self._update_side()
+
+    def _update_side(self) -> None:
+        sel = self.selected
+        prob = self.doc.result.problem_for(sel) if sel and self.view == "forward" else None
+        editable = self.view == "forward"
+        self.inspector.show(self.view_graph, sel if editable or sel in self.view_graph.nodes
+                            else None, prob.status(self.doc.graph) if prob else None)
+        self._update_status()
+
+    def _update_status(self) -> None:
+        parts = []
+        dirty = "●" if self.doc.dirty else " "
+        parts.append(f"{dirty} {Path(self.doc.title).name} [{self.view}]")
+        if self.doc.result.problems:
+            p = self.doc.result.problems[0]
+            parts.append(f"[b red]✗ {_esc(p.status(self.doc.graph))}[/]")
+        elif self.message:
+            parts.append(_esc(self.message))
+        else:
+            n = len(self.doc.graph.nodes)
+            parts.append(f"✓ {n} nodes, {len(self.doc.graph.params)} params")
+        self._editor().query_one("#status", Static).update("  ".join(parts))
+
+    def say(self, message: str, error: bool = False) -> None:
+        self.message = message
+        if error:
+            self.notify(message, severity="error", timeout=6)
+        if self.screen_stack and any(isinstance(s, EditorScreen) for s in self.screen_stack):
+            self._update_status()
+
+    def on_graph_canvas_selected(self, event: GraphCanvas.Selected) -> None:
+        self.message = ""
+        if self.view == "backward" and event.name:
+            self._show_gradients(event.name)
+        self._update_side()
+
+    # -------------------------------------------------------------- edits
+    def _guard(self, fn, *args, **kwargs):
+        """Run an edit; a GraphError becomes a message, not a crash."""
+        try:
+            return fn(*args, **kwargs)
+        except GraphError as err:
+            self.say(err.message + (f" — {err.hint}" if err.hint else ""), error=True)
+            return None
+
+    def _edit(self, fn, *args, select: str | None = None, **kwargs):
+        if self.view != "forward":
+            self.view = "forward"
+        out = self._guard(fn, *args, **kwargs)
+        self.refresh_view()
+        if select is not None:
+            self.canvas.select(select)
+        if self.doc.result.problems:
+            self.bell()
+        return out
+
+    def _need_selection(self, what: str = "node") -> str | None:
+        sel = self.selected
+        if sel is None:
+            self.say(f"select a {what} first (click it, or use the arrow keys)", error=True)
+        return sel
+
+    def action_add_op(self) -> None:
+        ops = all_ops()
+        cmds = [(name, partial(self._add_op, name), f"{op.category}: {op.doc}")
+                for name, op in ops.items()]
+        self.search_commands(cmds, placeholder="Add op… (type to search the op registry)")
+
+    def _add_op(self, opname: str) -> None:
+        sel = self.selected
+        inputs = []
+        if sel is not None and (sel in self.doc.graph.nodes or sel in self.doc.graph.inputs):
+            inputs = [sel]
+        name = self._edit(self.doc.add_node, opname, inputs, None, None,
+                          sel if sel in self.doc.graph.nodes else None)
+        if name:
+            self.canvas.select(name)
+            if any(a.required for a in get_op(opname).attrs.values()):
+                self.action_edit()
+
+    def action_add_input(self) -> None:
+        self.push_screen(PromptScreen("New graph input: NAME [SHAPE] DTYPE", "x [N, 2] float32"),
+                         self._add_input)
+
+    def _add_input(self, text: str | None) -> None:
+        if not text:
+            return
+        m = re.fullmatch(r"\s*(\w+)\s*(\[[^\]]*\])?\s*(\w+)?\s*", text)
+        if not m:
+            self.say("write it as: name [N, 2] float32", error=True)
+            return
+        shape = self._guard(edits.parse_shape, m.group(2) or "")
+        if shape is None:
+            return
+        self._edit(self.doc.add_input, m.group(1), shape, m.group(3) or "float32",
+                   select=m.group(1))
+
+    def action_connect(self) -> None:
+        sel = self._need_selection()
+        if sel is None or sel not in self.doc.graph.nodes:
+            return
+        slots = edits.data_slots(self.doc.graph, sel)
+        desc = ", ".join(f"{s}←{v or '·'}" for s, v in slots)
+        values = sorted(self.doc.graph.value_names() - set(self.doc.graph.params)
+                        - set(self.doc.graph.constants) - set(self.doc.graph.nodes[sel].outputs))
+        self.push_screen(PromptScreen(f"Connect into {sel} ({desc}). Type VALUE or SLOT=VALUE",
+                                      suggestions=values), partial(self._connect, sel))
+
+    def _connect(self, node: str, text: str | None) -> None:
+        if not text:
+            return
+        slots = edits.data_slots(self.doc.graph, node)
+        names = [s for s, _ in slots]
+        if "=" in text:
+            slot_name, value = (s.strip() for s in text.split("=", 1))
+            if slot_name not in names:
+                self.say(f"{node} has no input '{slot_name}' (inputs: {', '.join(names)})",
+                         error=True)
+                return
+            slot = names.index(slot_name)
+        else:
+            value = text.strip()
+            free = [i for i, (_, v) in enumerate(slots) if not v]
+            op = get_op(self.doc.graph.nodes[node].op)
+            slot = free[0] if free else (len(slots) if op.variadic else 0)
+        self._edit(self.doc.connect, node, slot, value, select=node)
+
+    def action_disconnect(self) -> None:
+        sel = self._need_selection()
+        if sel is None or sel not in self.doc.graph.nodes:
+            return
+        slots = [(i, s) for i, (s, v) in enumerate(edits.data_slots(self.doc.graph, sel)) if v]
+        if len(slots) == 1:
+            self._edit(self.doc.disconnect, sel, slots[0][0], select=sel)
+            return
+        self.push_screen(PromptScreen(f"Disconnect which input of {sel}?",
+                                      suggestions=[s for _, s in slots]),
+                         partial(self._disconnect, sel))
+
+    def _disconnect(self, node: str, slot_name: str | None) -> None:
+        names = [s for s, _ in edits.data_slots(self.doc.graph, node)]
+        if slot_name and slot_name.strip() in names:
+            self._edit(self.doc.disconnect, node, names.index(slot_name.strip()), select=node)
+
+    def action_delete(self, subtree: bool = False) -> None:
+        sel = self._need_selection()
+        if sel is None:
+            return
+        if sel in self.groups:
+            members = self.groups.pop(sel)
+            self._edit(self._delete_many, members)
+            return
+        self._edit(self.doc.delete, sel, subtree)
+        self.say(f"deleted {sel}{' and what depends on it' if subtree else ''} (u undoes)")
+
+    def _delete_many(self, names: list[str]) -> None:
+        def fn(g: Graph) -> None:
+            for n in names:
+                if n in g.nodes:
+                    edits.delete(g, n)
+        self.doc.apply(f"delete {len(names)} nodes", fn)
+
+    def action_delete_subtree(self) -> None:
+        self.action_delete(subtree=True)
+
+    def action_rename(self) -> None:
+        sel = self._need_selection()
+        if sel is not None and (sel in self.doc.graph.nodes or sel in self.doc.graph.inputs):
+            self.push_screen(PromptScreen(f"Rename {sel} to:", sel),
+                             partial(self._rename, sel))
+
+    def _rename(self, old: str, new: str | None) -> None:
+        if new and new != old:
+            self._edit(self.doc.rename, old, new, select=new.strip())
+
+    def action_toggle_output(self) -> None:
+        sel = self._need_selection()
+        if sel is not None:
+            on = self._edit(self.doc.toggle_output, sel, select=sel)
+            self.say(f"{sel} is {'now' if on else 'no longer'} a graph output")
+
+    def action_set_loss(self) -> None:
+        sel = self._need_selection()
+        if sel is not None:
+            new = None if self.doc.graph.loss == sel else sel
+            self._edit(self.doc.set_loss, new, select=sel)
+            self.say(f"minimize({new})" if new else "no loss set")
+
+    def action_edit(self) -> None:
+        if self._need_selection() is None:
+            return
+        from textual.widgets import Input
+
+        def focus() -> None:
+            fields = self.inspector.query(Input)
+            if fields:
+                fields.first().focus()
+        self.call_after_refresh(focus)
+
+    def on_inspector_attrs_changed(self, event: Inspector.AttrsChanged) -> None:
+        self._edit(self.doc.set_attrs, event.node, event.attrs, select=event.node)
+        self.canvas.focus()
+
+    def on_inspector_input_type_changed(self, event: Inspector.InputTypeChanged) -> None:
+        self._edit(self.doc.set_input_type, event.name, event.shape, event.dtype,
+                   select=event.name)
+        self.canvas.focus()
+
+    def action_undo(self) -> None:
+        sel = self.selected
+        label = self.doc.undo()
+        self.refresh_view()
+        self.canvas.select(sel if sel in self.canvas.scene.boxes else None)
+        self.say(f"undid: {label}" if label else "nothing to undo")
+
+    def action_redo(self) -> None:
+        sel = self.selected
+        label = self.doc.redo()
+        self.refresh_view()
+        self.canvas.select(sel if sel in self.canvas.scene.boxes else None)
+        self.say(f"redid: {label}" if label else "nothing to redo")
+
+    # ---------------------------------------------------- find, errors, fold
+    def action_find(self) -> None:
+        names = list(self.view_graph.nodes) + list(self.view_graph.inputs)
+        self.push_screen(PromptScreen("Find node (name or op):", suggestions=names),
+                         self._find)
+
+    def _find(self, text: str | None) -> None:
+        if not text:
+            return
+        q = text.strip().lower()
+        g = self.view_graph
+        hits = [n for n in list(g.inputs) + list(g.nodes)
+                if q in n.lower() or (n in g.nodes and q in g.nodes[n].op.lower())]
+        self.matches = hits
+        self.canvas.matches = set(hits)
+        if not hits:
+            self.say(f"no node matches '{text}'", error=True)
+            return
+        self.canvas.select(hits[0])
+        self.say(f"{len(hits)} match(es) for '{text}' (n: next)")
+
+    def action_next_match(self) -> None:
+        if not self.matches:
+            return
+        sel = self.selected
+        i = self.matches.index(sel) + 1 if sel in self.matches else 0
+        self.canvas.select(self.matches[i % len(self.matches)])
+
+    def action_next_error(self) -> None:
+        probs = [p for p in self.doc.result.problems if p.node]
+        if not probs:
+            self.say("no errors")
+            return
+        if self.view != "forward":
+            self.view = "forward"
+            self.refresh_view()
+        names = [p.node for p in probs]
+        sel = self.selected
+        i = names.index(sel) + 1 if sel in names else 0
+        self.canvas.select(names[i % len(names)])
+
+    def action_collapse(self) -> None:
+        sel = self._need_selection()
+        if sel is None:
+            return
+        if sel in self.groups:
+            del self.groups[sel]
+            self.refresh_view()
+            return
+        if self.view == "backward" and sel in self.view_graph.nodes:
+            members = [n.name for n in self.view_graph.nodes.values()
+                       if n.tags.get("grad_of") == sel]
+            name = f"∇{sel}"
+        else:
+            members = sorted(residual_block(self.view_graph, sel))
+            name = f"{sel}…"
+        if not members:
+            self.say("z folds the block between a node with several consumers and the node "
+                     "where its paths meet again (select such a fork)", error=True)
+            return
+        self.groups[name] = members
+        self.refresh_view()
+        self.canvas.select(name)
+
+    def action_expand_all(self) -> None:
+        self.groups.clear()
+        self.refresh_view()
+
+    # -------------------------------------------------------------- views
+    def action_view(self, view: str) -> None:
+        self.view = view
+        self.groups.clear()
+        self.refresh_view()
+        if self.view == view:
+            self.say(f"{view} view" + (" — select a forward op to see its gradient nodes"
+                                       if view == "backward" else ""))
+
+    def _show_gradients(self, name: str) -> None:
+        g = self.view_graph
+        grads = [n for n in g.nodes.values() if n.tags.get("grad_of") == name]
+        read = sorted({v for n in grads for v in n.inputs
+                       if v in g.inputs or (v in g.nodes and not g.nodes[v].tags.get("grad"))})
+        self.canvas.matches = {n.name for n in grads} | set(read)
+        self.canvas.refresh()
+        self.canvas._rows.clear()
+        if grads:
+            self.message = (f"{name}: {len(grads)} gradient node(s); they read "
+                            f"{', '.join(read) or 'no activations'}")
+
+    def action_summary(self) -> None:
+        if not self.doc.ok:
+            self.say("the summary needs a graph without errors", error=True)
+            return
+        self.push_screen(TextScreen("Parameters and FLOPs", actions.summary_report(
+            self.doc.graph)))
+
+    def action_memory(self) -> None:
+        self._run_report("Memory plan", actions.memory_report)
+
+    def action_help(self) -> None:
+        lines = ["Keys (every action is also in the command palette, ctrl+p):", ""]
+        for k, _, _, title, _ in KEYS:
+            keys = k.replace("slash", "/").replace("question_mark", "?")
+            lines.append(f"  {keys:<14} {title}")
+        lines += ["", "  arrows         walk edges: up = producer, down = consumer, "
+                  "left/right = sibling", "  click          select; wheel / pgup / pgdn: pan",
+                  "  enter          (in the inspector) apply a field; esc leaves it", "",
+                  "Every edit re-infers shapes; an error is drawn red on the node and its "
+                  "input edges and shown in the status line. Save refuses until it is fixed.",
+                  "Autosave writes .FILE.autosave beside the file every few seconds."]
+        self.push_screen(TextScreen("graphc edit — help", "\n".join(lines)))
+
+    # ------------------------------------------------------------ actions
+    def _require_ok(self) -> bool:
+        if not self.doc.ok:
+            p = self.doc.result.problems[0]
+            self.say(f"fix the error first: {p.status(self.doc.graph)}", error=True)
+            return False
+        return True
+
+    def _run_report(self, title: str, fn, *args) -> None:
+        if not self._require_ok():
+            return
+        graph = self.doc.graph.copy()
+        self.say(f"{title}: running…")
+
+        def work() -> None:
+            try:
+                text = fn(graph, *args)
+            except GraphError as err:
+                self.call_from_thread(self.say, f"{title}: {err.message}", True)
+                return
+            except Exception as err:  # a stage bug must not take the editor down
+                self.call_from_thread(self.say, f"{title} failed: {type(err).__name__}: {err}",
+                                      True)
+                return
+            self.call_from_thread(self._report_done, title, text)
+        self.run_worker(work, thread=True, group="actions", exclusive=False)
+
+    def _report_done(self, title: str, text: str) -> None:
+        if "\n" in text:
+            self.push_screen(TextScreen(title, text))
+            self.say(f"{title}: done")
+        else:
+            self.say(text)
+
+    def _out_path(self, suffix: str) -> Path:
+        base = self.doc.path or Path("untitled.gc")
+        return base.with_suffix(suffix)
+
+    def action_compile(self) -> None:
+        self._run_report("Compile", actions.compile_onnx, self._out_path(".onnx"))
+
+    def action_render(self) -> None:
+        self._run_report("Render", actions.render_graphviz, self._out_path(".svg"))
+
+    def action_gradcheck(self) -> None:
+        self._run_report("Gradcheck", actions.gradcheck_report)
+
+    def action_train(self) -> None:
+        if not self._require_ok():
+            return
+        from graphc.tui.train_screen import TrainScreen, trainer_available
+
+        why = trainer_available()
+        if why:
+            self.say(f"training not available: {why}", error=True)
+            return
+        self.push_screen(TrainScreen(self.doc.graph.copy(), self.doc.path))
+
+    # --------------------------------------------------------- files
+    def action_save(self) -> None:
+        if self.doc.path is None:
+            self.action_save_as()
+            return
+        path = self._guard(self.doc.save)
+        if path is not None:
+            self.say(f"saved {path}")
+
+    def action_save_as(self) -> None:
+        self.push_screen(PromptScreen("Save as (path):", str(self.doc.path or "model.gc")),
+                         self._save_as)
+
+    def _save_as(self, path: str | None) -> None:
+        if path:
+            saved = self._guard(self.doc.save, path.strip())
+            if saved is not None:
+                self.say(f"saved {saved}")
+
+    def action_new_file(self) -> None:
+        def start(path: str | None) -> None:
+            if not path:
+                return
+            p = Path(path.strip())
+            if p.exists():
+                self.say(f"{p} exists; open it with graphc edit {p}", error=True)
+                return
+            self.doc = Document.new(p)
+            self.groups.clear()
+            self.refresh_view()
+            self.say(f"new graph {p} (a: add op, i: add input)")
+        self._ask_unsaved(lambda: self.push_screen(
+            PromptScreen("New graph file (path):", "model.gc"), start))
+
+    def _ask_unsaved(self, then) -> None:
+        if not self.doc.dirty:
+            then()
+            return
+
+        def answer(choice: str) -> None:
+            if choice == "save":
+                if self.doc.path is None or self._guard(self.doc.save) is None:
+                    return
+            elif choice != "discard":
+                return
+            then()
+        self.push_screen(ConfirmScreen(f"{self.doc.title} has unsaved changes.",
+                                       [("save", "Save"), ("discard", "Discard"),
+                                        ("cancel", "Cancel")]), answer)
+
+    async def action_quit(self) -> None:
+        def leave() -> None:
+            self.doc.discard_autosave()  # saved, or the user chose to discard
+            self.exit()
+        self._ask_unsaved(leave)
+
+    def _autosave(self) -> None:
+        try:
+            self.doc.autosave()
+        except GraphError as err:
+            self.say(f"autosave failed: {err.message}", error=True)
+
+    def _watch_disk(self) -> None:
+        if self._asking_disk or not self.doc.changed_on_disk():
+            return
+        self._asking_disk = True
+
+        def answer(choice: str) -> None:
+            self._asking_disk = False
+            if choice == "reload":
+                self._guard(self.doc.reload)
+                self.refresh_view()
+                self.say("reloaded from disk (u undoes)")
+        self.push_screen(ConfirmScreen(
+            f"{self.doc.title} was changed outside the editor.",
+            [("reload", "Reload it"), ("keep", "Keep mine")]), answer)
+
+    # --------------------------------------------------------- palette
+    def get_system_commands(self, screen: Screen):
+        yield from super().get_system_commands(screen)
+        for _, action, _, title, _ in KEYS:
+            yield SystemCommand(title, f"action {action}", partial(self.run_action, action))
+
+
+def _esc(text: str) -> str:
+    return text.replace("[", r"\[")

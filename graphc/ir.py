@@ -86,6 +86,10 @@ class Param:
         elif self.init.startswith("constant:"):
             # a fixed starting value declared by an op (PReLU slopes start at 0.25)
             v = np.full(shape, float(self.init.split(":", 1)[1]))
+        elif self.init.startswith("blocks:"):
+            # equal blocks along the last axis, one constant each (LSTM forget-gate bias 1.0)
+            vals = [float(t) for t in self.init.split(":", 1)[1].split(",")]
+            v = np.repeat(vals, shape[-1] // len(vals)) * np.ones(shape)
         else:
             raise GraphError(
                 f"unknown initializer '{self.init}' for parameter '{self.name}'",

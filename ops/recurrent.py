@@ -24,9 +24,9 @@ Layout and semantics (shared by the three ops):
 - initialization: `weight_ih` Xavier-uniform; `weight_hh` uniform in
   +-1/sqrt(units) (PyTorch's default), whose spectral radius starts near
   0.58, so the recurrence neither explodes nor dies at step one; biases
-  zero. The registry's initializers are per tensor, so the LSTM forget-gate
-  bias starts at 0 rather than the often-recommended 1.0 (load weights, or
-  add 1.0 to the f block of `<node>.bias`, to get that).
+  zero, except the LSTM forget-gate block, which starts at 1.0 so the cell
+  remembers by default early in training (Gers et al. 2000; Jozefowicz et
+  al. 2015). `init=` on the layer replaces both weight initializers.
 
 How they run:
 
@@ -82,7 +82,8 @@ def _params(kind: str) -> tuple[ParamSpec, ...]:
         # "uniform" is +-1/sqrt(fan_in) = +-1/sqrt(units) here (fan_in is the first dim)
         ParamSpec("weight_hh", lambda c: (c.attrs["units"], g * c.attrs["units"]), "uniform",
                   "io"),
-        ParamSpec("bias", lambda c: (g * c.attrs["units"],), "zeros", "vec"),
+        ParamSpec("bias", lambda c: (g * c.attrs["units"],),
+                  "blocks:0,1,0,0" if kind == "lstm" else "zeros", "vec"),
     )
     if kind == "gru":
         specs += (ParamSpec("bias_hn", lambda c: (c.attrs["units"],), "zeros", "vec"),)

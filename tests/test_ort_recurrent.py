@@ -180,6 +180,25 @@ def test_symbolic_time_exports_fused_but_cannot_unroll(kind):
     assert "fixed" in err.value.hint and err.value.node == "rec"
 
 
+def test_initialization():
+    b = Builder("m")
+    x = b.input("x", ["N", T, F])
+    for kind in KINDS:
+        getattr(b, kind)(x, units=U, name=kind)
+    v = b.graph.param_values()
+    bias = v["lstm.bias"]
+    np.testing.assert_array_equal(bias[U:2 * U], 1.0)  # forget gate (blocks i, f, g, o)
+    np.testing.assert_array_equal(np.delete(bias, np.s_[U:2 * U]), 0.0)
+    np.testing.assert_array_equal(v["gru.bias"], 0.0)
+    np.testing.assert_array_equal(v["gru.bias_hn"], 0.0)
+    for kind, gates in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+        w_hh = v[f"{kind}.weight_hh"]
+        assert w_hh.shape == (U, gates * U)
+        assert np.abs(w_hh).max() <= 1 / np.sqrt(U) and w_hh.std() > 0.1
+        limit = np.sqrt(6 / (F + gates * U))  # Xavier-uniform
+        assert np.abs(v[f"{kind}.weight_ih"]).max() <= limit
+
+
 def test_bad_inputs_are_clear_errors():
     b = Builder("m")
     x2 = b.input("x2", ["N", F])

@@ -112,7 +112,8 @@ class Builder:
         cache = self.graph.meta.setdefault("_scalar_cache", {})
         name = cache.get(key)
         if name is None or name not in self.graph.constants:
-            name = self.const(np.asarray(value, dtype=dtype), name=f"{self.prefix}c").name
+            name = self.const(np.asarray(value, dtype=dtype), dtype=dtype,
+                              name=f"{self.prefix}c").name
             cache[key] = name
         return Tensor(self, name)
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from graphc.ir import TensorType
 from graphc.ops.common import axis_attr, elementwise_flops, unary
+from graphc.ops.math import erf_lower
 from graphc.ops.registry import Attr, InferCtx, ParamSpec, defop
 from graphc.shapes import concrete
 
@@ -18,6 +19,20 @@ _ELEMENTWISE_TEST = {"cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]]}], "
 def _sigmoid(x):
     e = np.exp(-np.abs(x))  # never overflows: the exponent is <= 0
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+def native(e, n) -> bool:
+    """Whether ORT has a kernel for the fused activation at this node's dtype.
+
+    ONNX Runtime's CPU kernels for LeakyRelu, PRelu, Elu, Softplus, Erf and Gelu
+    are float32-only; other dtypes get the same function from basic ops.
+    """
+    return e.type(n.inputs[0]).dtype == "float32"
+
+
+def _where_positive(e, n, x, neg):
+    """Where(x > 0, x, neg): the shared shape of the piecewise activations."""
+    return e.op("Where", [e.op("Greater", [x, e.scalar(0.0, n.inputs[0])]), x, neg])
 
 
 def _positive_mask(c, x):
@@ -39,8 +54,15 @@ def _leaky_relu_grad(c):
     return [c.b.where(_positive_mask(c, x), c.g, c.g * alpha)]
 
 
+def _leaky_relu_lower(e, n, x):
+    alpha = float(n.attrs["alpha"])
+    if native(e, n):
+        return e.op("LeakyRelu", [x], alpha=alpha)
+    return _where_positive(e, n, x, e.op("Mul", [x, e.scalar(alpha, n.inputs[0])]))
+
+
 unary("leaky_relu", lambda x, alpha: np.where(x > 0, x, x * x.dtype.type(alpha)),
-      lambda e, n, x: e.op("LeakyRelu", [x], alpha=float(n.attrs["alpha"])),
+      _leaky_relu_lower,
       grad=_leaky_relu_grad, attrs={"alpha": Attr(float, 0.01, doc="slope for x < 0")},
       category="activations", doc="x where x > 0, else alpha * x", inplace={0: 0},
       key_attrs=("alpha",),
@@ -59,7 +81,16 @@ def _elu_grad(c):
     return [c.b.where(_positive_mask(c, x), c.g, c.g * (y + c.attrs["alpha"]))]
 
 
-unary("elu", _elu_ref, lambda e, n, x: e.op("Elu", [x], alpha=float(n.attrs["alpha"])),
+def _elu_lower(e, n, x):
+    alpha = float(n.attrs["alpha"])
+    if native(e, n):
+        return e.op("Elu", [x], alpha=alpha)
+    like = n.inputs[0]
+    em1 = e.op("Sub", [e.op("Exp", [e.op("Min", [x, e.scalar(0.0, like)])]), e.scalar(1.0, like)])
+    return _where_positive(e, n, x, e.op("Mul", [em1, e.scalar(alpha, like)]))
+
+
+unary("elu", _elu_ref, _elu_lower,
       grad=_elu_grad, attrs={"alpha": Attr(float, 1.0, doc="scale of the negative part")},
       category="activations", doc="x where x > 0, else alpha * (e^x - 1)", key_attrs=("alpha",),
       test={"cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"alpha": 0.5}}],
@@ -71,7 +102,16 @@ def _softplus_ref(x):
     return np.logaddexp(x.dtype.type(0), x)  # log(1 + e^x) without overflow
 
 
-unary("softplus", _softplus_ref, "Softplus", grad=lambda c: [c.g * c.b.sigmoid(c.x[0])],
+def _softplus_lower(e, n, x):
+    if native(e, n):
+        return e.op("Softplus", [x])
+    # relu(x) + log(1 + e^-|x|): the stable form, as in the reference
+    like = n.inputs[0]
+    tail = e.op("Exp", [e.op("Neg", [e.op("Abs", [x])])])
+    return e.op("Add", [e.op("Relu", [x]), e.op("Log", [e.op("Add", [tail, e.scalar(1.0, like)])])])
+
+
+unary("softplus", _softplus_ref, _softplus_lower, grad=lambda c: [c.g * c.b.sigmoid(c.x[0])],
       category="activations", doc="log(1 + e^x), a smooth relu", test=_ELEMENTWISE_TEST)
 
 
@@ -108,8 +148,17 @@ def _gelu_decompose(b, n, x):
     return x * 0.5 * (1.0 + b.erf(x * (1.0 / math.sqrt(2.0))))
 
 
+def _gelu_lower(e, n, x):
+    if native(e, n):
+        return e.op("Gelu", [x])  # approximate="none": the erf form
+    like = n.inputs[0]
+    scaled = e.op("Mul", [x, e.scalar(1.0 / math.sqrt(2.0), like)])
+    one_plus = e.op("Add", [erf_lower(e, n, scaled), e.scalar(1.0, like)])
+    return e.op("Mul", [e.op("Mul", [x, e.scalar(0.5, like)]), one_plus])
+
+
 defop("gelu", infer=lambda c: c.need_float(0), reference=_gelu_ref,
-      lower=lambda e, n, x: e.op("Gelu", [x]),  # ONNX Gelu, approximate="none": the erf form
+      lower=_gelu_lower,
       decompose=_gelu_decompose, category="activations", flops=elementwise_flops,
       doc="x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), the exact (erf) form, not the tanh "
           "approximation",
@@ -187,7 +236,9 @@ def _prelu_lower(e, n, x, slope):
     rank = e.type(n.inputs[0]).rank
     if rank > 2:
         slope = e.op("Reshape", [slope, e.ints(_slope_shape(rank, e.type(n.inputs[1]).shape[0]))])
-    return e.op("PRelu", [x, slope])
+    if native(e, n):
+        return e.op("PRelu", [x, slope])
+    return _where_positive(e, n, x, e.op("Mul", [x, slope]))
 
 
 def _prelu_grad(c):

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from graphc.errors import GraphError
 from graphc.ir import TensorType
 from graphc.ops.common import (axes_of, binary, broadcast_infer, compare_infer,
                                elementwise_flops, same_as_input, unary)
@@ -163,8 +164,19 @@ def _cast_infer(ctx: InferCtx) -> TensorType:
 
 
 def _cast_grad(c):
-    src = c.x[0].dtype
-    return [c.b.cast(c.g, to=src) if src.startswith("float") else None]
+    src, dst = c.x[0].dtype, c.attrs["to"]
+    if src.startswith("float") and dst.startswith("float"):
+        return [c.b.cast(c.g, to=src)]
+    if src.startswith("float") and dst.startswith("int"):
+        # reached only when a gradient flows back into this integer value (see below)
+        raise GraphError(f"a cast from {src} to {dst} is piecewise constant: no gradient "
+                         "flows through it")
+    if src.startswith("int") and c.needs(0):
+        # An integer value that depends on a differentiated target came from a float
+        # through argmax or a cast: pass a (meaningless) integer gradient on, so the op
+        # that produced it reports that it is not differentiable, by name.
+        return [c.b.cast(c.g, to=src)]
+    return [None]
 
 
 defop("cast", inputs=("x",), attrs={"to": Attr(str, choices=("float32", "float64", "float16",
@@ -343,7 +355,17 @@ defop("matmul", inputs=("a", "b"), infer=_matmul_infer, reference=np.matmul,
 # ---------------------------------------------------------------- misc
 _erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf; tests only need small arrays
 
-unary("erf", lambda x: _erf(x).astype(x.dtype), "Erf",
+def erf_lower(e, n, x):
+    """ONNX Erf; ORT's CPU kernel is float32-only, so other dtypes go through float32
+    (relative error about 1e-7 in float64 models)."""
+    dtype = e.type(n.inputs[0]).dtype
+    if dtype == "float32":
+        return e.op("Erf", [x])
+    y = e.op("Erf", [e.op("Cast", [x], to=e.onnx_dtype("float32"))])
+    return e.op("Cast", [y], to=e.onnx_dtype(dtype))
+
+
+unary("erf", lambda x: _erf(x).astype(x.dtype), erf_lower,
       grad=lambda c: [c.g * (2.0 / math.sqrt(math.pi)) * c.b.exp(-c.b.square(c.x[0]))],
       doc="the error function (used by the exact gelu)", test=_UNARY_TEST)
 

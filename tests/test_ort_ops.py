@@ -8,7 +8,10 @@ as inputs and loaded into one ORT session; each example then checks
 - the inferred output dtypes and shapes (with N bound to the batch size)
   equal what ONNX Runtime returns, and what the NumPy reference returns;
 - ORT's values equal the reference (`graphc.interp.evaluate`) to
-  rtol = atol = 1e-5 in float32 (or the case's `tol`).
+  rtol = atol = 1e-5 (or the case's `tol`).
+
+Every case runs with float inputs in float32 and again in float64 (ONNX
+Runtime lacks float64 kernels for some ops; lowerings must work around that).
 
 An op with no test hints fails here: adding an op without tests is a defect.
 """
@@ -29,17 +32,18 @@ from graphc.ops import REGISTRY
 from graphc.runtime import make_session, run
 from graphc.shapes import concrete
 
-FLOAT = "float32"
+FLOATS = ("float32", "float64")
 TOL = 1e-5
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(opname: str):
-    """(cases, [(graph, session)]) per op: built and loaded once, reused by every example."""
+def _compiled(opname: str, dtype: str):
+    """(cases, [(graph, session)]) per op and dtype: built and loaded once, reused by every
+    example."""
     cases = cases_for(REGISTRY[opname])
     out = []
     for case in cases:
-        g = build(case, FLOAT)
+        g = build(case, dtype)
         randomize_params(g, np.random.default_rng(0))
         model = export(g, params_as_inputs=True, keep_inputs=True)
         out.append((g, make_session(model, threads=1)))
@@ -80,13 +84,14 @@ def _compare_stats(a: np.ndarray, b: np.ndarray, tol: float, where: str) -> None
             f"{where}: {what} {f(a):.4g} (ORT) vs {f(b):.4g} (NumPy)")
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("opname", sorted(REGISTRY))
 @settings(max_examples=3, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
-def test_op_matches_ort(opname: str, batch: int, seed: int) -> None:
+def test_op_matches_ort(opname: str, dtype: str, batch: int, seed: int) -> None:
     try:
-        cases, compiled = _compiled(opname)
+        cases, compiled = _compiled(opname, dtype)
     except MissingHints as err:
         pytest.fail(str(err))
     for case, (g, sess) in zip(cases, compiled):

@@ -68,7 +68,8 @@ def _set_params(g: Graph, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def _ort(model, feeds: dict) -> dict[str, np.ndarray]:
     sess = make_session(model, threads=1)
-    wanted = {i.name for i in sess.get_inputs()}
+    # parameters exported as inputs with defaults are "overridable initializers" to ORT
+    wanted = {i.name for i in sess.get_inputs() + sess.get_overridable_initializers()}
     return run(sess, {k: v for k, v in feeds.items() if k in wanted})
 
 
@@ -426,3 +427,42 @@ def test_symbolic_channels_and_bad_seed_are_clear_errors():
     s = b.input("s", (), "float32")
     with pytest.raises(GraphError, match="int64 scalar"):
         b.dropout(x2, s, 0.5, name="d")
+
+
+# ------------------------------------------------------ in the training step
+
+
+def test_training_step_updates_running_stats_and_replays_dropout_masks():
+    """The step builder switches both ops to training; `step` seeds dropout reproducibly."""
+    from graphc.train.step import StepConfig, build_step
+
+    b = Builder("m")
+    x = b.input("x", ("N", 4))
+    y = b.input("y", ("N",), dtype="int64")
+    h = b.batch_norm(b.linear(x, 8, name="fc1"), name="bn1")
+    logits = b.linear(b.dropout(b.relu(h), 0.5, name="drop1"), 3, name="fc2")
+    b.output(logits)
+    b.minimize(b.cross_entropy(logits, y))
+    step = build_step(b.graph, StepConfig(optimizer="sgd", lr=0.1))
+    assert step.stats == ["bn1.running_mean", "bn1.running_var"]
+    sess = make_session(step.export(), threads=1)
+    rng = np.random.default_rng(12)
+    feeds = {"x": rng.normal(size=(16, 4)).astype(np.float32),
+             "y": rng.integers(0, 3, 16), "lr": np.array(0.1, np.float32)}
+    wanted = {i.name for i in sess.get_inputs() + sess.get_overridable_initializers()}
+    assert {"step", "lr"} <= wanted
+
+    def at(k):
+        return run(sess, {n: v for n, v in {**feeds, "step": np.array(k)}.items() if n in wanted})
+
+    first, again, second = at(0), at(0), at(1)
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name], err_msg=name)  # bit for bit
+    assert first["loss"] != second["loss"]  # a new mask at the next step
+    # the new running statistics are those of fc1's output on this batch
+    params = b.graph.param_values()
+    z = feeds["x"].astype(np.float64) @ params["fc1.weight"] + params["fc1.bias"]
+    np.testing.assert_allclose(first["new.bn1.running_mean"], 0.1 * z.mean(0), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(first["new.bn1.running_var"], 0.9 + 0.1 * z.var(0, ddof=1),
+                               rtol=1e-4)

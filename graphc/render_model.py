@@ -1,0 +1,484 @@
+"""What a rendered picture shows: boxes, wires and clusters built from a Graph.
+
+This is the rendering's view of the IR, rebuilt on every render (never kept
+as a second graph). `build_view` classifies every value and node into a
+*kind* (graph input, parameter, forward op, gradient op, parameter gradient,
+optimizer update, …), groups them into clusters (a layer and its
+parameters, the primitives one composite expanded into, residual blocks),
+and can fold each top-level cluster into one box (`collapse=True`).
+`graphc.render_dot` turns the view into DOT text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphc.infer import split_inputs
+from graphc.ir import Graph, Node
+from graphc.ops.registry import get_op
+from graphc.render_blocks import find_residual_blocks
+from graphc.shapes import numel
+
+SCALAR_CONST_MAX = 1  # constants with at most this many elements are folded into their reader
+
+# Arithmetic ops drawn as small circles with their symbol, as in lecture figures.
+SYMBOLS = {"add": "+", "sub": "\u2212", "mul": "\u00d7", "div": "\u00f7", "neg": "\u2212x",
+           "matmul": "@", "add_n": "\u03a3"}
+
+
+@dataclass
+class Box:
+    """One drawn node. `id` is unique in the picture and stable across runs."""
+
+    id: str
+    kind: str  # a key of render_style.KIND_STYLES, or "op" / "group"
+    title: str
+    lines: list[str] = field(default_factory=list)
+    category: str = ""
+    cluster: str | None = None  # innermost cluster id
+    symbol: str | None = None  # draw as a circle with this symbol
+    fused: bool = False
+    value: str | None = None  # the value this box holds (sources, outputs, param grads)
+    members: list[str] = field(default_factory=list)  # for groups: the boxes folded in
+
+
+@dataclass
+class Wire:
+    """One drawn edge: a value flowing from `src` to `dst`."""
+
+    src: str
+    dst: str
+    value: str
+    kind: str  # "data", "grad", "saved", "update"
+    count: int = 1  # folded wires between two groups
+
+
+@dataclass
+class Cluster:
+    id: str
+    kind: str  # "layer", "composite", "block"
+    label: str
+    parent: str | None = None
+
+
+@dataclass
+class View:
+    name: str
+    mode: str  # "forward", "backward", "train"
+    boxes: dict[str, Box]
+    wires: list[Wire]
+    clusters: dict[str, Cluster]
+    beside: list[tuple[str, str]]  # (forward box, gradient box) pairs drawn on one rank
+    types: dict[str, object]  # value -> TensorType
+    collapsed: bool = False
+
+
+# ------------------------------------------------------------------ kinds
+def is_grad_node(node: Node) -> bool:
+    return bool(node.tags.get("grad"))
+
+
+def _grad_targets(graph: Graph) -> dict[str, str]:
+    """`<target>.grad` value -> target, from autodiff's bookkeeping and the naming rule."""
+    out = {v: k for k, v in graph.meta.get("grads", {}).items()}
+    for n in graph.nodes.values():
+        if n.name.endswith(".grad") and is_grad_node(n):
+            base = n.name[: -len(".grad")]
+            if base in graph.params or base in graph.inputs:
+                out.setdefault(n.name, base)
+    return out
+
+
+def _train_prefix() -> str:
+    try:
+        from graphc.train.step import NEW
+    except ImportError:  # the training-step builder is optional for rendering
+        return "new."
+    return NEW
+
+
+def node_kinds(graph: Graph) -> dict[str, str]:
+    """Each node's kind: "op", "grad", "param_grad", "update" or "new_param".
+
+    Optimizer nodes are the training step's nodes (tags "train" or
+    "optimizer") that read a gradient, directly or not, plus the `new.<name>`
+    outputs; other training-step nodes (regularization, metrics) are forward.
+    """
+    targets = _grad_targets(graph)
+    new = _train_prefix()
+    kinds: dict[str, str] = {}
+    from_grad: set[str] = set()
+    for n in graph.topo_order():
+        if is_grad_node(n):
+            kinds[n.name] = "param_grad" if n.name in targets else "grad"
+            from_grad.update(n.outputs)
+            continue
+        trains = n.tags.get("train") or n.tags.get("optimizer")
+        reads_grad = any(v in from_grad for v in n.inputs)
+        if trains and n.name.startswith(new):
+            kinds[n.name] = "new_param"
+        elif trains and reads_grad or n.tags.get("optimizer"):
+            kinds[n.name] = "update"
+        else:
+            kinds[n.name] = "op"
+        if reads_grad:
+            from_grad.update(n.outputs)
+    return kinds
+
+
+def fmt_dims(shape) -> str:
+    if len(shape) == 0:
+        return "scalar"
+    return "\u00d7".join(str(d) for d in shape)
+
+
+def fmt_type(t) -> str:
+    dims = fmt_dims(t.shape)
+    return dims if t.dtype == "float32" else f"{t.dtype} {dims}"
+
+
+def _fmt_attr(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return "\u00d7".join(map(str, v)) if v and len(set(v)) == 1 and len(v) <= 3 else (
+            "(" + ", ".join(map(str, v)) + ")")
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _fmt_const(arr: np.ndarray) -> str:
+    v = np.asarray(arr).reshape(-1)
+    if v.size == 0:
+        return "[]"
+    x = v[0].item()
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _param_count(graph: Graph, names) -> int | None:
+    total = 0
+    for k in names:
+        n = numel(graph.params[k].shape) if k in graph.params else 1
+        if not isinstance(n, int):
+            return None
+        total += n
+    return total
+
+
+def fmt_count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.1f}k"
+    return f"{n:,}"
+
+
+# ------------------------------------------------------------------ building
+def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
+               show_constants: bool = False) -> View:
+    """Classify, cluster and connect every node and value of `graph`."""
+    order = graph.topo_order()
+    kinds = node_kinds(graph)
+    producers = {o: n for n in order for o in n.outputs}
+    targets = _grad_targets(graph)
+    boxes: dict[str, Box] = {}
+    wires: list[Wire] = []
+    folded: dict[str, list[str]] = {}  # node -> folded constant notes
+
+    # sources: inputs, parameters, constants (frozen parameters of a training step
+    # are constants named like parameters: drawn as frozen parameters)
+    used = {v for n in order for v in n.inputs if v}
+    new = _train_prefix()
+    for name, t in graph.inputs.items():
+        if name in used or name in graph.outputs:
+            boxes[name] = Box(name, "input", name, [fmt_type(t)], value=name)
+    for name, p in graph.params.items():
+        if name not in used:
+            continue
+        kind = "state" if p.state else ("frozen" if p.frozen else "param")
+        boxes[name] = Box(name, kind, name, [fmt_type(p.type)], value=name)
+    for name, arr in graph.constants.items():
+        if name not in used:
+            continue
+        owner = name.rsplit(".", 1)[0] if "." in name else None
+        if owner in graph.nodes and arr.size > SCALAR_CONST_MAX:
+            boxes[name] = Box(name, "frozen", name, [fmt_dims(arr.shape)], value=name)
+        elif arr.size <= SCALAR_CONST_MAX and not show_constants:
+            continue  # folded into the reader's label below
+        else:
+            boxes[name] = Box(name, "const", name if not name.startswith("d_") else "const",
+                              [fmt_dims(arr.shape) if arr.size > 1 else _fmt_const(arr)],
+                              value=name)
+
+    for n in order:
+        op = get_op(n.op, n.loc)
+        kind = kinds[n.name]
+        lines = []
+        shown = _display_name(n) if kind == "op" else None
+        if shown:
+            lines.append(shown)
+        keys = [f"{k}={_fmt_attr(n.attrs[k])}" for k in op.key_attrs
+                if k in n.attrs and n.attrs[k] is not None]
+        if keys:
+            lines.append(", ".join(keys))
+        names = op.input_names()
+        for i, v in enumerate(n.inputs):
+            if v in graph.constants and v not in boxes:
+                slot = names[min(i, len(names) - 1)] if names else "c"
+                folded.setdefault(n.name, []).append(f"{slot}={_fmt_const(graph.constants[v])}")
+        lines += [", ".join(folded.get(n.name, []))] if n.name in folded else []
+        fused = _fused_from(n)
+        if fused:
+            lines.append("fused: " + " + ".join(fused))
+        title = n.op
+        if kind == "param_grad":
+            title, lines = f"\u2202L/\u2202{targets[n.name]}", [fmt_type(graph.type(n.name))]
+        elif kind == "new_param":
+            title, lines = n.name, [fmt_type(graph.type(n.name))]
+        symbol = SYMBOLS.get(n.op) if kind in ("op", "grad", "update") and not keys \
+            and n.name not in folded and not fused and len(shown or "") <= 3 else None
+        boxes[n.name] = Box(n.name, kind, title, lines, category=op.category, symbol=symbol,
+                            fused=bool(fused), value=n.name if kind != "op" else None)
+
+    for n in order:
+        for v in dict.fromkeys(x for x in n.inputs if x):
+            src = producers[v].name if v in producers else v
+            if src not in boxes:
+                continue
+            wires.append(Wire(src, n.name, v, _wire_kind(boxes[src].kind, kinds[n.name])))
+
+    # graph outputs and the loss end in a sink that carries the last value
+    sinks = list(dict.fromkeys(([graph.loss] if graph.loss else []) + list(graph.outputs)))
+    for v in sinks:
+        p = producers.get(v)
+        if p is None or kinds.get(p.name) != "op":
+            continue  # gradients and updates are drawn as boxes of their own
+        sid = f"out:{v}"
+        lines = ["loss"] if v == graph.loss and v != "loss" else []
+        boxes[sid] = Box(sid, "output", v, lines, value=v)
+        wires.append(Wire(p.name, sid, v, "data"))
+
+    clusters = _clusters(graph, order, kinds, boxes)
+    beside = _beside(graph, order, kinds, producers) if mode != "forward" else []
+    view = View(graph.name, mode, boxes, wires, clusters, beside, dict(graph.types))
+    if collapse:
+        view = collapse_view(view, graph, order, kinds, targets)
+    return view
+
+
+def _display_name(n: Node) -> str | None:
+    """The name worth printing under the op: none for names made up by the compiler
+    (`fc1__mul`, `mul_2`, gradient nodes `d_...`), whose cluster or op says it all."""
+    name = n.name
+    comp = n.tags.get("expanded_from")
+    if comp and name.startswith(comp + "__"):
+        name = name[len(comp) + 2:]
+    base = name.rstrip("0123456789").rstrip("_")
+    if base == n.op or name == n.op:
+        return None
+    return name
+
+
+def _wire_kind(src_kind: str, dst_kind: str) -> str:
+    backward = ("grad", "param_grad")
+    if dst_kind in backward:
+        return "grad" if src_kind in backward else "saved"
+    if dst_kind in ("update", "new_param"):
+        return "update"
+    return "data"
+
+
+def _fused_from(n: Node) -> list[str]:
+    """What a fused node replaced, from the fusion pass's tags (several spellings accepted)."""
+    for key in ("fused_from", "fused", "fused_ops"):
+        v = n.tags.get(key)
+        if isinstance(v, (list, tuple)) and v:
+            return [str(x) for x in v]
+        if isinstance(v, str) and v:
+            return [x.strip() for x in v.replace("+", ",").split(",") if x.strip()]
+    return []
+
+
+# ------------------------------------------------------------------ clusters
+def _clusters(graph: Graph, order: list[Node], kinds: dict[str, str],
+              boxes: dict[str, Box]) -> dict[str, Cluster]:
+    """Residual blocks contain composites, which contain layers (a node and its params)."""
+    clusters: dict[str, Cluster] = {}
+    forward = [n for n in order if kinds[n.name] == "op"]
+    consumers = graph.consumers()
+    block_of: dict[str, str] = {}
+    for k, blk in enumerate(find_residual_blocks(graph, forward), start=1):
+        cid = f"block:{blk.join}"
+        parent = next((block_of[m] for m in blk.nodes if m in block_of), None)
+        clusters[cid] = Cluster(cid, "block", f"residual block {k}", parent)
+        for m in blk.nodes:
+            block_of[m] = cid
+    for n in forward:
+        where = block_of.get(n.name)
+        comp = n.tags.get("expanded_from")
+        if comp:
+            cid = f"composite:{comp}"
+            if cid not in clusters:
+                src_op = n.tags.get("expanded_op")
+                clusters[cid] = Cluster(cid, "composite", f"{comp}" + (
+                    f" \u00b7 {src_op}" if src_op else ""), where)
+            where = cid
+        _data, params = split_inputs(n)
+        # a parameter joins the layer's cluster unless another forward node shares it
+        own = [p for p in params if p in boxes
+               and all(c is n for c in consumers.get(p, []) if kinds[c.name] == "op")]
+        if own:
+            cid = f"layer:{n.name}"
+            clusters[cid] = Cluster(cid, "layer", n.name, where)
+            for p in own:
+                boxes[p].cluster = cid
+                boxes[p].title = p[len(n.name) + 1:] if p.startswith(n.name + ".") else p
+            where = cid
+        boxes[n.name].cluster = where
+    return clusters
+
+
+def _beside(graph: Graph, order: list[Node], kinds: dict[str, str],
+            producers: dict[str, Node]) -> list[tuple[str, str]]:
+    """For each forward node, the gradient node drawn on its rank.
+
+    That is the node of its gradient rule whose result leaves the rule (the
+    gradient passed on to an input), preferring one that flows on to another
+    rule over one that becomes a parameter gradient.
+    """
+    rules: dict[str, list[Node]] = {}
+    for n in order:
+        of = n.tags.get("grad_of")
+        if kinds[n.name] == "grad" and of in graph.nodes:
+            rules.setdefault(of, []).append(n)
+    readers = graph.consumers()
+    pairs = []
+    for fwd, members in rules.items():
+        names = {m.name for m in members}
+        best, best_score = None, -1
+        for m in members:
+            outs = [c for o in m.outputs for c in readers.get(o, []) if c.name not in names]
+            score = 2 if any(kinds[c.name] == "grad" for c in outs) else (1 if outs else 0)
+            if score > best_score:
+                best, best_score = m, score
+        pairs.append((fwd, best.name))
+    for n in order:
+        if kinds[n.name] == "param_grad":
+            target = _grad_targets(graph)[n.name]
+            if target in graph.params:
+                pairs.append((target, n.name))
+    return pairs
+
+
+# ------------------------------------------------------------------ collapse
+def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, str],
+                  targets: dict[str, str]) -> View:
+    """Fold each top-level cluster (block, composite, layer) into one box.
+
+    Gradient nodes fold into one "∇ <group>" box per forward group (parameter
+    gradients join the box of the layer owning the parameter), optimizer
+    nodes into one "update <group>" box.
+    """
+    def top(cid: str | None) -> str | None:
+        while cid is not None and view.clusters[cid].parent is not None:
+            cid = view.clusters[cid].parent
+        return cid
+
+    group: dict[str, str] = {}  # box id -> group box id
+    for bid, box in view.boxes.items():
+        t = top(box.cluster)
+        if t is not None:
+            group[bid] = f"group:{t}"
+    owner_of_param: dict[str, str] = {}
+    consumers = graph.consumers()
+    for p in graph.params:
+        readers = [c.name for c in consumers.get(p, []) if kinds[c.name] == "op"]
+        if readers:
+            owner_of_param[p] = readers[0]
+
+    def fwd_group(node_name: str) -> str:
+        return group.get(node_name, node_name)
+
+    for n in order:
+        k = kinds[n.name]
+        anchor = None
+        if k == "grad":
+            anchor = n.tags.get("grad_of")
+            if anchor not in graph.nodes:
+                anchor = next((i for i in n.inputs if i in graph.nodes and kinds[i] == "op"),
+                              None)
+        elif k == "param_grad":
+            anchor = owner_of_param.get(targets[n.name])
+        elif k in ("update", "new_param"):
+            p = next((i for i in n.inputs if i in graph.params), None)
+            p = p or (n.name[len(_train_prefix()):] if k == "new_param" else None)
+            anchor = owner_of_param.get(p) if p else None
+            if anchor is not None:
+                group[n.name] = f"upd:{fwd_group(anchor)}"
+            continue
+        if anchor is not None and k in ("grad", "param_grad"):
+            group[n.name] = f"grad:{fwd_group(anchor)}"
+
+    boxes: dict[str, Box] = {}
+    members: dict[str, list[str]] = {}
+    for bid, box in view.boxes.items():
+        g = group.get(bid)
+        if g is None:
+            boxes[bid] = box
+        else:
+            members.setdefault(g, []).append(bid)
+    for gid, ms in members.items():
+        boxes[gid] = _group_box(gid, ms, view, graph)
+
+    wires: list[Wire] = []
+    index: dict[tuple, Wire] = {}
+    for w in view.wires:
+        s, d = group.get(w.src, w.src), group.get(w.dst, w.dst)
+        if s == d or s not in boxes or d not in boxes:
+            continue
+        key = (s, d, w.kind) if w.kind == "saved" else (s, d, w.value)
+        if key in index:
+            index[key].count += 1
+            continue
+        index[key] = Wire(s, d, w.value, w.kind)
+        wires.append(index[key])
+
+    beside = []
+    for gid in boxes:
+        if gid.startswith("grad:"):
+            fwd = gid[len("grad:"):]
+            if fwd in boxes:
+                beside.append((fwd, gid))
+    return View(view.name, view.mode, boxes, wires, {}, beside, view.types, collapsed=True)
+
+
+def _group_box(gid: str, member_ids: list[str], view: View, graph: Graph) -> Box:
+    kind_of, _, rest = gid.partition(":")
+    ops = [view.boxes[m] for m in member_ids if view.boxes[m].kind not in
+           ("param", "frozen", "state", "const", "input", "output")]
+    counts = Counter(graph.nodes[b.id].op for b in ops if b.id in graph.nodes)
+    summary = " \u00b7 ".join(f"{op} \u00d7{c}" if c > 1 else op for op, c in counts.items())
+    params = [m for m in member_ids if m in graph.params]
+    if kind_of == "group":
+        cluster = view.clusters[rest]
+        lines = [summary] if summary else []
+        n = _param_count(graph, params)
+        if params:
+            lines.append(f"{len(params)} params \u00b7 " + (fmt_count(n) if n is not None
+                                                              else "?") + " weights")
+        cats = [b.category for b in ops if b.category]
+        cat = next((c for c in cats if c not in ("math", "tensor")), cats[0] if cats else "")
+        return Box(gid, "group", cluster.label, lines, category=cat, members=member_ids)
+    if rest.startswith("group:"):
+        label = view.clusters[rest[len("group:"):]].label
+    else:
+        label = rest
+    if kind_of == "grad":
+        n_grads = sum(1 for m in member_ids if view.boxes[m].kind == "param_grad")
+        lines = [f"{len(ops) - n_grads} gradient ops"]
+        if n_grads:
+            lines.append(f"\u2192 {n_grads} parameter gradient" + ("s" if n_grads > 1 else ""))
+        return Box(gid, "grad", f"\u2207 {label}", lines, members=member_ids)
+    return Box(gid, "update", f"update {label}", [f"{len(ops)} ops"], members=member_ids)

@@ -66,6 +66,9 @@ def gradcheck(graph: Graph, feeds: dict[str, np.ndarray] | None = None, *,
     g = to_float64(graph)
     feeds = {k: (np.asarray(v, dtype="float64") if np.asarray(v).dtype.kind == "f" else v)
              for k, v in (feeds or random_feeds(g, batch, seed)).items()}
+    if wrt is None and not any(not p.frozen for p in g.params.values()):
+        # a graph of inputs only (the lecture example L = w3 * (w1 + w2)): check those
+        wrt = [k for k, t in g.inputs.items() if t.dtype == "float64"]
     bg = grad(g, wrt=wrt)
     targets = list(bg.meta["grads"])
     params = {k: v for k, v in g.param_values().items()}

@@ -231,6 +231,10 @@ def _decompose(kind: str):
 
 # ------------------------------------------------------------ ONNX lowering
 def _lower(kind: str):
+    # Measured on ORT CPU, one thread: the fused LSTM/GRU match or beat the unrolled form
+    # (up to 6x at batch 1, T=200); ORT's plain RNN kernel is 3-4x slower than unrolled at
+    # batch 32-64 but is kept: one op for any T (symbolic T cannot be unrolled), and the
+    # same ONNX serves cuDNN on CUDA.
     def lower(e, node, x, *rest):
         dtype = e.type(node.inputs[0]).dtype
         if dtype == "float64":

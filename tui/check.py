@@ -30,9 +30,10 @@ class Problem:
         msg = self.error.message
         if self.node and f"'{self.node}'" not in msg:
             msg = f"{self.node}: {msg}"
+        # Name both ends of the offending edges with their shapes, unless the message did.
         shapes = [f"{v}: {graph.types[v]}" for v in self.inputs if v in graph.types]
-        if shapes and not any(str(graph.types[v].shape) in msg for v in self.inputs
-                              if v in graph.types):
+        mentioned = sum(str(graph.types[v]) in msg for v in self.inputs if v in graph.types)
+        if shapes and mentioned < min(2, len(shapes)):
             msg += "  [" + ", ".join(shapes) + "]"
         return msg
 

@@ -67,7 +67,7 @@ class Document:
         self.saved_graph_text = disk_text  # the text on disk when we last read or wrote it
         self._disk_digest = _digest(disk_text) if disk_text is not None else None
         self._disk_mtime = self._mtime()
-        self._clean_version = 0
+        self._clean = graph  # the state that matches the file (undo can come back to it)
         self.version = 0  # bumps on every change (edits, undo, redo)
         self.autosaved_version = 0
 
@@ -101,7 +101,7 @@ class Document:
 
     @property
     def dirty(self) -> bool:
-        return self.version != self._clean_version
+        return self.graph is not self._clean
 
     @property
     def title(self) -> str:
@@ -198,7 +198,7 @@ class Document:
         self.saved_graph_text = text
         self._disk_digest = _digest(text)
         self._disk_mtime = self._mtime()
-        self._clean_version = self.version
+        self._clean = self.graph
         self.autosaved_version = self.version
         self.discard_autosave()
         return self.path
@@ -271,4 +271,4 @@ class Document:
         self.saved_graph_text = text
         self._disk_digest = _digest(text)
         self._disk_mtime = self._mtime()
-        self._clean_version = self.version
+        self._clean = self.graph

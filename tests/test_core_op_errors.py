@@ -53,7 +53,7 @@ def test_gradient_through_a_float_to_int_cast_names_the_cast() -> None:
 def test_argmax_used_beside_the_loss_is_fine() -> None:
     """An accuracy metric next to the loss needs no gradient: no error."""
     b = Builder("metric")
-    x, h = _classifier(b)
+    _, h = _classifier(b)
     y = b.input("y", ["N"], dtype="int64")
     hit = b.cast(b.equal(b.argmax(h, axis=1), y), to="float32")
     b.output(b.reduce_mean(hit, name="accuracy"))
@@ -64,7 +64,7 @@ def test_argmax_used_beside_the_loss_is_fine() -> None:
 
 def test_gradient_wrt_an_integer_input_is_a_clear_error() -> None:
     b = Builder("labels")
-    x, h = _classifier(b)
+    _, h = _classifier(b)
     y = b.input("y", ["N"], dtype="int64")
     b.minimize(b.cross_entropy(h, y))
     with pytest.raises(GraphError) as info:

@@ -36,7 +36,7 @@ FLOATS = ("float32", "float64")
 TOL = 1e-5
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(opname: str, dtype: str):
     """(cases, [(graph, session)]) per op and dtype: built and loaded once, reused by every
     example."""
@@ -108,3 +108,28 @@ def test_missing_hints_fail_the_table() -> None:
     with pytest.raises(MissingHints, match="no cases"):
         cases_for(OpDef(name="b2", inputs=("x",), attrs={}, infer=lambda c: c.x,
                         reference=lambda x: x, test={"grad": True}))
+
+
+def test_table_catches_a_wrong_lowering(monkeypatch) -> None:
+    """A lowering that computes the wrong function fails the comparison."""
+    op = REGISTRY["elu"]
+    monkeypatch.setattr(op, "lower", lambda e, n, x: e.op("Relu", [x]))
+    case = cases_for(op)[0]
+    g = build(case, "float32")
+    sess = make_session(export(g, params_as_inputs=True, keep_inputs=True), threads=1)
+    with pytest.raises(AssertionError, match="elu"):
+        _check_case(case, g, sess, batch=3, seed=0)
+
+
+def test_table_catches_a_wrong_shape_rule(monkeypatch) -> None:
+    """An inferred shape that differs from what ORT returns fails the table."""
+    from graphc.ir import TensorType
+
+    op = REGISTRY["argmax"]
+    monkeypatch.setattr(op, "infer", lambda c: TensorType("int64", c.x.shape[:1] + (1,)))
+    case = cases_for(op)[0]
+    g = build(case, "float32")
+    sess = make_session(export(g, params_as_inputs=True, keep_inputs=True, check=False),
+                        threads=1)
+    with pytest.raises(AssertionError, match="shape"):
+        _check_case(case, g, sess, batch=3, seed=0)

@@ -238,8 +238,13 @@ DATASETS = {
 }
 
 
-def load(name: str, seed: int = 0, val_split: float = 0.1, test_split: float = 0.2) -> Dataset:
-    """A named data set or a .npz/.csv file."""
+def load(name: str, seed: int = 0, val_split: float = 0.1, test_split: float = 0.2,
+         input_shape: tuple | None = None) -> Dataset:
+    """A named data set or a .npz/.csv file.
+
+    `input_shape` (the model input's declared shape) sets the sequence length
+    of the sequence tasks, so `--data parity` fits an RNN over any fixed T.
+    """
     if name.endswith((".npz", ".csv")) or os.sep in name:
         return from_file(name, seed=seed, val_split=val_split, test_split=test_split)
     if name not in DATASETS:
@@ -247,4 +252,8 @@ def load(name: str, seed: int = 0, val_split: float = 0.1, test_split: float = 0
         raise GraphError(f"unknown data set '{name}'",
                          hint=(f"did you mean '{near}'? " if near else "")
                          + "use one of " + ", ".join(DATASETS) + ", or a .npz/.csv file")
-    return DATASETS[name](seed=seed, val_split=val_split, test_split=test_split)
+    kw = {}
+    if name in ("parity", "adding") and input_shape is not None and len(input_shape) == 3 \
+            and isinstance(input_shape[1], int):
+        kw["length"] = input_shape[1]
+    return DATASETS[name](seed=seed, val_split=val_split, test_split=test_split, **kw)

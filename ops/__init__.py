@@ -5,6 +5,7 @@ from graphc.ops import (  # noqa: F401 - imported for registration
     conv,
     dense,
     dropout,
+    fused,
     losses,
     math,
     norm,

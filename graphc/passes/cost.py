@@ -6,7 +6,6 @@ when a command set it (e.g. the batch size of `graphc train`), else a default.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
 import numpy as np
@@ -17,7 +16,6 @@ from graphc.ops.registry import InferCtx, get_op
 from graphc.shapes import concrete
 
 DEFAULT_DIM = 32
-_IDENT = re.compile(r"[A-Za-z_]\w*")
 
 
 def dim_sizes(graph: Graph, default: int = DEFAULT_DIM) -> dict[str, int]:
@@ -40,10 +38,15 @@ def node_flops(graph: Graph, node: Node) -> int:
     if op.flops is None:
         return 0
     data, params = split_inputs(node)
-    types = [graph.types.get(v) if v else None for v in data + params]
+    sizes = dim_sizes(graph)
+
+    def fix(t: TensorType | None) -> TensorType | None:
+        return None if t is None else TensorType(t.dtype, concrete(t.shape, sizes, DEFAULT_DIM))
+
+    types = [fix(graph.types.get(v)) if v else None for v in data + params]
     ctx = InferCtx(op, node.name, types, node.attrs, node.loc)
     try:
-        return int(op.flops(ctx, [graph.types[o] for o in node.outputs]))
+        return int(op.flops(ctx, [fix(graph.types[o]) for o in node.outputs]))
     except Exception:  # an estimate only: an op whose rule needs static dims counts 0
         return 0
 

@@ -46,9 +46,9 @@ CLEANUP = ["eliminate_dead_code", "fold_constants", "simplify",
 PIPELINES: dict[int, list[str]] = {
     0: [],
     1: list(CLEANUP),
-    2: CLEANUP + ["fuse_softmax_cross_entropy", "fuse_gemm", "fuse_optimizer_update",
-                  "simplify", "eliminate_common_subexpressions", "eliminate_dead_code",
-                  "order_for_memory"],
+    2: ["fuse_softmax_cross_entropy", *CLEANUP, "fuse_gemm", "fuse_optimizer_update",
+        "simplify", "eliminate_common_subexpressions", "eliminate_dead_code",
+        "order_for_memory"],
 }
 
 

@@ -86,6 +86,8 @@ def rewrite_transpose(g, m):
 def check_reshape(g, node, ctx):
     if g.types[node.inputs[0]] == g.types[node.outputs[0]]:
         return _forward(g, node, ctx, node.inputs[0])
+    if node.op == "flatten":
+        return "flatten's result depends on its input's dims"
     inner = ctx["producers"].get(node.inputs[0])
     if inner is None or inner.op not in ("reshape", "reshape_like", "flatten", "squeeze",
                                          "unsqueeze"):

@@ -1,0 +1,116 @@
+"""fuse_softmax_cross_entropy: the decomposed cross-entropy and its gradient -> two kernels.
+
+`cross_entropy` is a composite: log_softmax, one_hot, mul, reduce_sum, neg,
+reduce_mean, and autodiff turns that into about ten more nodes on [N, C]
+tensors (unsqueeze, broadcast, mul by the one-hot, the log_softmax rule).
+This rule puts the forward back as one `softmax_cross_entropy` (ONNX
+SoftmaxCrossEntropyLoss, which also returns the log-probabilities) and the
+backward as one stable expression, (exp(logp) - onehot) * dloss / N, that
+reuses those log-probabilities instead of recomputing a softmax.
+
+It must run before fold_constants: folding turns the loss's seed gradient
+into anonymous constants, and the rule needs the seed to find the chain.
+"""
+
+from __future__ import annotations
+
+from graphc.ir import Graph, Node, TensorType
+from graphc.passes.manager import register
+from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses
+
+
+def _forward_users(ctx: dict, v: str) -> list[Node]:
+    return [n for n in ctx["consumers"].get(v, ()) if not n.tags.get("grad")]
+
+
+def _grad_group(g: Graph, name: str) -> list[Node]:
+    return [n for n in g.nodes.values() if n.tags.get("grad_of") == name]
+
+
+def check(g: Graph, node: Node, ctx: dict) -> Match | str:
+    logits = node.inputs[0]
+    if g.types[logits].rank != 2 or node.attrs["axis"] not in (1, -1):
+        return "not a log_softmax over the classes of [N, C] logits"
+    users = _forward_users(ctx, node.outputs[0])
+    if len(users) != 1 or users[0].op != "mul" or node.outputs[0] in ctx["protected"]:
+        return "the log-probabilities have uses other than one mul by the target"
+    mul = users[0]
+    target = mul.inputs[0] if mul.inputs[1] == node.outputs[0] else mul.inputs[1]
+    if g.types[target] != g.types[logits]:
+        return "the target is not one-hot / probabilities of the logits' shape"
+    onehot = ctx["producers"].get(target)
+    if onehot is not None and onehot.op == "one_hot" and onehot.attrs["depth"] == \
+            g.types[logits].shape[1]:
+        target = onehot.inputs[0]
+    chain = [node, mul]
+    nxt = _forward_users(ctx, mul.outputs[0])
+    if len(nxt) != 1 or nxt[0].op != "reduce_sum" or tuple(nxt[0].attrs["axes"] or ()) not in (
+            (1,), (-1,)) or nxt[0].attrs["keepdims"]:
+        return "the product is not summed over the classes"
+    chain.append(nxt[0])
+    nxt = _forward_users(ctx, nxt[0].outputs[0])
+    if len(nxt) != 1 or nxt[0].op != "neg":
+        return "the class sum is not negated"
+    chain.append(nxt[0])
+    final, reduction = nxt[0], "none"
+    nxt = _forward_users(ctx, final.outputs[0])
+    if len(nxt) == 1 and nxt[0].op in ("reduce_mean", "reduce_sum") and \
+            nxt[0].attrs["axes"] in (None, (0,), 0) and not nxt[0].attrs["keepdims"]:
+        final, reduction = nxt[0], "mean" if nxt[0].op == "reduce_mean" else "sum"
+        chain.append(final)
+    for n in chain[:-1]:
+        if n.outputs[0] in ctx["protected"]:
+            return f"the intermediate '{n.name}' is a graph output"
+    # the backward: log_softmax's rule produced d(logits); the loss's seed feeds the chain
+    dlogits = [n for n in _grad_group(g, node.name) if n.op == "sub"]
+    seed = None
+    if dlogits:
+        inner = {o for n in chain for o in n.outputs}
+        group = [n for c in chain for n in _grad_group(g, c.name)]
+        made = {o for n in group for o in n.outputs}
+        cands = {v for n in group for v in n.inputs
+                 if v and v not in made and v not in inner and v not in g.constants
+                 and g.types[v].shape == g.types[final.outputs[0]].shape}
+        if len(cands) != 1:
+            return "cannot tell the loss's incoming gradient (run before fold_constants)"
+        seed = cands.pop()
+    return Match(node, {"logits": logits, "target": target, "final": final,
+                        "reduction": reduction, "dlogits": dlogits[0].outputs[0]
+                        if dlogits else None, "seed": seed})
+
+
+def rewrite(g: Graph, m: Match) -> None:
+    v = m.values
+    final: Node = v["final"]
+    logp = f"{final.name}:1"
+    if logp in g.value_names():
+        logp = g.unique_name(f"{final.name}_logp")
+    final.op = "softmax_cross_entropy"
+    final.inputs = [v["logits"], v["target"]]
+    final.attrs = {"reduction": v["reduction"]}
+    final.outputs = [final.outputs[0], logp]
+    g.types[logp] = g.types[m.node.outputs[0]]
+    replace_uses(g, m.node.outputs[0], logp)
+    if v["dlogits"] is None:
+        return
+    name = g.unique_name(f"d_{final.name}_softmax_cross_entropy_grad")
+    from graphc.ir import Node as _Node
+
+    g.add_node(_Node(name, "softmax_cross_entropy_grad", [v["seed"], logp, v["target"]], [name],
+                     {"reduction": v["reduction"]}, final.loc,
+                     tags={"grad": True, "grad_of": final.name}))
+    g.types[name] = TensorType(g.types[logp].dtype, g.types[logp].shape)
+    replace_uses(g, v["dlogits"], name)
+
+
+RULES = [Rule("softmax_cross_entropy", ("log_softmax",), check, rewrite,
+              "log_softmax, one_hot, mul, sum, neg, mean and their gradients -> "
+              "softmax_cross_entropy + softmax_cross_entropy_grad")]
+
+
+@register("fuse_softmax_cross_entropy",
+          "decomposed cross-entropy forward and backward -> one stable kernel each")
+def fuse_softmax_cross_entropy(g: Graph) -> Graph:
+    report = apply_rules(g, RULES)
+    g.meta["_pass_note"] = report.summary()
+    return g

@@ -1,0 +1,248 @@
+"""Memory planning: schedule, liveness, best-fit buffer sharing, in-place updates, peak.
+
+The plan covers the values nodes produce (activations, gradients, updates);
+inputs, parameters and constants are fixed memory and reported apart. Sizes
+of symbolic dims come from `graph.meta["dim_sizes"]` (see passes.cost).
+
+- Liveness: a value lives from the step that produces it to its last reader;
+  graph outputs live to the end. A view (`aliases` facet: reshape, identity)
+  takes no buffer of its own and extends the life of what it views.
+- In place: an output may take its input's memory when the op declares it
+  safe (`inplace` facet) and that input is read for the last time there.
+- Buffers: every tensor gets an offset in one arena. Largest first, each goes
+  into the best-fitting (smallest sufficient) gap left by the tensors already
+  placed whose lifetimes overlap its own; tensors that are never live at the
+  same time share memory.
+- Peak: the arena size. The liveness lower bound is the largest sum of live
+  sizes at any step (no plan can beat it); a naive plan gives every tensor
+  its own buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from graphc.ir import Graph, Node
+from graphc.ops.registry import get_op
+from graphc.passes import cost
+from graphc.passes.manager import register
+from graphc.passes.rewrite import protected
+
+
+@dataclass
+class Tensor:
+    name: str
+    size: int  # bytes
+    first: int  # step that produces it
+    last: int  # last step that reads it (len(schedule) for outputs)
+    offset: int | None = None  # byte offset in the arena; None for views
+    view_of: str | None = None  # the value whose memory an alias reads
+    inplace_of: str | None = None  # the input whose memory it took over
+
+
+@dataclass
+class MemoryPlan:
+    schedule: list[str]  # node names in execution order
+    tensors: list[Tensor]
+    peak: int  # planned arena size: max(offset + size)
+    lower_bound: int  # largest total of live bytes at any step
+    naive: int  # one buffer per tensor
+    fixed: int  # inputs, parameters and constants
+    timeline: list[tuple[int, int]] = field(default_factory=list)  # (step, live bytes)
+    inplace: int = 0  # outputs that reuse their input's memory
+
+    @property
+    def total_peak(self) -> int:
+        return self.peak + self.fixed
+
+    def table(self, limit: int | None = None) -> str:
+        fb = cost.fmt_bytes
+        rows = sorted(self.tensors, key=lambda t: (t.first, t.name))
+        width = min(max([len(t.name) for t in rows] + [6]), 48)
+        head = f"{'tensor':{width}} {'size':>10} {'first':>6} {'last':>6}  buffer (offset)"
+        lines = [head, "-" * len(head)]
+        for t in rows if limit is None else rows[:limit]:
+            where = (f"view of {t.view_of}" if t.view_of else
+                     f"@{t.offset}" + (f" (in place of {t.inplace_of})" if t.inplace_of else ""))
+            last = "end" if t.last >= len(self.schedule) else str(t.last)
+            lines.append(f"{t.name[:width]:{width}} {fb(t.size):>10} {t.first:>6} {last:>6}  "
+                         f"{where}")
+        if limit is not None and len(rows) > limit:
+            lines.append(f"... {len(rows) - limit} more tensors")
+        return "\n".join(lines + ["", self.summary()])
+
+    def summary(self) -> str:
+        fb = cost.fmt_bytes
+        return (f"steps {len(self.schedule)}, tensors {len(self.tensors)}, "
+                f"{self.inplace} in place\n"
+                f"planned peak   {fb(self.peak)}  (activations, gradients, updates)\n"
+                f"lower bound    {fb(self.lower_bound)}  (largest live set at one step)\n"
+                f"naive plan     {fb(self.naive)}  (one buffer per tensor)\n"
+                f"fixed          {fb(self.fixed)}  (inputs, parameters, constants)")
+
+
+def _root(views: dict[str, str], v: str) -> str:
+    while v in views:
+        v = views[v]
+    return v
+
+
+def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None) -> MemoryPlan:
+    """Plan memory for `graph` executed in `schedule` (default: its topological order)."""
+    order = list(schedule) if schedule is not None else graph.topo_order()
+    sizes = cost.dim_sizes(graph)
+    keep = protected(graph)
+    end = len(order)
+    size = {o: cost.nbytes(graph.types[o], sizes) for n in order for o in n.outputs}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    views: dict[str, str] = {}  # alias output -> the value it views
+    for step, n in enumerate(order):
+        op = get_op(n.op, n.loc)
+        for i, o in enumerate(n.outputs):
+            first[o] = last[o] = step
+            j = op.aliases.get(i)
+            if j is not None and j < len(n.inputs) and n.inputs[j] in size:
+                views[o] = n.inputs[j]
+        for v in n.inputs:
+            if v in size:
+                last[v] = max(last[v], step)
+    for v in keep:
+        if v in size:
+            last[v] = end
+    for v in sorted(views, key=lambda v: first[v], reverse=True):  # views keep their base alive
+        r = _root(views, v)
+        last[r] = max(last[r], last[v])
+    roots = [v for v in size if v not in views]
+
+    # in place: an output joins its input's slot when the op allows it and the input dies here
+    slot_of = {v: v for v in roots}
+    inplace_of: dict[str, str] = {}
+    for step, n in enumerate(order):
+        op = get_op(n.op, n.loc)
+        for i, j in op.inplace.items():
+            if i >= len(n.outputs) or j >= len(n.inputs):
+                continue
+            o, src = n.outputs[i], n.inputs[j]
+            if (o in slot_of and src in slot_of and last[src] == step and src not in keep
+                    and size[o] <= size[src] and slot_of[src] == src
+                    and src not in inplace_of.values()):
+                slot_of[o] = slot_of[src]
+                inplace_of[o] = src
+    slots: dict[str, list[str]] = {}
+    for v in roots:
+        slots.setdefault(_slot(slot_of, v), []).append(v)
+    offset = _assign_offsets({s: (max(size[m] for m in ms), min(first[m] for m in ms),
+                                  max(last[m] for m in ms)) for s, ms in slots.items()})
+    tensors = []
+    for v in size:
+        if v in views:
+            tensors.append(Tensor(v, size[v], first[v], last[v], None, _root(views, v)))
+        else:
+            tensors.append(Tensor(v, size[v], first[v], last[v], offset[_slot(slot_of, v)],
+                                  None, inplace_of.get(v)))
+    diff = [0] * (end + 2)
+    for s, ms in slots.items():
+        lo, hi = min(first[m] for m in ms), max(last[m] for m in ms)
+        diff[lo] += max(size[m] for m in ms)
+        diff[min(hi, end - 1) + 1] -= max(size[m] for m in ms)
+    timeline, running = [], 0
+    for step in range(end):
+        running += diff[step]
+        timeline.append((step, running))
+    fixed = sum(cost.nbytes(graph.types[v], sizes)
+                for v in list(graph.inputs) + list(graph.params) + list(graph.constants)
+                if v in graph.types)
+    peak = max((offset[s] + max(size[m] for m in ms) for s, ms in slots.items()), default=0)
+    return MemoryPlan([n.name for n in order], tensors, peak,
+                      max((b for _, b in timeline), default=0), sum(size[v] for v in roots),
+                      fixed, timeline, len(inplace_of))
+
+
+def _slot(slot_of: dict[str, str], v: str) -> str:
+    while slot_of[v] != v:
+        v = slot_of[v]
+    return v
+
+
+def _assign_offsets(items: dict[str, tuple[int, int, int]]) -> dict[str, int]:
+    """Offsets in one arena, largest first, each in the best-fitting gap among the
+    already placed items whose lifetimes overlap it (greedy by size, as TFLite)."""
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
+    out: dict[str, int] = {}
+    for name, (sz, lo, hi) in sorted(items.items(), key=lambda kv: (-kv[1][0], kv[1][1])):
+        busy = sorted((o, o + s) for o, s, f, la in placed if f <= hi and lo <= la)
+        best, best_gap, at = None, None, 0
+        for a, b in busy:
+            gap = a - at
+            if gap >= sz and (best_gap is None or gap < best_gap):
+                best, best_gap = at, gap
+            at = max(at, b)
+        out[name] = best if best is not None else at
+        placed.append((out[name], sz, lo, hi))
+    return out
+
+
+def memory_order(graph: Graph) -> list[Node]:
+    """A topological order that greedily runs the ready node freeing the most memory.
+
+    Among ready nodes, run first one that frees more than it allocates (the
+    largest net gain); otherwise keep the current order, so on a chain nothing
+    changes. This pulls each gradient's consumers (updates, sums)
+    right behind it instead of letting gradients pile up.
+    """
+    sizes = cost.dim_sizes(graph)
+    keep = protected(graph)
+    producers = graph.producers()
+    nodes = graph.topo_order()
+    pos = {n.name: i for i, n in enumerate(nodes)}
+    users: dict[str, set[str]] = {}
+    for n in nodes:
+        for v in n.inputs:
+            if v in producers:
+                users.setdefault(v, set()).add(n.name)
+    remaining = {v: len(u) for v, u in users.items()}
+    nbytes = {o: cost.nbytes(graph.types[o], sizes) for n in nodes for o in n.outputs}
+    indeg = {n.name: len({v for v in n.inputs if v in producers}) for n in nodes}
+    ready = {n.name for n in nodes if indeg[n.name] == 0}
+    order: list[Node] = []
+
+    def score(name: str) -> tuple[int, int]:
+        n = graph.nodes[name]
+        freed = sum(nbytes[v] for v in set(n.inputs)
+                    if v in remaining and remaining[v] == 1 and v not in keep)
+        made = sum(nbytes[o] for o in n.outputs)
+        # only a node that shrinks the live set jumps the queue; the rest keep their order
+        # (hoisting every small node to the front would stretch its output's life)
+        return (min(made - freed, 0), pos[name])
+
+    while ready:
+        name = min(ready, key=score)
+        ready.discard(name)
+        n = graph.nodes[name]
+        order.append(n)
+        for v in set(n.inputs):
+            if v in remaining:
+                remaining[v] -= 1
+        for o in n.outputs:
+            for u in users.get(o, ()):
+                indeg[u] -= 1
+                if indeg[u] == 0:
+                    ready.add(u)
+    return order
+
+
+@register("order_for_memory", "reorder the schedule greedily to keep the live set small")
+def order_for_memory(g: Graph) -> Graph:
+    before = plan_memory(g).lower_bound
+    order = memory_order(g)
+    cand = {n.name: n for n in order}
+    after = plan_memory(g, order).lower_bound
+    if after < before:
+        g.nodes = cand
+        g.meta["_pass_note"] = (f"live peak {cost.fmt_bytes(before)} -> "
+                                f"{cost.fmt_bytes(after)}")
+    else:
+        g.meta["_pass_note"] = "kept the order (no smaller live peak)"
+    return g

@@ -1,0 +1,202 @@
+"""Recomputation (gradient checkpointing) under a memory budget.
+
+The backward pass reads forward activations, so by default all of them stay
+alive from the forward pass until their gradient is computed: the training
+peak grows with depth. Chen et al. (2016, "Training deep nets with sublinear
+memory cost") keep only the activations at ~√n segment boundaries and
+recompute each segment's inside during the backward pass.
+
+Here the forward schedule is cut into k segments of about equal *saved
+bytes* (rather than equal node counts, so one wide layer does not dominate a
+segment); values crossing a boundary are kept, every other forward value the
+backward pass reads is dropped and recomputed from the kept ones, right
+before its first backward reader. k is chosen by planning each candidate
+(passes.memory) and taking the one with the least recomputed FLOPs whose
+planned peak fits the budget ("auto": the smallest planned peak, which is
+what √n checkpointing aims for).
+
+Recomputed nodes carry `tags["recompute"]`, which is part of the CSE key, so
+eliminate_common_subexpressions never merges them back into the originals.
+ONNX Runtime has its own CSE, which would: each recomputed segment therefore
+starts from its checkpoints through `recompute_barrier` nodes (an identity
+ORT cannot see through), so the copies stay copies in the exported step.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from graphc.errors import GraphError
+from graphc.ir import Graph, Node
+from graphc.ops.registry import get_op
+from graphc.passes import cost
+from graphc.passes.manager import register
+from graphc.passes.memory import plan_memory
+from graphc.passes.rewrite import protected
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30}
+
+
+def parse_budget(text: str | int) -> int | str:
+    """'auto', a byte count, or a size such as 200MB / 1.5GiB."""
+    if isinstance(text, int):
+        return text
+    t = str(text).strip().lower()
+    if t == "auto":
+        return "auto"
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([kmg]i?b|b)?", t)
+    if not m:
+        raise GraphError(f"cannot read the memory budget '{text}'",
+                         hint="give bytes (500000000), a size (200MB, 1.5GiB) or auto")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+
+
+def backward_nodes(g: Graph, order: list[Node]) -> set[str]:
+    """Nodes that run after the loss: everything downstream of the node producing it.
+
+    Gradient nodes that read only forward values (relu's mask) are not among
+    them: they are activations the backward pass keeps, so they may be dropped
+    and recomputed like any other.
+    """
+    producers = g.producers()
+    if g.loss is None or g.loss not in producers:
+        return {n.name for n in order if n.tags.get("grad") or n.tags.get("train")}
+    after: set[str] = set()
+    reached = set(producers[g.loss].outputs)
+    for n in order:
+        if n.name != producers[g.loss].name and any(v in reached for v in n.inputs):
+            after.add(n.name)
+            reached.update(n.outputs)
+    return after
+
+
+def recompute_graph(g: Graph, segments: int) -> tuple[Graph, int]:
+    """A copy of `g` with √n-style checkpointing over `segments` segments; (graph, FLOPs added)."""
+    g = g.copy()
+    order = g.topo_order()
+    keep = protected(g)
+    sizes = cost.dim_sizes(g)
+    back = backward_nodes(g, order)
+    producers = g.producers()
+    fwd_all = [n for n in order if n.name not in back]
+    # forward nodes by depth, so a mask computed late in the file sits next to its layer
+    level: dict[str, int] = {}
+    for n in fwd_all:
+        level[n.name] = 1 + max((level.get(producers[v].name, 0) for v in n.inputs
+                                 if v in producers), default=0)
+    rank = {n.name: i for i, n in enumerate(order)}
+    fwd = sorted(fwd_all, key=lambda n: (level[n.name], rank[n.name]))
+    seg_of: dict[str, int] = {}
+    saved = {o for n in order if n.name in back for o in n.inputs}
+    weights = [sum(cost.nbytes(g.types[o], sizes) for o in n.outputs if o in saved) for n in fwd]
+    total = max(sum(weights), 1)
+    acc = 0
+    for n, w in zip(fwd, weights):
+        seg = min(int(acc * segments / total), segments - 1)
+        for o in n.outputs:
+            seg_of[o] = seg
+        acc += w
+    # a value is kept when a later segment (or anything but the backward) reads it
+    kept: set[str] = set(keep)
+    for n in fwd:
+        for v in n.inputs:
+            if v in seg_of and seg_of[v] != seg_of[n.outputs[0]]:
+                kept.add(v)
+    for n in fwd:
+        if get_op(n.op, n.loc).random:
+            kept.update(n.outputs)  # a second draw would differ
+    dropped = {v for v in saved if v in seg_of and v not in kept}
+    if not dropped:
+        return g, 0
+    clones: dict[str, str] = {}
+    barriers: dict[str, str] = {}
+    new_nodes: dict[str, list[Node]] = {}  # backward node -> clones to place before it
+    added_flops = 0
+
+    def source(v: str, before: str) -> str:
+        """The value a clone reads for `v`: a clone, a barrier on a kept value, or v itself."""
+        if v in seg_of and v not in kept:  # inside a segment: recomputed as well
+            return clone(v, before)
+        if v in seg_of:  # a kept activation: read through a barrier so ORT's CSE keeps copies
+            if v not in barriers:
+                name = g.unique_name(f"{v}_rc_in")
+                node = Node(name, "recompute_barrier", [v], [name], {}, None, [],
+                            {"grad": True, "recompute": True})
+                g.add_node(node)
+                g.types[name] = g.types[v]
+                new_nodes.setdefault(before, []).append(node)
+                barriers[v] = name
+            return barriers[v]
+        return v
+
+    def clone(v: str, before: str) -> str:
+        nonlocal added_flops
+        if v in clones:
+            return clones[v]
+        p = producers[v]
+        ins = [source(i, before) if i else "" for i in p.inputs]
+        name = g.unique_name(f"{p.name}_rc")
+        outs = [name] + [f"{name}:{i}" for i in range(1, len(p.outputs))]
+        node = Node(name, p.op, ins, outs, dict(p.attrs), p.loc, [],
+                    dict(p.tags, grad=True, recompute=True, recompute_of=p.name))
+        g.add_node(node)
+        for o, c in zip(p.outputs, outs):
+            g.types[c] = g.types[o]
+            clones[o] = c
+        new_nodes.setdefault(before, []).append(node)
+        added_flops += cost.node_flops(g, p)
+        return clones[v]
+
+    for n in order:
+        if n.name not in back:
+            continue
+        if any(v in dropped for v in n.inputs):
+            n.inputs = [clone(v, n.name) if v in dropped else v for v in n.inputs]
+    placed: list[str] = []
+    for n in order:
+        placed.extend(c.name for c in new_nodes.get(n.name, ()))
+        placed.append(n.name)
+    g.nodes = {k: g.nodes[k] for k in placed}
+    g.meta["recompute_segments"] = segments
+    return g, added_flops
+
+
+def _choose(g: Graph, budget: int | str) -> tuple[Graph, str]:
+    n_fwd = len(g.nodes) - len(backward_nodes(g, g.topo_order()))
+    base = plan_memory(g).peak
+    root = max(int(math.sqrt(max(n_fwd, 1))), 2)
+    tried = []
+    for k in sorted({2, 3, 4, root // 2, root, 2 * root, 4 * root} - {0, 1}):
+        cand, flops = recompute_graph(g, k)
+        peak = plan_memory(cand).peak
+        tried.append((k, peak, flops, cand))
+    if budget == "auto":
+        k, peak, flops, cand = min(tried, key=lambda t: (t[1], t[2]))
+    else:
+        fits = [t for t in tried if t[1] <= budget]
+        if fits:
+            k, peak, flops, cand = min(fits, key=lambda t: (t[2], t[1]))
+        else:
+            k, peak, flops, cand = min(tried, key=lambda t: (t[1], t[2]))
+    if peak >= base:
+        return g, f"no gain: planned peak {cost.fmt_bytes(base)} is already the best"
+    note = (f"{k} segments: planned peak {cost.fmt_bytes(base)} -> {cost.fmt_bytes(peak)}, "
+            f"+{cost.fmt_count(flops)} FLOPs recomputed")
+    if budget != "auto" and peak > budget:
+        note += f" (budget {cost.fmt_bytes(budget)} not reached)"
+    return cand, note
+
+
+@register("recompute", "drop activations and recompute them in the backward pass to fit "
+          "meta['memory_budget'] (bytes or 'auto')")
+def recompute(g: Graph) -> Graph:
+    budget = g.meta.get("memory_budget", "auto")
+    budget = parse_budget(budget) if isinstance(budget, str) else budget
+    if not any(n.tags.get("grad") for n in g.nodes.values()):
+        g.meta["_pass_note"] = "no backward pass: nothing to recompute"
+        return g
+    out, note = _choose(g, budget)
+    out.meta["_pass_note"] = note
+    return out

@@ -3,19 +3,22 @@
 ONNX's Dropout and RandomUniformLike draw from a generator hidden in the
 session: with a fixed `seed` attribute every step gets the same mask, without
 one the stream depends on the session and cannot be replayed. So the mask
-here is a pure function of (element index, seed, stream), computed with int64
-arithmetic that ONNX Runtime implements on every provider (Mul, Mod, Div,
-BitwiseXor): the training-step builder feeds the step count as `seed`, a
-resumed run draws exactly the masks it would have drawn, and the NumPy
-reference reproduces ORT's mask exactly, so tests compare values, not
-statistics.
+here is a pure function of (element index, seed, stream), computed with
+standard int64 ops (Range, Mul, Div, BitwiseAnd, BitwiseXor, GreaterOrEqual;
+ONNX Runtime's CPU provider has all of them, the tests run them; on CUDA any
+without a kernel falls back to the CPU): the training-step builder feeds the
+step count as `seed`, a resumed run draws exactly the masks it would have
+drawn, and the NumPy reference reproduces ORT's mask exactly, so tests compare
+values, not statistics.
 
 The hash keeps every value below 2**31, so products of two of them stay below
 2**62 and never overflow int64 (no reliance on wrap-around, which ONNX leaves
 unspecified). Each round is a bijection on [0, 2**31): xor with a right shift
 (spelled as division by a power of two, since ONNX BitShift is unsigned-only)
-and multiplication by an odd constant modulo 2**31, in the style of the
-well-known 32-bit integer hash by Thomas Mueller.
+and multiplication by an odd constant modulo 2**31 (a bit mask), in the style
+of the well-known 32-bit integer hash by Thomas Mueller. The mask is
+h(h(i) ^ h(h(seed) ^ stream)) >= rate * 2**31 for the row-major element index
+i; tensors of 2**31 elements or more repeat the index pattern.
 """
 
 from __future__ import annotations
@@ -63,11 +66,15 @@ def keep_mask_np(shape: tuple[int, ...], seed: int | np.ndarray, stream: int,
     return mix_np(mix_np(idx) ^ c) >= threshold(rate)
 
 
+def _low31(e, x: str) -> str:
+    """x mod 2**31 (floor mod, also for negative x: two's complement makes it a bit mask)."""
+    return e.op("BitwiseAnd", [x, e.const(np.asarray(MOD - 1, np.int64))])
+
+
 def _mix_onnx(e, x: str) -> str:
-    mod = e.const(np.asarray(MOD, np.int64))
     for shift, mul in _ROUNDS:
         x = e.op("BitwiseXor", [x, e.op("Div", [x, e.const(np.asarray(2**shift, np.int64))])])
-        x = e.op("Mod", [e.op("Mul", [x, e.const(np.asarray(mul, np.int64))]), mod], fmod=0)
+        x = _low31(e, e.op("Mul", [x, e.const(np.asarray(mul, np.int64))]))
     return e.op("BitwiseXor", [x, e.op("Div", [x, e.const(np.asarray(2**16, np.int64))])])
 
 
@@ -129,11 +136,10 @@ def _mask_ref(like, seed=0, *, rate, stream, rng=None):
 
 def _mask_lower(e, node, like, seed=""):
     a = node.attrs
-    mod = e.const(np.asarray(MOD, np.int64))
     zero, one = e.const(np.asarray(0, np.int64)), e.const(np.asarray(1, np.int64))
     idx = e.op("Range", [zero, e.op("Size", [like]), one])
-    idx = e.op("Mod", [e.op("Reshape", [idx, e.op("Shape", [like])]), mod], fmod=0)
-    s = e.op("Mod", [_seed_onnx(e, node, seed), mod], fmod=0)
+    idx = _low31(e, e.op("Reshape", [idx, e.op("Shape", [like])]))
+    s = _low31(e, _seed_onnx(e, node, seed))
     c = _mix_onnx(e, e.op("BitwiseXor", [_mix_onnx(e, s),
                                         e.const(np.asarray(a["stream"], np.int64))]))
     h = _mix_onnx(e, e.op("BitwiseXor", [_mix_onnx(e, idx), c]))

@@ -120,17 +120,24 @@ def _seed_onnx(e, node, seed: str) -> str:
 # ----------------------------------------------------------- the mask itself
 
 
+def _resolve_stream(ctx: InferCtx) -> None:
+    if ctx.attrs["stream"] is None:
+        # Reference implementations see attributes, not node names, so the
+        # per-node stream is fixed here, once, for every stage to read: two
+        # dropout layers fed the same seed then draw independent masks.
+        ctx.attrs["stream"] = stream_of(ctx.node)
+
+
 def _mask_infer(ctx: InferCtx) -> TensorType:
     x = ctx.need_float(0)
     _check_rate(ctx)
-    if ctx.attrs["stream"] is None:
-        raise ctx.fail("dropout_mask needs an explicit stream id")
     _check_seed(ctx)
+    _resolve_stream(ctx)
     return x
 
 
 def _mask_ref(like, seed=0, *, rate, stream, rng=None):
-    keep = keep_mask_np(like.shape, seed, stream, rate)
+    keep = keep_mask_np(like.shape, seed, _resolved_stream({"stream": stream}), rate)
     return keep.astype(like.dtype) * like.dtype.type(_scale(rate))
 
 
@@ -141,7 +148,7 @@ def _mask_lower(e, node, like, seed=""):
     idx = _low31(e, e.op("Reshape", [idx, e.op("Shape", [like])]))
     s = _low31(e, _seed_onnx(e, node, seed))
     c = _mix_onnx(e, e.op("BitwiseXor", [_mix_onnx(e, s),
-                                        e.const(np.asarray(a["stream"], np.int64))]))
+                                        e.const(np.asarray(_resolved_stream(a), np.int64))]))
     h = _mix_onnx(e, e.op("BitwiseXor", [_mix_onnx(e, idx), c]))
     keep = e.op("GreaterOrEqual", [h, e.const(np.asarray(threshold(a["rate"]), np.int64))])
     dt = e.type(node.inputs[0]).dtype
@@ -152,7 +159,8 @@ def _mask_lower(e, node, like, seed=""):
 defop("dropout_mask", inputs=("like", "seed?"),
       attrs={"rate": Attr(float, 0.5, doc="probability that an element is 0"),
              "stream": Attr(int, None, doc="stream id in [0, 2**31): masks with different "
-                                           "streams are independent")},
+                                           "streams are independent; default: a hash of the "
+                                           "node name, fixed when the node is inferred")},
       infer=_mask_infer, reference=_mask_ref, lower=_mask_lower,
       grad=lambda c: [None, None], random=True, category="random",
       flops=lambda ctx, outs: 30 * elementwise_flops(ctx, outs),
@@ -170,18 +178,14 @@ def _dropout_infer(ctx: InferCtx) -> TensorType:
     x = ctx.need_float(0)
     _check_rate(ctx)
     _check_seed(ctx)
-    if ctx.attrs["stream"] is None:
-        # Reference implementations see attributes, not node names, so the
-        # per-node stream is fixed here, once, for every stage to read: two
-        # dropout layers fed the same seed then draw independent masks.
-        ctx.attrs["stream"] = stream_of(ctx.node)
+    _resolve_stream(ctx)
     return x
 
 
 def _dropout_ref(x, seed=0, *, rate, training, stream, rng=None):
     if not training or rate == 0.0:
         return x
-    return x * _mask_ref(x, seed, rate=rate, stream=_resolved_stream({"stream": stream}))
+    return x * _mask_ref(x, seed, rate=rate, stream=stream)
 
 
 def _dropout_decompose(b, node, x, seed=None):

@@ -352,6 +352,19 @@ def test_dropout_masks_per_seed_and_per_layer():
     assert b.graph.nodes["drop0"].attrs["stream"] != b.graph.nodes["drop1"].attrs["stream"]
 
 
+def test_dropout_explicit_stream_and_the_mask_op():
+    b = Builder(Graph("d"))
+    x = b.input("x", (6, 5))
+    s = b.input("seed", (), "int64")
+    y = b.dropout(x, s, 0.5, training=True, stream=1234, name="d")
+    m = b.dropout_mask(x, s, 0.5, name="m")  # default stream: from its own name
+    b.output(y, m)
+    assert b.graph.nodes["m"].attrs["stream"] == stream_of("m")
+    got = _ort(export(b.graph), {"x": np.ones((6, 5), np.float32), "seed": np.array(4)})
+    np.testing.assert_array_equal(got["d"] != 0, keep_mask_np((6, 5), 4, 1234, 0.5))
+    np.testing.assert_array_equal(got["m"], 2.0 * keep_mask_np((6, 5), 4, stream_of("m"), 0.5))
+
+
 def test_dropout_seed_edge_cases_match_numpy():
     shape = (6, 7)
     x = np.ones(shape, np.float32)

@@ -2,7 +2,7 @@
 
     import graphc
     g = graphc.load("samples/xor.gc")          # parse + infer
-    model = graphc.export(g)                   # onnx.ModelProto (inference)
+    model = graphc.to_onnx(g)                  # onnx.ModelProto (inference)
     bg = graphc.grad(g)                        # forward + backward graph
 """
 
@@ -34,8 +34,8 @@ def to_text(graph: Graph) -> str:
     return print_graph(graph)
 
 
-def export(graph: Graph, **kwargs):
-    """Lower a graph to an onnx.ModelProto (see graphc.export.export)."""
+def to_onnx(graph: Graph, **kwargs):
+    """Lower a graph to an onnx.ModelProto (see graphc.export.export for the options)."""
     from graphc.export import export as _export
 
     return _export(graph, **kwargs)
@@ -43,6 +43,6 @@ def export(graph: Graph, **kwargs):
 
 __all__ = [
     "Builder", "Graph", "GraphError", "Node", "Param", "SourceLoc", "Tensor", "TensorType",
-    "export", "grad", "infer", "load", "parse", "to_text",
+    "grad", "infer", "load", "parse", "to_onnx", "to_text",
 ]
 __version__ = "0.1.0"

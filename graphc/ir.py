@@ -210,18 +210,34 @@ class Graph:
 
     # ---------------------------------------------------------------- edits
     def unique_name(self, base: str) -> str:
-        taken = self.value_names() | set(self.nodes)
-        if base not in taken:
-            return base
-        i = 1
-        while f"{base}_{i}" in taken:
+        """`base`, or `base_1`, `base_2`, … — the first name no value or node uses yet."""
+        taken = self._taken_names()
+        name, i = base, 0
+        while name in taken or self._uses_name(name):
             i += 1
-        return f"{base}_{i}"
+            name = f"{base}_{i}"
+        taken.add(name)
+        return name
+
+    def _uses_name(self, name: str) -> bool:
+        return (name in self.nodes or name in self.inputs or name in self.params
+                or name in self.constants)
+
+    def _taken_names(self) -> set[str]:
+        # Rebuilding the set for every new node made graph construction quadratic. The
+        # cache belongs to one nodes dict and add_node extends it; anything added another
+        # way (inputs, parameters, constants, renamed nodes) is caught by _uses_name.
+        if getattr(self, "_names_for", None) is not self.nodes:
+            self._names = self.value_names() | set(self.nodes)
+            self._names_for = self.nodes
+        return self._names
 
     def add_node(self, node: Node) -> Node:
         if node.name in self.nodes:
             raise GraphError(f"duplicate node name '{node.name}'", loc=node.loc, node=node.name)
         self.nodes[node.name] = node
+        if getattr(self, "_names_for", None) is self.nodes:
+            self._names.update([node.name, *node.outputs])
         return node
 
     def remove_node(self, name: str) -> Node:
@@ -230,6 +246,7 @@ class Graph:
     def copy(self) -> Graph:
         """A deep copy; parameter arrays and constants are shared (they are never mutated)."""
         g = copy.copy(self)
+        g._names_for = None
         g.inputs = dict(self.inputs)
         g.input_locs = dict(self.input_locs)
         g.params = {k: copy.copy(p) for k, p in self.params.items()}

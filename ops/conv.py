@@ -21,7 +21,17 @@ import numpy as np
 
 from graphc.ir import TensorType
 from graphc.ops.registry import Attr, InferCtx, ParamSpec, defop
-from graphc.ops.windows import Fail, Window, geometry_error, make_window, tuple_of, unwindow, windows
+from graphc.ops.windows import (
+    Fail,
+    Window,
+    geometry_error,
+    make_window,
+    onnx_unwindow,
+    onnx_windows,
+    tuple_of,
+    unwindow,
+    windows,
+)
 from graphc.shapes import Dim, concrete, is_static
 
 # ------------------------------------------------------------ shape rules
@@ -141,11 +151,62 @@ def _onnx_window_attrs(win: Window) -> dict:
     return dict(strides=list(win.stride), pads=win.onnx_pads, dilations=list(win.dilation))
 
 
+def _einsum_path(e, value: str) -> bool:
+    """ORT's CPU Conv/ConvTranspose are float32-only: float64 goes through windows + Einsum."""
+    return e.type(value).dtype == "float64"
+
+
 def _conv_lower(e, n, x, w, b=None):
     xt = e.type(n.inputs[0])
     win = _conv_window(geometry_error, xt, e.type(n.inputs[1]).shape[2:], n.attrs)
+    if _einsum_path(e, n.inputs[0]):
+        return _conv_lower_einsum(e, n, win, x, w, b)
     return e.op("Conv", [x, w] + ([b] if b else []), group=n.attrs["groups"],
                 kernel_shape=list(win.kernel), **_onnx_window_attrs(win))
+
+
+def _grouped_names(e, n, win: Window, w_value: str, w: str):
+    """Shapes for the einsum path: (groups, out channels, in channels per group, P, K)."""
+    o, cg = e.type(w_value).shape[:2]
+    g = n.attrs["groups"]
+    wg = e.op("Reshape", [w, e.ints([g, o // g, cg, -1])])
+    return g, o, cg, wg
+
+
+def _conv_lower_einsum(e, n, win: Window, x, w, b=None):
+    xt = e.type(n.inputs[0])
+    g, o, cg, wg = _grouped_names(e, n, win, n.inputs[1], w)
+    cols = onnx_windows(e, x, xt.dtype, xt.shape[2:], win)
+    out = win.out_dims(xt.shape[2:])
+    cols = e.op("Reshape", [cols, e.ints([0, g, cg, math.prod(out), -1])])
+    y = e.op("Einsum", [cols, wg], equation="ngcpk,gock->ngop")
+    y = e.op("Reshape", [y, e.ints([0, o, *out])])
+    if b:
+        y = e.op("Add", [y, e.op("Reshape", [b, e.ints([o] + [1] * len(out))])])
+    return y
+
+
+def _conv_input_grad_einsum(e, n, win: Window, gy, w):
+    lt = e.type(n.inputs[2])
+    g, o, cg, wg = _grouped_names(e, n, win, n.inputs[1], w)
+    gyg = e.op("Reshape", [gy, e.ints([0, g, o // g, -1])])
+    cols = e.op("Einsum", [gyg, wg], equation="ngop,gock->ngcpk")
+    cols = e.op("Reshape", [cols, e.ints([0, lt.shape[1], math.prod(win.out_dims(lt.shape[2:])),
+                                          math.prod(win.kernel)])])
+    return onnx_unwindow(e, cols, lt.dtype, lt.shape[2:], win)
+
+
+def _conv_weight_grad_einsum(e, n, win: Window, x, gy):
+    xt = e.type(n.inputs[0])
+    g = n.attrs["groups"]
+    o = e.type(n.inputs[1]).shape[1]
+    cg = xt.shape[1] // g
+    out = win.out_dims(xt.shape[2:])
+    cols = onnx_windows(e, x, xt.dtype, xt.shape[2:], win)
+    cols = e.op("Reshape", [cols, e.ints([0, g, cg, math.prod(out), -1])])
+    gyg = e.op("Reshape", [gy, e.ints([0, g, o // g, -1])])
+    dw = e.op("Einsum", [cols, gyg], equation="ngcpk,ngop->gock")
+    return e.op("Reshape", [dw, e.ints([o, cg, *win.kernel])])
 
 
 def spatial_shape(e, value: str, head: Sequence[int]) -> str:
@@ -163,6 +224,8 @@ def _conv_input_grad_lower(e, n, gy, w, like):
     win = _conv_window(geometry_error, lt, kernel, n.attrs)
     d = len(kernel)
     spatial = lt.shape[2:]
+    if _einsum_path(e, n.inputs[2]):
+        return _conv_input_grad_einsum(e, n, win, gy, w)
     if is_static(spatial):
         # ConvTranspose would otherwise drop the input's tail that no window reached
         extra = [(sz + b + en - f) % s for sz, b, en, f, s in
@@ -190,6 +253,8 @@ def _conv_weight_grad_lower(e, n, x, gy):
     g = a["groups"]
     cg = xt.shape[1] // g
     win = _conv_window(geometry_error, xt, a["kernel"], a)
+    if _einsum_path(e, n.inputs[0]):
+        return _conv_weight_grad_einsum(e, n, win, x, gy)
     d = len(win.kernel)
     sp = list(range(3, 3 + d))
     if g == 1:
@@ -303,8 +368,9 @@ defop("conv_input_grad", inputs=("gy", "w", "like"),
       test={"cases": [
           {"shapes": [[2, 6, 3, 3], [6, 2, 3, 3], [2, 4, 6, 5]],
            "attrs": {"groups": 2, "stride": 2, "padding": 1}},
-          {"shapes": [[2, 4, 3], [4, 3, 2]], "attrs": {"stride": 3}},
-          {"shapes": [[2, 4, 5], [4, 3, 2]], "attrs": {"dilation": 2, "padding": "same"}},
+          {"shapes": [[2, 4, 3], [4, 3, 2], [2, 3, 9]], "attrs": {"stride": 3}},
+          {"shapes": [[2, 4, 5], [4, 3, 2], [2, 3, 5]], "attrs": {"dilation": 2,
+                                                                "padding": "same"}},
       ], "batch": False, "grad": True, "tol": 1e-4})
 
 defop("conv_weight_grad", inputs=("x", "gy"),

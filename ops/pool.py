@@ -24,7 +24,16 @@ import numpy as np
 from graphc.errors import GraphError
 from graphc.ir import TensorType
 from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
-from graphc.ops.windows import Fail, Window, geometry_error, make_window, unwindow, windows
+from graphc.ops.windows import (
+    Fail,
+    Window,
+    geometry_error,
+    make_window,
+    onnx_unwindow,
+    onnx_windows,
+    unwindow,
+    windows,
+)
 from graphc.shapes import concrete, is_static
 
 POOL_ATTRS = {
@@ -195,9 +204,16 @@ def avg_pool_grad_reference(gy, like, **attrs):
 
 
 def _avg_pool_lower(e, n, x):
-    shape = e.type(n.inputs[0]).shape
+    xt = e.type(n.inputs[0])
+    shape = xt.shape
     win = _np_window(shape, n.attrs)
     include = n.attrs["count_include_pad"]
+    if xt.dtype == "float64":  # ORT's CPU AveragePool is float32-only: sum gathered windows
+        div = avg_divisor(shape[2:], win, include).astype(xt.dtype)
+        cols = onnx_windows(e, x, xt.dtype, shape[2:], win)
+        total = e.op("ReduceSum", [cols, e.ints([3])], keepdims=0)
+        mean = e.op("Div", [total, e.const(div.reshape(-1))])
+        return e.op("Reshape", [mean, e.ints([0, 0, *div.shape])])
     return e.op("AveragePool", [x], count_include_pad=int(include),
                 **_onnx_attrs(win, shape[2:], include))
 
@@ -212,6 +228,10 @@ def _avg_pool_grad_lower(e, n, gy, like):
     div = avg_divisor(spatial, win, n.attrs["count_include_pad"]).astype(dtype)
     share = e.op("Div", [gy, e.const(div)])
     out = win.out_dims(spatial)
+    if dtype == "float64":  # ORT's CPU ConvTranspose is float32-only: scatter the shares
+        col = e.op("Reshape", [share, e.ints([0, 0, -1, 1])])
+        cols = e.op("Expand", [col, e.ints([1, 1, 1, math.prod(win.kernel)])])
+        return onnx_unwindow(e, cols, dtype, spatial, win)
     planes = e.op("Reshape", [share, e.ints([-1, 1, *out])])
     ones = e.const(np.ones((1, 1, *win.kernel), dtype=dtype))
     # no end padding: ceil-mode windows may reach past it; cut or pad to the input after
@@ -292,7 +312,7 @@ defop("max_pool_grad", inputs=("x", "gy"), attrs=dict(MAX_ATTRS), infer=_max_poo
       key_attrs=("kernel", "stride"),
       doc="gradient of max pooling: gy routed to each window's first maximum in x",
       test={"cases": [
-          {"shapes": [[2, 3, 7, 6], [2, 3, 3, 3]], "attrs": {"kernel": 3, "stride": 2,
+          {"shapes": [[2, 3, 7, 6], [2, 3, 4, 3]], "attrs": {"kernel": 3, "stride": 2,
                                                               "padding": 1}},
           {"shapes": [[2, 2, 9], [2, 2, 4]], "attrs": {"kernel": 2, "ceil_mode": True,
                                                         "dilation": 2, "stride": 2}},

@@ -163,3 +163,60 @@ def unwindow(cols: np.ndarray, win: Window, spatial: Sequence[int]) -> np.ndarra
         acc[(slice(None), slice(None)) + dst] += cols[(Ellipsis,) + kk]
     crop = tuple(slice(b, b + sz) for b, sz in zip(win.begin, spatial))
     return acc[(slice(None), slice(None)) + crop]
+
+
+# ------------------------------------------- the same windows in ONNX (float64)
+# ONNX Runtime's CPU Conv, ConvTranspose and AveragePool kernels are float32-only,
+# so float64 graphs gather windows with constant indices (Pad + Gather), contract
+# them with Einsum, and scatter them back with ScatterElements(add). Spatial
+# sizes must be fixed: the indices are constants.
+
+
+def window_indices(padded: Sequence[int], win: Window, out: Sequence[int]) -> np.ndarray:
+    """[P, K] flat positions in the padded spatial grid of every window's taps."""
+    d = len(padded)
+    steps = np.cumprod((1,) + tuple(padded[::-1]))[:d][::-1]  # row-major strides
+    flat = np.zeros(tuple(out) + tuple(win.kernel), dtype=np.int64)
+    for i in range(d):
+        c = np.arange(out[i])[:, None] * win.stride[i] + np.arange(win.kernel[i]) * win.dilation[i]
+        shape = [1] * (2 * d)
+        shape[i], shape[d + i] = out[i], win.kernel[i]
+        flat = flat + steps[i] * c.reshape(shape)
+    return flat.reshape(int(np.prod(out)), -1)
+
+
+def _padded_geometry(spatial: Sequence[Dim], win: Window):
+    if not is_static(spatial):
+        raise GraphError(f"float64 windows need fixed spatial sizes on ONNX Runtime, got "
+                   f"{fmt_shape(tuple(spatial))}", hint="use float32, or fixed sizes")
+    out = win.out_dims(spatial)
+    extra = win.extra_end(spatial, out)
+    padded = [n + b + e + x for n, b, e, x in zip(spatial, win.begin, win.end, extra)]
+    return out, extra, padded
+
+
+def onnx_windows(e, x: str, dtype: str, spatial: Sequence[Dim], win: Window,
+                 pad_value: float = 0.0) -> str:
+    """ONNX nodes for x [N, C, *S] -> every window [N, C, P, K] (like `windows`)."""
+    out, extra, padded = _padded_geometry(spatial, win)
+    pads = [0, 0, *win.begin, 0, 0, *(en + x_ for en, x_ in zip(win.end, extra))]
+    xp = e.op("Pad", [x, e.ints(pads), e.const(np.asarray(pad_value, dtype=dtype))])
+    flat = e.op("Reshape", [xp, e.ints([0, 0, -1])])
+    return e.op("Gather", [flat, e.const(window_indices(padded, win, out))], axis=2)
+
+
+def onnx_unwindow(e, cols: str, dtype: str, spatial: Sequence[Dim], win: Window) -> str:
+    """ONNX nodes for the transpose: [N, C, P, K] added back into [N, C, *S]."""
+    out, _, padded = _padded_geometry(spatial, win)
+    d = len(spatial)
+    flat = e.op("Reshape", [cols, e.ints([0, 0, -1])])
+    idx = e.op("Expand", [e.const(window_indices(padded, win, out).reshape(1, 1, -1)),
+                          e.op("Shape", [flat])])
+    size = e.op("Concat", [e.op("Slice", [e.op("Shape", [flat]), e.ints([0]), e.ints([2])]),
+                           e.ints([int(np.prod(padded))])], axis=0)
+    zeros = e.op("ConstantOfShape", [size], value=e.tensor(np.zeros(1, dtype=dtype)))
+    acc = e.op("ScatterElements", [zeros, idx, flat], axis=2, reduction="add")
+    grid = e.op("Reshape", [acc, e.ints([0, 0, *padded])])
+    return e.op("Slice", [grid, e.ints(list(win.begin)),
+                          e.ints([b + n for b, n in zip(win.begin, spatial)]),
+                          e.ints(list(range(2, 2 + d)))])

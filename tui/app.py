@@ -175,7 +175,7 @@ class GraphApp(App):
     def _update_status(self) -> None:
         parts = []
         dirty = "●" if self.doc.dirty else " "
-        parts.append(f"{dirty} {Path(self.doc.title).name} [{self.view}]")
+        parts.append(_esc(f"{dirty} {Path(self.doc.title).name} [{self.view}]"))
         if self.doc.result.problems:
             p = self.doc.result.problems[0]
             parts.append(f"[b red]✗ {_esc(p.status(self.doc.graph))}[/]")
@@ -262,7 +262,11 @@ class GraphApp(App):
 
     def action_connect(self) -> None:
         sel = self._need_selection()
-        if sel is None or sel not in self.doc.graph.nodes:
+        if sel is None:
+            return
+        if sel not in self.doc.graph.nodes:
+            self.say(f"'{sel}' has no inputs: select the node that should read it, then c",
+                     error=True)
             return
         slots = edits.data_slots(self.doc.graph, sel)
         desc = ", ".join(f"{s}←{v or '·'}" for s, v in slots)
@@ -435,8 +439,7 @@ class GraphApp(App):
             self.refresh_view()
             return
         if self.view == "backward" and sel in self.view_graph.nodes:
-            members = [n.name for n in self.view_graph.nodes.values()
-                       if n.tags.get("grad_of") == sel]
+            members = [n.name for n in _grad_nodes(self.view_graph, sel)]
             name = f"∇{sel}"
         else:
             members = sorted(residual_block(self.view_graph, sel))
@@ -455,16 +458,19 @@ class GraphApp(App):
 
     # -------------------------------------------------------------- views
     def action_view(self, view: str) -> None:
+        sel = self.selected
         self.view = view
         self.groups.clear()
         self.refresh_view()
+        self.canvas.scroll_to(0, 0, animate=False)
+        self.canvas.select(sel if sel in self.canvas.scene.boxes else None)
         if self.view == view:
             self.say(f"{view} view" + (" — select a forward op to see its gradient nodes"
                                        if view == "backward" else ""))
 
     def _show_gradients(self, name: str) -> None:
         g = self.view_graph
-        grads = [n for n in g.nodes.values() if n.tags.get("grad_of") == name]
+        grads = _grad_nodes(g, name)
         read = sorted({v for n in grads for v in n.inputs
                        if v in g.inputs or (v in g.nodes and not g.nodes[v].tags.get("grad"))})
         self.canvas.matches = {n.name for n in grads} | set(read)
@@ -637,6 +643,12 @@ class GraphApp(App):
         yield from super().get_system_commands(screen)
         for _, action, _, title, _ in KEYS:
             yield SystemCommand(title, f"action {action}", partial(self.run_action, action))
+
+
+def _grad_nodes(g: Graph, name: str) -> list:
+    """The gradient nodes of forward node `name` (and of the primitives it expanded into)."""
+    mine = {name} | {n.name for n in g.nodes.values() if n.tags.get("expanded_from") == name}
+    return [n for n in g.nodes.values() if n.tags.get("grad_of") in mine]
 
 
 def _esc(text: str) -> str:

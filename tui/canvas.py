@@ -235,12 +235,16 @@ class GraphCanvas(ScrollView, can_focus=True):
         self.refresh()
         if new is not None:
             self.reveal(new)
+            self.call_after_refresh(self.reveal, new)  # again once a new virtual size is laid out
         self.post_message(self.Selected(new))
 
     def select(self, name: str | None) -> None:
         if name is not None and self.scene is not None and name not in self.scene.boxes:
             name = self.scene.owner.get(name, name)
-        self.selected = name
+        if name == self.selected:  # same name, new scene: redraw and reveal anyway
+            self.watch_selected(name, name)
+        else:
+            self.selected = name
 
     def reveal(self, name: str) -> None:
         box = self.lay.boxes.get(name) if self.lay else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.message import Message
@@ -132,10 +133,11 @@ class Inspector(VerticalScroll):
                          classes="empty")
             return
         if self.problem:
-            yield Static(f"[b red]error:[/] {self.problem}", classes="problem", markup=True)
+            yield Static(f"[b red]error:[/] {escape(self.problem)}", classes="problem",
+                         markup=True)
         if name in g.inputs:
             t = g.inputs[name]
-            yield Label(f"[b]{name}[/b]  graph input", markup=True)
+            yield Label(f"[b]{escape(name)}[/b]  graph input", markup=True)
             yield Label("dtype", classes="field")
             yield Input(t.dtype, id="f-dtype", validators=[DtypeValidator()],
                         validate_on=["changed", "submitted"])
@@ -145,11 +147,11 @@ class Inspector(VerticalScroll):
             return
         node = g.nodes[name]
         op = get_op(node.op)
-        yield Label(f"[b]{name}[/b]  {node.op}", markup=True)
-        yield Static(f"[dim]{op.doc}[/]", markup=True, classes="doc")
+        yield Label(f"[b]{escape(name)}[/b]  {node.op}", markup=True)
+        yield Static(op.doc, markup=False, classes="doc")
         data, params = split_inputs_safe(node)
         for slot, v in edits.data_slots(g, name):
-            shown = f"{v}: {type_text(g, v)}" if v else "[red]not connected[/]"
+            shown = escape(f"{v}: {type_text(g, v)}") if v else "[red]not connected[/]"
             yield Static(f"[dim]in[/] {slot} ← {shown}", markup=True)
         spec = attr_spec(node.op)
         for key, a in spec.items():
@@ -157,11 +159,11 @@ class Inspector(VerticalScroll):
             yield Input(_fmt(node.attrs.get(key)), id=f"attr-{key}",
                         validators=[AttrValidator(node.op, key, node.attrs)],
                         validate_on=["changed", "submitted"], tooltip=a.doc or None)
-        yield Static(f"[dim]out[/] {type_text(g, node.outputs[0])}", markup=True)
+        yield Static(f"[dim]out[/] {escape(type_text(g, node.outputs[0]))}", markup=True)
         for p in params:
             if p in g.params:
                 yield Static(f"[dim]param[/] {p.split('.')[-1]} "
-                             f"{type_text(g, p)}", markup=True)
+                             f"{escape(type_text(g, p))}", markup=True)
         try:
             flops = node_flops(g, node)
             count = node_params(g, node)

@@ -25,14 +25,14 @@ class PromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="question")
+            yield Static(self.question, classes="question", markup=False)
             suggester = SuggestFromList(self.suggestions) if self.suggestions else None
             yield Input(self.value, placeholder=self.placeholder, suggester=suggester,
                         id="prompt-input")
             if self.suggestions:
                 shown = ", ".join(self.suggestions[:12])
                 more = " …" if len(self.suggestions) > 12 else ""
-                yield Label(f"[dim]{shown}{more}[/]", classes="hint", markup=True)
+                yield Static(f"{shown}{more}", classes="hint", markup=False)
             yield Label("enter: ok   tab: complete   esc: cancel", classes="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -54,7 +54,7 @@ class ConfirmScreen(ModalScreen[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="question")
+            yield Static(self.question, classes="question", markup=False)
             with Horizontal(classes="buttons"):
                 for key, label in self.choices:
                     yield Button(label, id=f"choice-{key}")

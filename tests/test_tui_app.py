@@ -1,0 +1,247 @@
+"""The editor driven as a user would: keys, the op palette, the inspector, dialogs.
+
+Each session ends by reading the saved file back with the parser, so the
+check is against the compiler's own view of the model, not the UI's.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("textual")
+
+from textual.widgets import Input  # noqa: E402
+
+from graphc import parse  # noqa: E402
+from graphc.tui.app import GraphApp  # noqa: E402
+from graphc.tui.canvas import GraphCanvas  # noqa: E402
+from graphc.tui.document import Document  # noqa: E402
+from graphc.tui.screens import ConfirmScreen, PromptScreen, TextScreen  # noqa: E402
+
+
+def run_async(fn):
+    """Run an async test with asyncio (no pytest async plugin is needed)."""
+    import asyncio
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+XOR = """\
+x = input(float32, [N, 2])
+y = input(int64, [N])
+fc1 = linear(x, 4)
+h = tanh(fc1)
+logits = linear(h, 2)
+loss = cross_entropy(logits, y)
+output(logits)
+minimize(loss)
+"""
+
+
+def make_app(path) -> GraphApp:
+    return GraphApp(document=Document.open(path), engine="simple", autosave_s=0, watch_s=0)
+
+
+async def answer_prompt(pilot, text: str) -> None:
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, PromptScreen), pilot.app.screen
+    pilot.app.screen.query_one(Input).value = text
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def palette_add(pilot, opname: str) -> None:
+    await pilot.press("a")
+    await pilot.pause()
+    await pilot.press(*opname)
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def set_field(pilot, key: str, value: str) -> None:
+    """Type into a focused inspector field and apply it with enter."""
+    field = pilot.app.inspector.query_one(f"#attr-{key}", Input)
+    field.focus()
+    await pilot.pause()
+    field.value = ""
+    await pilot.press(*value, "enter")
+    await pilot.pause()
+
+
+async def click_box(pilot, name: str) -> None:
+    canvas = pilot.app.canvas
+    box = canvas.lay.boxes[name]
+    canvas.scroll_to(box.x, box.y, animate=False)
+    await pilot.pause()
+    sx, sy = canvas.scroll_offset
+    await pilot.click(GraphCanvas, offset=(box.x - sx + 2, box.y - sy + 1))
+    await pilot.pause()
+
+
+@run_async
+async def test_build_mlp_from_empty_file_via_palette(tmp_path):
+    path = tmp_path / "mlp.gc"
+    app = make_app(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("i")
+        await answer_prompt(pilot, "x [N, 2] float32")
+        await pilot.press("i")
+        await answer_prompt(pilot, "y [N] int64")
+        await click_box(pilot, "x")
+        assert app.selected == "x"
+        await palette_add(pilot, "linear")
+        assert app.selected == "linear" and app.doc.graph.nodes["linear"].inputs[0] == "x"
+        await set_field(pilot, "units", "4")
+        assert app.doc.graph.nodes["linear"].attrs["units"] == 4
+        await palette_add(pilot, "tanh")
+        await palette_add(pilot, "linear")
+        second = app.selected
+        await set_field(pilot, "units", "2")
+        await palette_add(pilot, "cross_entropy")
+        assert not app.doc.ok  # the labels are not connected yet
+        assert "not connected" in str(app.screen.query_one("#status").render())
+        await pilot.press("c")
+        await answer_prompt(pilot, "target=y")
+        assert app.doc.ok, app.doc.error
+        await pilot.press("l")
+        app.canvas.select(second)
+        await pilot.press("o")
+        await pilot.press("s")
+        await pilot.pause()
+    saved = parse(path.read_text(), str(path))
+    assert [n.op for n in saved.topo_order()] == ["linear", "tanh", "linear", "cross_entropy"]
+    assert saved.outputs == [second] and saved.loss == "cross_entropy"
+    assert str(saved.types[second]) == "float32[N, 2]"
+    assert tuple(saved.params["linear.weight"].shape) == (2, 4)
+    assert saved.nodes["cross_entropy"].inputs == [second, "y"]
+
+
+@run_async
+async def test_invalid_edit_shows_error_and_file_is_untouched(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.canvas.select("loss")
+        await pilot.press("c")
+        await answer_prompt(pilot, "target=h")
+        status = str(app.screen.query_one("#status").render())
+        assert "loss" in status and "float32[N, 4]" in status and "float32[N, 2]" in status
+        assert app.canvas.scene.boxes["loss"].error
+        assert ("h", "loss") in app.canvas.scene.error_edges
+        await pilot.press("s")  # refused: the file keeps its last good contents
+        await pilot.pause()
+        assert path.read_text() == XOR
+        await pilot.press("C")  # compile refuses too
+        await pilot.pause()
+        assert not path.with_suffix(".onnx").exists()
+        await pilot.press("E")
+        assert app.selected == "loss"
+        await pilot.press("u")
+        assert app.doc.ok and not app.canvas.scene.boxes["loss"].error
+    assert path.read_text() == XOR
+
+
+@run_async
+async def test_delete_undo_redo_restores_graph(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        text0 = app.doc.text()
+        app.canvas.select("h")
+        await pilot.press("d")
+        assert "h" not in app.doc.graph.nodes and "h" not in app.canvas.scene.boxes
+        deleted = app.doc.text()
+        await pilot.press("u")
+        assert app.doc.text() == text0 and "h" in app.canvas.scene.boxes
+        await pilot.press("U")
+        assert app.doc.text() == deleted
+        await pilot.press("u")
+        assert app.doc.text() == text0 and not app.doc.dirty
+
+
+@run_async
+async def test_keyboard_walks_edges_and_find(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.canvas.select("fc1")
+        await pilot.press("down")
+        assert app.selected == "h"
+        await pilot.press("down")
+        assert app.selected == "logits"
+        await pilot.press("up")
+        assert app.selected == "h"
+        await pilot.press("up", "up")
+        assert app.selected == "x"
+        await pilot.press("slash")
+        await answer_prompt(pilot, "cross")
+        assert app.selected == "loss"
+
+
+@run_async
+async def test_quit_with_unsaved_changes_asks(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.canvas.select("h")
+        await pilot.press("d", "q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.click("#choice-cancel")
+        await pilot.pause()
+        assert app.is_running and "h" not in app.doc.graph.nodes
+        await pilot.press("q")
+        await pilot.pause()
+        await pilot.click("#choice-discard")
+        await pilot.pause()
+    assert path.read_text() == XOR
+
+
+@run_async
+async def test_views_summary_backward_and_help(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await pilot.pause()
+        assert isinstance(app.screen, TextScreen)
+        text = app.screen.text
+        # 2*4 + 4 + 4*2 + 2 parameters
+        assert "fc1" in text and text.splitlines()[-3].split()[1] == "22"
+        await pilot.press("escape", "2")
+        await pilot.pause()
+        assert app.view == "backward"
+        grads = [n for n in app.view_graph.nodes.values() if n.tags.get("grad_of") == "fc1"]
+        assert grads and all(n.name in app.canvas.scene.boxes for n in grads)
+        app.canvas.select("fc1")
+        await pilot.pause()
+        assert {n.name for n in grads} <= app.canvas.matches
+        await pilot.press("1", "question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, TextScreen) and "Compile to ONNX" in app.screen.text
+
+
+@run_async
+async def test_compile_writes_onnx_in_background(tmp_path):
+    pytest.importorskip("onnx")
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("C")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert path.with_suffix(".onnx").exists(), app.message
+        import onnx
+
+        model = onnx.load(str(path.with_suffix(".onnx")))
+        assert [o.name for o in model.graph.output][0] == "logits"

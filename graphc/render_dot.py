@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from html import escape
 
-from graphc.render_model import Box, View, Wire, fmt_type
+from graphc.render_model import PARAM_KINDS, SOURCE_KINDS, Box, View, Wire, fmt_type
 from graphc.render_style import (
     CLUSTER_STYLES,
     EDGE_ATTRS,
@@ -65,7 +65,7 @@ def _box_label(box: Box, style: BoxStyle, extra: list[tuple[str, str]]) -> str:
     if box.symbol:
         head = f'<font point-size="15">{h(box.symbol)}</font>'
         return "<" + "<br/>".join([head] + small) + ">"
-    bold = box.kind not in ("param", "frozen", "state", "const", "input", "output")
+    bold = box.kind not in SOURCE_KINDS + ("output",)
     head = f"<b>{h(box.title)}</b>" if bold else h(box.title)
     return "<" + "<br/>".join([head] + small) + ">"
 
@@ -79,7 +79,7 @@ def _node_attrs(box: Box, extra: list[tuple[str, str]]) -> dict[str, object]:
     }
     if box.symbol:
         attrs.update(margin="0.02", width="0.42")
-    if box.kind in ("param", "frozen", "state", "const"):
+    if box.kind in SOURCE_KINDS and box.kind != "input":
         attrs["fontsize"] = "10"
     if box.kind == "group":
         attrs["penwidth"] = "2"
@@ -105,7 +105,7 @@ def _wire_label(view: View, w: Wire, values: Mapping[str, str], grads: Mapping[s
     if w.count > 1:
         parts.append(f'<font color="{FAINT}">\u00d7{w.count}</font>')
     src_kind = view.boxes[w.src].kind
-    show_shape = shapes and w.kind != "saved" and src_kind not in ("param", "frozen", "state")
+    show_shape = shapes and w.kind != "saved" and src_kind not in PARAM_KINDS
     t = view.types.get(w.value)
     if show_shape and t is not None and not (parts and len(t.shape) == 0):
         parts.append(f'<font color="{FAINT if grad_edge else MUTED}">{h(fmt_type(t))}</font>')
@@ -162,9 +162,17 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
         else:
             out.append(f"  {q(w.src)} -> {q(w.dst)}{_attrs(attrs)};")
     # a layer's parameters side by side in declaration order (weight left of bias)
+    layer_inputs: dict[str, list[str]] = {}
+    for w in view.wires:
+        layer_inputs.setdefault(w.dst, []).append(w.src)
     for cid, boxes in inside.items():
-        params = [b.id for b in boxes if b.kind in ("param", "frozen", "state")]
-        if cid and cid.startswith("layer:") and len(params) > 1:
+        if not (cid and cid.startswith("layer:")):
+            continue
+        layer = cid[len("layer:"):]
+        params = sorted((b.id for b in boxes if b.kind in PARAM_KINDS),
+                        key=lambda p: layer_inputs.get(layer, []).index(p)
+                        if p in layer_inputs.get(layer, []) else 0)
+        if len(params) > 1:
             out.append("  { rank=same; " + " ".join(q(p) + ";" for p in params) + " }")
             out.append("  " + " -> ".join(q(p) for p in params) + " [style=invis];")
     for a, b in view.beside:

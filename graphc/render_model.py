@@ -22,6 +22,8 @@ from graphc.ops.registry import get_op
 from graphc.render_blocks import find_residual_blocks
 from graphc.shapes import numel
 
+SOURCE_KINDS = ("input", "param", "frozen", "state", "slot", "const")
+PARAM_KINDS = ("param", "frozen", "state", "slot")
 SCALAR_CONST_MAX = 1  # constants with at most this many elements are folded into their reader
 
 # Arithmetic ops drawn as small circles with their symbol, as in lecture figures.
@@ -110,23 +112,35 @@ def node_kinds(graph: Graph) -> dict[str, str]:
     targets = _grad_targets(graph)
     new = _train_prefix()
     kinds: dict[str, str] = {}
-    from_grad: set[str] = set()
+    # values computed from a gradient, an optimizer slot or the step's lr / step inputs
+    from_step: set[str] = {k for k in graph.params if is_slot(k)}
+    from_step.update(k for k in ("lr", "step") if k in graph.inputs and graph.meta.get(
+        "train_step"))
     for n in graph.topo_order():
         if is_grad_node(n):
             kinds[n.name] = "param_grad" if n.name in targets else "grad"
-            from_grad.update(n.outputs)
+            from_step.update(n.outputs)
             continue
         trains = n.tags.get("train") or n.tags.get("optimizer")
-        reads_grad = any(v in from_grad for v in n.inputs)
+        reads = any(v in from_step for v in n.inputs)
         if trains and n.name.startswith(new):
             kinds[n.name] = "new_param"
-        elif trains and reads_grad or n.tags.get("optimizer"):
+        elif trains and reads or n.tags.get("optimizer"):
             kinds[n.name] = "update"
         else:
             kinds[n.name] = "op"
-        if reads_grad:
-            from_grad.update(n.outputs)
+        if reads:
+            from_step.update(n.outputs)
     return kinds
+
+
+def is_slot(name: str) -> bool:
+    """An optimizer slot of a training step (`opt.m.fc1.weight`)."""
+    try:
+        from graphc.train.step import SLOT
+    except ImportError:
+        SLOT = "opt."
+    return name.startswith(SLOT)
 
 
 def fmt_dims(shape) -> str:
@@ -197,7 +211,8 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
     for name, p in graph.params.items():
         if name not in used:
             continue
-        kind = "state" if p.state else ("frozen" if p.frozen else "param")
+        kind = "slot" if is_slot(name) else (
+            "state" if p.state else ("frozen" if p.frozen else "param"))
         boxes[name] = Box(name, kind, name, [fmt_type(p.type)], value=name)
     for name, arr in graph.constants.items():
         if name not in used:
@@ -276,7 +291,7 @@ def _display_name(n: Node) -> str | None:
     if comp and name.startswith(comp + "__"):
         name = name[len(comp) + 2:]
     base = name.rstrip("0123456789").rstrip("_")
-    if base == n.op or name == n.op:
+    if base == n.op or base.endswith("_" + n.op):
         return None
     return name
 
@@ -337,7 +352,60 @@ def _clusters(graph: Graph, order: list[Node], kinds: dict[str, str],
                 boxes[p].title = p[len(n.name) + 1:] if p.startswith(n.name + ".") else p
             where = cid
         boxes[n.name].cluster = where
+    # a training step's update of one parameter, with its optimizer slots
+    for node, p in _update_owner(graph, order, kinds).items():
+        cid = f"update:{p}"
+        clusters.setdefault(cid, Cluster(cid, "update", f"update {p}"))
+        boxes[node].cluster = cid
+    for name, box in boxes.items():
+        if box.kind == "slot":
+            p = name.split(".", 2)[-1]
+            if f"update:{p}" in clusters:
+                box.cluster = f"update:{p}"
+    # a cluster around a single box says nothing (a composite fused back into one op)
+    for cid in list(clusters):
+        members = [b for b in boxes.values() if b.cluster == cid]
+        nested = [c for c in clusters.values() if c.parent == cid]
+        if len(members) <= 1 and not nested:
+            for b in members:
+                b.cluster = clusters[cid].parent
+            del clusters[cid]
     return clusters
+
+
+def _update_owner(graph: Graph, order: list[Node], kinds: dict[str, str]) -> dict[str, str]:
+    """Optimizer node -> the one parameter it updates (nodes shared by all have none).
+
+    A node belongs to parameter p when everything it reads that is specific to a
+    parameter (p itself, its gradient, its slots, nodes that belong to p) is p's;
+    nodes reading nothing specific (bias corrections) fall back to the training
+    step's naming, `opt_<p>_...`.
+    """
+    targets = _grad_targets(graph)
+    owners: dict[str, set[str]] = {}
+    for p in graph.params:
+        owners[p] = {p.split(".", 2)[-1]} if is_slot(p) else {p}
+    for g_value, target in targets.items():
+        owners[g_value] = {target}
+    by_length = sorted(graph.params, key=lambda k: (-len(k), k))
+    out: dict[str, str] = {}
+    for n in order:
+        if kinds[n.name] not in ("update", "new_param"):
+            continue
+        mine: set[str] = set()
+        for v in n.inputs:
+            mine |= owners.get(v, set())
+        if not mine:
+            for p in by_length:
+                if n.name.startswith(f"opt_{p}_") or n.name.endswith("." + p) and (
+                        n.name.startswith(_train_prefix())):
+                    mine = {p}
+                    break
+        for o in n.outputs:
+            owners[o] = mine
+        if len(mine) == 1:
+            out[n.name] = next(iter(mine))
+    return out
 
 
 def _beside(graph: Graph, order: list[Node], kinds: dict[str, str],
@@ -456,8 +524,8 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
 
 def _group_box(gid: str, member_ids: list[str], view: View, graph: Graph) -> Box:
     kind_of, _, rest = gid.partition(":")
-    ops = [view.boxes[m] for m in member_ids if view.boxes[m].kind not in
-           ("param", "frozen", "state", "const", "input", "output")]
+    ops = [view.boxes[m] for m in member_ids
+           if view.boxes[m].kind not in SOURCE_KINDS + ("output",)]
     counts = Counter(graph.nodes[b.id].op for b in ops if b.id in graph.nodes)
     summary = " \u00b7 ".join(f"{op} \u00d7{c}" if c > 1 else op for op, c in counts.items())
     params = [m for m in member_ids if m in graph.params]

@@ -38,6 +38,8 @@ KIND_STYLES: dict[str, BoxStyle] = {
                        legend="frozen parameter"),
     "state": BoxStyle("box", "#f5f5f4", "#78716c", "filled", ink=MUTED,
                       legend="running statistic"),
+    "slot": BoxStyle("box", "#faf5ff", "#a78bfa", "filled", ink="#5b21b6",
+                     legend="optimizer slot"),
     "const": BoxStyle("note", "#f8fafc", "#cbd5e1", ink=MUTED, penwidth=1.0, legend="constant"),
     "output": BoxStyle("ellipse", "#ffffff", "#334155", "filled,bold", penwidth=1.6,
                        legend="graph output"),
@@ -93,6 +95,7 @@ CLUSTER_STYLES: dict[str, tuple[str, str, str]] = {
     "layer": ("#cbd5e1", "#fcfcfd", "rounded,dashed"),
     "composite": ("#f9a8d4", "#fffafc", "rounded,dashed"),
     "block": ("#a5b4fc", "#f8f9ff", "rounded"),
+    "update": ("#c4b5fd", "#fdfcff", "rounded,dashed"),
 }
 
 GRAPH_ATTRS = {

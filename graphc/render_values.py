@@ -47,13 +47,13 @@ def parse_input_spec(spec: str) -> tuple[str, np.ndarray]:
 
 
 def make_feeds(graph: Graph, given: Mapping[str, np.ndarray] | None = None, *,
-               dims: Mapping[str, int] | None = None, seed: int = 0,
-               int_high: int = 2) -> dict[str, np.ndarray]:
+               dims: Mapping[str, int] | None = None, batch: int = 4, seed: int = 0,
+               int_highs: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """Feeds for every graph input: the given arrays, random draws for the rest.
 
-    Symbolic dims take their size from `dims` (default 4 for every name).
-    Float inputs are standard normal; integer inputs (labels) are drawn in
-    [0, int_high), which every classifier with at least two classes accepts.
+    Symbolic dims take their size from `dims`, from the given arrays, or
+    `batch`. Float inputs are standard normal; integer inputs (labels) are
+    drawn in [0, int_highs[name]) (default 2, which every classifier accepts).
     """
     given = dict(given or {})
     for k in given:
@@ -80,13 +80,14 @@ def make_feeds(graph: Graph, given: Mapping[str, np.ndarray] | None = None, *,
     for name, t in graph.inputs.items():
         if name in feeds:
             continue
-        shape = concrete(t.shape, sizes, default=4)
+        shape = concrete(t.shape, sizes, default=batch)
         if t.dtype in FLOAT_DTYPES:
             feeds[name] = rng.standard_normal(shape).astype(t.dtype)
         elif t.dtype == "bool":
             feeds[name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            feeds[name] = rng.integers(0, int_high, shape).astype(t.dtype)
+            high = (int_highs or {}).get(name, 2)
+            feeds[name] = rng.integers(0, high, shape).astype(t.dtype)
     return feeds
 
 

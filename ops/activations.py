@@ -21,7 +21,7 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
 
 
-def native(e, n) -> bool:
+def _native(e, n) -> bool:
     """Whether ORT has a kernel for the fused activation at this node's dtype.
 
     ONNX Runtime's CPU kernels for LeakyRelu, PRelu, Elu, Softplus, Erf and Gelu
@@ -56,7 +56,7 @@ def _leaky_relu_grad(c):
 
 def _leaky_relu_lower(e, n, x):
     alpha = float(n.attrs["alpha"])
-    if native(e, n):
+    if _native(e, n):
         return e.op("LeakyRelu", [x], alpha=alpha)
     return _where_positive(e, n, x, e.op("Mul", [x, e.scalar(alpha, n.inputs[0])]))
 
@@ -83,7 +83,7 @@ def _elu_grad(c):
 
 def _elu_lower(e, n, x):
     alpha = float(n.attrs["alpha"])
-    if native(e, n):
+    if _native(e, n):
         return e.op("Elu", [x], alpha=alpha)
     like = n.inputs[0]
     em1 = e.op("Sub", [e.op("Exp", [e.op("Min", [x, e.scalar(0.0, like)])]), e.scalar(1.0, like)])
@@ -103,7 +103,7 @@ def _softplus_ref(x):
 
 
 def _softplus_lower(e, n, x):
-    if native(e, n):
+    if _native(e, n):
         return e.op("Softplus", [x])
     # relu(x) + log(1 + e^-|x|): the stable form, as in the reference
     like = n.inputs[0]
@@ -149,7 +149,7 @@ def _gelu_decompose(b, n, x):
 
 
 def _gelu_lower(e, n, x):
-    if native(e, n):
+    if _native(e, n):
         return e.op("Gelu", [x])  # approximate="none": the erf form
     like = n.inputs[0]
     scaled = e.op("Mul", [x, e.scalar(1.0 / math.sqrt(2.0), like)])
@@ -236,7 +236,7 @@ def _prelu_lower(e, n, x, slope):
     rank = e.type(n.inputs[0]).rank
     if rank > 2:
         slope = e.op("Reshape", [slope, e.ints(_slope_shape(rank, e.type(n.inputs[1]).shape[0]))])
-    if native(e, n):
+    if _native(e, n):
         return e.op("PRelu", [x, slope])
     return _where_positive(e, n, x, e.op("Mul", [x, slope]))
 

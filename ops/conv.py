@@ -39,7 +39,8 @@ from graphc.shapes import Dim, concrete, is_static
 CONV_ATTRS = {
     "stride": Attr((int, tuple), 1, doc="step between windows (int or one per spatial axis)"),
     "padding": Attr((int, tuple, str), 0,
-                    doc="int, per-axis ints, begins+ends, 'valid' or 'same' (out = ceil(in/stride))"),
+                    doc="int, per-axis ints, begins+ends, 'valid' or 'same' "
+                        "(out = ceil(in/stride))"),
     "dilation": Attr((int, tuple), 1, doc="spacing between kernel taps"),
     "groups": Attr(int, 1, doc="split channels into independent groups"),
 }
@@ -106,9 +107,9 @@ def _grouped(cols: np.ndarray, groups: int) -> np.ndarray:
 
 
 def conv_reference(x, w, b=None, *, stride, padding, dilation, groups):
-    """y[n, o, p] = sum over the group's channels c and taps k of x_window[n, c, p, k] w[o, c, k]."""
+    """y[n, o, p] = sum over the group's channels c and taps k of x_win[n, c, p, k] w[o, c, k]."""
     win = _conv_window(geometry_error, TensorType("float32", x.shape), w.shape[2:],
-                       dict(stride=stride, padding=padding, dilation=dilation))
+                       {"stride": stride, "padding": padding, "dilation": dilation})
     cols = windows(x, win)
     out = cols.shape[2:2 + x.ndim - 2]
     o = w.shape[0]
@@ -123,7 +124,7 @@ def conv_reference(x, w, b=None, *, stride, padding, dilation, groups):
 def conv_input_grad_reference(gy, w, like, *, stride, padding, dilation, groups):
     """dx: every output gradient spread back over the inputs its window read."""
     win = _conv_window(geometry_error, TensorType("float32", like.shape), w.shape[2:],
-                       dict(stride=stride, padding=padding, dilation=dilation))
+                       {"stride": stride, "padding": padding, "dilation": dilation})
     n, o = gy.shape[:2]
     out = gy.shape[2:]
     wg = w.reshape(groups, o // groups, w.shape[1], -1)
@@ -136,7 +137,7 @@ def conv_input_grad_reference(gy, w, like, *, stride, padding, dilation, groups)
 def conv_weight_grad_reference(x, gy, *, kernel, stride, padding, dilation, groups):
     """dw[o, c, k] = sum over the batch and output positions of gy[n, o, p] x_window[n, c, p, k]."""
     win = _conv_window(geometry_error, TensorType("float32", x.shape), kernel,
-                       dict(stride=stride, padding=padding, dilation=dilation))
+                       {"stride": stride, "padding": padding, "dilation": dilation})
     n, o = gy.shape[:2]
     cols = _grouped(windows(x, win), groups)
     dw = np.einsum("ngcpk,ngop->gock", cols, gy.reshape(n, groups, o // groups, -1),
@@ -148,7 +149,7 @@ def conv_weight_grad_reference(x, gy, *, kernel, stride, padding, dilation, grou
 
 
 def _onnx_window_attrs(win: Window) -> dict:
-    return dict(strides=list(win.stride), pads=win.onnx_pads, dilations=list(win.dilation))
+    return {"strides": list(win.stride), "pads": win.onnx_pads, "dilations": list(win.dilation)}
 
 
 def _einsum_path(e, value: str) -> bool:
@@ -188,7 +189,7 @@ def _conv_lower_einsum(e, n, win: Window, x, w, b=None):
 
 def _conv_input_grad_einsum(e, n, win: Window, gy, w):
     lt = e.type(n.inputs[2])
-    g, o, cg, wg = _grouped_names(e, n, win, n.inputs[1], w)
+    g, o, _cg, wg = _grouped_names(e, n, win, n.inputs[1], w)
     gyg = e.op("Reshape", [gy, e.ints([0, g, o // g, -1])])
     cols = e.op("Einsum", [gyg, wg], equation="ngop,gock->ngcpk")
     cols = e.op("Reshape", [cols, e.ints([0, lt.shape[1], math.prod(win.out_dims(lt.shape[2:])),
@@ -292,7 +293,7 @@ def _conv_grad(c):
 
 def _conv_input_grad_grad(c):
     # dx = A_w^T gy is bilinear in (gy, w): <G, dx> = <conv(G, w), gy>
-    gy, w, like = c.x
+    gy, w, _like = c.x
     wa = _window_attrs(c.attrs)
     ggy = c.b.conv(c.g, w, **wa) if c.needs(0) else None
     gw = (c.b.conv_weight_grad(c.g, gy, kernel=tuple(w.shape[2:]), **wa)
@@ -482,7 +483,7 @@ def _separable_layer(dims: int) -> None:
         return b.conv(*((h, pw) + ((bias,) if bias is not None else ())))
 
     def flops(ctx: InferCtx, outs) -> int:
-        x, dw, pw = ctx.inputs[:3]
+        _x, dw, pw = ctx.inputs[:3]
         positions = math.prod(concrete(outs[0].shape[:1] + outs[0].shape[2:], default=1))
         return 2 * positions * (math.prod(dw.shape) + math.prod(pw.shape))
 

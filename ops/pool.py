@@ -105,8 +105,8 @@ def _onnx_attrs(win: Window, spatial, include_pad: bool = False) -> dict:
                     "that starts in the padding while another needs a partial window",
                     hint="use ceil_mode=False with explicit end padding")
             pads = list(win.begin) + grown
-    return dict(kernel_shape=list(win.kernel), strides=list(win.stride), pads=pads,
-                ceil_mode=ceil)
+    return {"kernel_shape": list(win.kernel), "strides": list(win.stride), "pads": pads,
+                "ceil_mode": ceil}
 
 
 def _np_window(x_shape, attrs) -> Window:

@@ -42,7 +42,8 @@ class Window:
     def out_dims(self, spatial: Sequence[Dim]) -> tuple[Dim, ...]:
         out = []
         for i, size in enumerate(spatial):
-            k, s, d, b, e = self.kernel[i], self.stride[i], self.dilation[i], self.begin[i], self.end[i]
+            k, s, d = self.kernel[i], self.stride[i], self.dilation[i]
+            b, e = self.begin[i], self.end[i]
             if not self.ceil or not isinstance(size, int):
                 out.append(conv_out(size, k, s, b + e, d))
                 continue

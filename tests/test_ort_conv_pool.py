@@ -110,37 +110,39 @@ def loop_pool(x, kind, kernel, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
 # configurations: (input shape, attrs); odd sizes that the strides do not divide
 CONV_CASES = [
-    ([2, 3, 9], dict(filters=4, kernel=3)),
-    ([2, 4, 10], dict(filters=6, kernel=3, stride=3, padding=1, groups=2)),
-    ([1, 3, 11], dict(filters=2, kernel=2, dilation=3, padding="same")),
-    ([2, 3, 7, 6], dict(filters=4, kernel=3, stride=2, padding="same")),
-    ([2, 4, 7, 5], dict(filters=4, kernel=(3, 2), stride=(2, 3), padding=(1, 0, 2, 1),
-                        groups=4)),  # depthwise, begins+ends padding
-    ([1, 6, 8, 7], dict(filters=9, kernel=3, dilation=(2, 1), padding=(2, 1), groups=3,
-                        bias=False)),
-    ([2, 2, 5, 5], dict(filters=3, kernel=5, padding="valid")),
-    ([1, 2, 5, 4, 6], dict(filters=4, kernel=(2, 3, 2), stride=(2, 1, 3), padding="same",
-                           groups=2)),
-    ([2, 3, 4, 5, 3], dict(filters=2, kernel=2, dilation=(1, 2, 1), padding=1)),
+    ([2, 3, 9], {"filters": 4, "kernel": 3}),
+    ([2, 4, 10], {"filters": 6, "kernel": 3, "stride": 3, "padding": 1, "groups": 2}),
+    ([1, 3, 11], {"filters": 2, "kernel": 2, "dilation": 3, "padding": "same"}),
+    ([2, 3, 7, 6], {"filters": 4, "kernel": 3, "stride": 2, "padding": "same"}),
+    ([2, 4, 7, 5], {"filters": 4, "kernel": (3, 2), "stride": (2, 3), "padding": (1, 0, 2, 1),
+                        "groups": 4}),  # depthwise, begins+ends padding
+    ([1, 6, 8, 7], {"filters": 9, "kernel": 3, "dilation": (2, 1), "padding": (2, 1), "groups": 3,
+                        "bias": False}),
+    ([2, 2, 5, 5], {"filters": 3, "kernel": 5, "padding": "valid"}),
+    ([1, 2, 5, 4, 6], {"filters": 4, "kernel": (2, 3, 2), "stride": (2, 1, 3), "padding": "same",
+                           "groups": 2}),
+    ([2, 3, 4, 5, 3], {"filters": 2, "kernel": 2, "dilation": (1, 2, 1), "padding": 1}),
 ]
 POOL_CASES = [
-    ("max", [2, 3, 9], dict(kernel=2)),
-    ("max", [2, 2, 10], dict(kernel=3, stride=2, padding=1, ceil_mode=True)),
-    ("max", [1, 2, 5], dict(kernel=2, stride=3, padding=1, ceil_mode=True)),  # last window dropped
-    ("max", [2, 3, 7, 6], dict(kernel=3, stride=2, padding=1)),
-    ("max", [2, 2, 7, 7], dict(kernel=(2, 3), stride=(2, 1), dilation=(2, 1), ceil_mode=True)),
-    ("max", [1, 2, 6, 5], dict(kernel=3, stride=1, padding="same")),
-    ("max", [1, 2, 5, 4, 7], dict(kernel=2, stride=(2, 1, 3), padding=(1, 0, 1))),
-    ("avg", [2, 3, 9], dict(kernel=3, stride=2, padding=1)),
-    ("avg", [2, 3, 9], dict(kernel=3, stride=2, padding=1, count_include_pad=True)),
-    ("avg", [1, 2, 10], dict(kernel=3, stride=2, padding=1, ceil_mode=True,
-                             count_include_pad=True)),
-    ("avg", [2, 2, 7, 6], dict(kernel=2)),
-    ("avg", [2, 2, 7, 6], dict(kernel=3, stride=2, padding=1, ceil_mode=True)),
-    ("avg", [1, 3, 6, 5], dict(kernel=(3, 2), stride=1, padding="same")),
-    ("avg", [2, 3, 9], dict(kernel=2, stride=4)),  # gaps between windows
-    ("avg", [1, 2, 5, 4, 6], dict(kernel=2, stride=(1, 2, 3), padding=(1, 0, 1),
-                                  count_include_pad=True)),
+    ("max", [2, 3, 9], {"kernel": 2}),
+    ("max", [2, 2, 10], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    # the last window would start in the end padding: dropped
+    ("max", [1, 2, 5], {"kernel": 2, "stride": 3, "padding": 1, "ceil_mode": True}),
+    ("max", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1}),
+    ("max", [2, 2, 7, 7], {"kernel": (2, 3), "stride": (2, 1), "dilation": (2, 1),
+                           "ceil_mode": True}),
+    ("max", [1, 2, 6, 5], {"kernel": 3, "stride": 1, "padding": "same"}),
+    ("max", [1, 2, 5, 4, 7], {"kernel": 2, "stride": (2, 1, 3), "padding": (1, 0, 1)}),
+    ("avg", [2, 3, 9], {"kernel": 3, "stride": 2, "padding": 1}),
+    ("avg", [2, 3, 9], {"kernel": 3, "stride": 2, "padding": 1, "count_include_pad": True}),
+    ("avg", [1, 2, 10], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
+                             "count_include_pad": True}),
+    ("avg", [2, 2, 7, 6], {"kernel": 2}),
+    ("avg", [2, 2, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ("avg", [1, 3, 6, 5], {"kernel": (3, 2), "stride": 1, "padding": "same"}),
+    ("avg", [2, 3, 9], {"kernel": 2, "stride": 4}),  # gaps between windows
+    ("avg", [1, 2, 5, 4, 6], {"kernel": 2, "stride": (1, 2, 3), "padding": (1, 0, 1),
+                                  "count_include_pad": True}),
 ]
 
 
@@ -166,7 +168,7 @@ def test_conv_reference_matches_loops(shape, attrs):
 
 
 def _pool_attrs(kind, attrs):
-    full = dict(stride=None, padding=0, ceil_mode=False)
+    full = {"stride": None, "padding": 0, "ceil_mode": False}
     full.update({"dilation": 1} if kind == "max" else {"count_include_pad": False})
     full.update(attrs)
     return full
@@ -209,33 +211,47 @@ def _pool_op(kind, shape):
 
 ORT_CASES = ([(f"conv{len(s) - 2}d", s, a) for s, a in CONV_CASES]
              + [(_pool_op(k, s), s, a) for k, s, a in POOL_CASES]
-             + [("separable_conv1d", [2, 3, 9], dict(filters=4, kernel=3, stride=2,
-                                                      padding="same")),
-                ("separable_conv2d", [2, 3, 7, 6], dict(filters=5, kernel=3,
-                                                         depth_multiplier=2, dilation=2,
-                                                         padding=2, bias=False)),
+             + [("separable_conv1d", [2, 3, 9], {"filters": 4, "kernel": 3, "stride": 2,
+                                                      "padding": "same"}),
+                ("separable_conv2d", [2, 3, 7, 6], {"filters": 5, "kernel": 3,
+                                                         "depth_multiplier": 2, "dilation": 2,
+                                                         "padding": 2, "bias": False}),
                 ("global_avg_pool", [2, 3, 4, 5], {}),
-                ("global_max_pool", [2, 3, 7], dict(keepdims=True)),
-                ("global_avg_pool", [2, 2, 3, 2, 4], dict(keepdims=True))])
+                ("global_max_pool", [2, 3, 7], {"keepdims": True}),
+                ("global_avg_pool", [2, 2, 3, 2, 4], {"keepdims": True})])
 IDS = [f"{op}-{i}" for i, (op, _, _) in enumerate(ORT_CASES)]
 
 
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float64", 1e-10)])
 @pytest.mark.parametrize("op,shape,attrs", ORT_CASES, ids=IDS)
-def test_forward_and_gradient_graph_on_ort(op, shape, attrs):
-    """Forward and backward graph on ONNX Runtime (float32) vs the float64 references."""
-    g32 = _graph(op, shape, attrs)
-    gg = grad(g32, wrt=["x", *g32.params])
+def test_forward_and_gradient_graph_on_ort(op, shape, attrs, dtype, tol):
+    """Forward and backward graph on ONNX Runtime vs the NumPy references, same dtype.
+
+    float32 runs ONNX's Conv/ConvTranspose/pool kernels; float64 runs the
+    gathered-windows + Einsum lowering (ORT's CPU has no float64 conv kernels).
+    """
+    g = _graph(op, shape, attrs, dtype=dtype)
+    gg = grad(g, wrt=["x", *g.params])
     sess = make_session(export(gg), threads=1)
-    params = {k: v.astype(np.float64) for k, v in g32.param_values().items()}
+    params = g.param_values()
     for batch in (1, shape[0] + 1):
-        feeds = _feeds(g32, batch, seed=batch)
-        got = run(sess, {k: v.astype(np.float32) for k, v in feeds.items()})
+        feeds = {k: v.astype(dtype) for k, v in _feeds(g, batch, seed=batch).items()}
+        got = run(sess, feeds)
         ref = evaluate(gg, feeds, outputs=gg.outputs, params=params)
         for name in gg.outputs:
             scale = max(1.0, float(np.abs(ref[name]).max()))
             assert got[name].shape == ref[name].shape, name
-            np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4 * scale,
+            assert got[name].dtype == ref[name].dtype == np.dtype(dtype), name
+            np.testing.assert_allclose(got[name], ref[name], rtol=tol, atol=tol * scale,
                                        err_msg=f"{op} {attrs} batch={batch} {name}")
+
+
+def test_float64_needs_fixed_spatial_sizes():
+    b = Builder(Graph("seq", dtype="float64"))
+    x = b.input("x", ["N", 2, "T"], "float64")
+    b.output(b.conv1d(x, 3, 3, name="c"))
+    with pytest.raises(GraphError, match="float64 windows need fixed spatial sizes"):
+        export(b.graph)
 
 
 # ------------------------------------------------------- finite differences
@@ -268,19 +284,20 @@ def _fd_check(g64, wrt, feeds, h=1e-6, tol=1e-6):
 
 
 FD_CASES = [
-    ("conv1d", [2, 4, 7], dict(filters=4, kernel=3, stride=2, padding=1, groups=2)),
-    ("conv2d", [2, 3, 5, 4], dict(filters=2, kernel=(2, 3), stride=(2, 1), dilation=(1, 2),
-                                  padding="same")),
-    ("conv2d", [1, 4, 5, 5], dict(filters=4, kernel=3, stride=2, groups=4, padding=(0, 1, 1, 0))),
-    ("conv3d", [1, 2, 3, 4, 3], dict(filters=2, kernel=2, stride=(1, 2, 1), padding=1)),
-    ("separable_conv2d", [1, 2, 5, 4], dict(filters=3, kernel=3, stride=2, padding="same",
-                                            depth_multiplier=2)),
-    ("max_pool2d", [2, 2, 5, 6], dict(kernel=3, stride=2, padding=1, ceil_mode=True)),
-    ("max_pool1d", [2, 2, 9], dict(kernel=3, stride=1, dilation=2, padding="same")),
-    ("avg_pool2d", [1, 2, 5, 6], dict(kernel=3, stride=2, padding=1, ceil_mode=True,
-                                      count_include_pad=True)),
-    ("avg_pool3d", [1, 2, 3, 4, 5], dict(kernel=2, stride=(1, 2, 2), padding=(1, 0, 1))),
-    ("avg_pool1d", [2, 2, 9], dict(kernel=2, stride=3)),
+    ("conv1d", [2, 4, 7], {"filters": 4, "kernel": 3, "stride": 2, "padding": 1, "groups": 2}),
+    ("conv2d", [2, 3, 5, 4], {"filters": 2, "kernel": (2, 3), "stride": (2, 1), "dilation": (1, 2),
+                                  "padding": "same"}),
+    ("conv2d", [1, 4, 5, 5], {"filters": 4, "kernel": 3, "stride": 2, "groups": 4,
+                              "padding": (0, 1, 1, 0)}),
+    ("conv3d", [1, 2, 3, 4, 3], {"filters": 2, "kernel": 2, "stride": (1, 2, 1), "padding": 1}),
+    ("separable_conv2d", [1, 2, 5, 4], {"filters": 3, "kernel": 3, "stride": 2, "padding": "same",
+                                            "depth_multiplier": 2}),
+    ("max_pool2d", [2, 2, 5, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ("max_pool1d", [2, 2, 9], {"kernel": 3, "stride": 1, "dilation": 2, "padding": "same"}),
+    ("avg_pool2d", [1, 2, 5, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
+                                      "count_include_pad": True}),
+    ("avg_pool3d", [1, 2, 3, 4, 5], {"kernel": 2, "stride": (1, 2, 2), "padding": (1, 0, 1)}),
+    ("avg_pool1d", [2, 2, 9], {"kernel": 2, "stride": 3}),
     ("global_avg_pool", [2, 3, 4, 3], {}),
     ("global_max_pool", [2, 3, 5], {}),
 ]
@@ -327,7 +344,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_on_ort():
     """Ties everywhere: ORT's MaxPool Indices and the reference both pick the first maximum."""
     from graphc.ops.pool import max_pool_grad_reference
 
-    attrs = dict(kernel=3, stride=2, padding=1, ceil_mode=True)
+    attrs = {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}
     g = _graph("max_pool2d", [2, 2, 6, 7], attrs)
     gg = grad(g, wrt=["x"])
     sess = make_session(export(gg), threads=1)
@@ -392,17 +409,20 @@ def test_separable_conv_params_read_well():
 # ------------------------------------------------------------------ errors
 
 ERRORS = [
-    ("conv2d", [2, 6, 8, 8], dict(filters=4, kernel=3, groups=4), "do not divide into 4 groups"),
-    ("conv2d", [2, 6, 8, 8], dict(filters=5, kernel=3, groups=3), "5 output channels"),
-    ("conv2d", [2, 3, 8, 8], dict(filters=4, kernel=(3, 3, 3)), "kernel must be an int or a tuple"),
-    ("conv2d", [2, 3, 8, 8], dict(filters=4, kernel=3, padding=(1, 2, 3)), "padding needs 1, 2 or 4"),
-    ("conv2d", [2, 3, 8, 8], dict(filters=4, kernel=3, padding="full"), "'same' or 'valid'"),
-    ("conv2d", [2, 3, 4, 4], dict(filters=4, kernel=5), "smaller than the kernel's extent 5"),
-    ("conv2d", [2, 3, 8], dict(filters=4, kernel=3), "rank 4"),
-    ("conv1d", [2, 3, 8], dict(filters=4, kernel=3, stride=0), "stride must be at least 1"),
-    ("max_pool2d", [2, 3, 8, 8], dict(kernel=2, padding=2), "smaller than the kernel size 2"),
-    ("avg_pool1d", [2, 3, 8], dict(kernel=2, padding="same", ceil_mode=True), "ceil_mode"),
-    ("max_pool3d", [2, 3, 8, 8], dict(kernel=2), "rank 5"),
+    ("conv2d", [2, 6, 8, 8], {"filters": 4, "kernel": 3, "groups": 4},
+     "do not divide into 4 groups"),
+    ("conv2d", [2, 6, 8, 8], {"filters": 5, "kernel": 3, "groups": 3}, "5 output channels"),
+    ("conv2d", [2, 3, 8, 8], {"filters": 4, "kernel": (3, 3, 3)},
+     "kernel must be an int or a tuple"),
+    ("conv2d", [2, 3, 8, 8], {"filters": 4, "kernel": 3, "padding": (1, 2, 3)},
+     "padding needs 1, 2 or 4"),
+    ("conv2d", [2, 3, 8, 8], {"filters": 4, "kernel": 3, "padding": "full"}, "'same' or 'valid'"),
+    ("conv2d", [2, 3, 4, 4], {"filters": 4, "kernel": 5}, "smaller than the kernel's extent 5"),
+    ("conv2d", [2, 3, 8], {"filters": 4, "kernel": 3}, "rank 4"),
+    ("conv1d", [2, 3, 8], {"filters": 4, "kernel": 3, "stride": 0}, "stride must be at least 1"),
+    ("max_pool2d", [2, 3, 8, 8], {"kernel": 2, "padding": 2}, "smaller than the kernel size 2"),
+    ("avg_pool1d", [2, 3, 8], {"kernel": 2, "padding": "same", "ceil_mode": True}, "ceil_mode"),
+    ("max_pool3d", [2, 3, 8, 8], {"kernel": 2}, "rank 5"),
     ("global_avg_pool", [2, 3], {}, "[N, C, *spatial]"),
 ]
 
@@ -428,15 +448,15 @@ def test_channels_must_be_fixed():
 
 
 TORCH_CASES = [
-    ("conv2d", [2, 4, 9, 8], dict(filters=6, kernel=3, stride=2, padding=1, dilation=2,
-                                  groups=2)),
-    ("conv1d", [2, 3, 10], dict(filters=4, kernel=4, padding="same")),
-    ("conv3d", [1, 2, 5, 4, 6], dict(filters=3, kernel=(2, 3, 2), stride=(1, 2, 2))),
-    ("max_pool2d", [2, 3, 7, 6], dict(kernel=3, stride=2, padding=1, ceil_mode=True)),
-    ("max_pool1d", [2, 3, 5], dict(kernel=2, stride=3, padding=1, ceil_mode=True)),
-    ("avg_pool2d", [2, 3, 7, 6], dict(kernel=3, stride=2, padding=1, ceil_mode=True,
-                                      count_include_pad=True)),
-    ("avg_pool2d", [2, 3, 7, 6], dict(kernel=3, stride=2, padding=1, ceil_mode=True)),
+    ("conv2d", [2, 4, 9, 8], {"filters": 6, "kernel": 3, "stride": 2, "padding": 1, "dilation": 2,
+                                  "groups": 2}),
+    ("conv1d", [2, 3, 10], {"filters": 4, "kernel": 4, "padding": "same"}),
+    ("conv3d", [1, 2, 5, 4, 6], {"filters": 3, "kernel": (2, 3, 2), "stride": (1, 2, 2)}),
+    ("max_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ("max_pool1d", [2, 3, 5], {"kernel": 2, "stride": 3, "padding": 1, "ceil_mode": True}),
+    ("avg_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
+                                      "count_include_pad": True}),
+    ("avg_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
 ]
 
 
@@ -449,13 +469,14 @@ def _torch_forward(torch, op, x, params, attrs):
                   padding=attrs.get("padding", 0), dilation=attrs.get("dilation", 1),
                   groups=attrs.get("groups", 1))
     fn = getattr(F, op)
-    kw = dict(kernel_size=attrs["kernel"], stride=attrs.get("stride"),
-              padding=attrs.get("padding", 0), ceil_mode=attrs.get("ceil_mode", False))
+    kw = {"kernel_size": attrs["kernel"], "stride": attrs.get("stride"),
+              "padding": attrs.get("padding", 0), "ceil_mode": attrs.get("ceil_mode", False)}
     if op.startswith("avg"):
         kw["count_include_pad"] = attrs.get("count_include_pad", False)
     return fn(x, **kw)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("op,shape,attrs", TORCH_CASES, ids=[c[0] for c in TORCH_CASES])
 def test_matches_pytorch(op, shape, attrs):
     torch = pytest.importorskip("torch")

@@ -117,6 +117,8 @@ def eval_dim(expr: str, sizes: dict[str, int]) -> int | None:
             return n.value
         if isinstance(n, ast.Name):
             return sizes[n.id]
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):  # conv_out's "T+-1"
+            return -ev(n.operand)
         if isinstance(n, ast.BinOp):
             a, b = ev(n.left), ev(n.right)
             ops = {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}

@@ -59,13 +59,6 @@ def _channels(ctx: InferCtx) -> int:
     return c
 
 
-def _check_params(ctx: InferCtx, n_data: int = 1) -> None:
-    """Loaded parameter values must match the input (after a model edit, say)."""
-    for t in ctx.inputs[n_data:]:
-        if t is not None and t.dtype != ctx.x.dtype:
-            raise ctx.fail(f"parameter dtype {t.dtype} differs from the input {ctx.x}")
-
-
 def _per_channel_np(v: np.ndarray, rank: int) -> np.ndarray:
     """A [C] vector shaped to broadcast over [N, C, *spatial]."""
     return v.reshape((-1,) + (1,) * (rank - 2))
@@ -103,11 +96,14 @@ def _norm_flops(per_element: int):
 # PyTorch does; the normalization itself uses the biased variance.
 
 
+def _per_channel_shape(ctx: InferCtx) -> tuple[int]:
+    return (_channels(ctx),)
+
+
 def _bn_params() -> tuple[ParamSpec, ...]:
-    c = _channels
-    return (*_affine_specs(lambda ctx: (c(ctx),)),
-            ParamSpec("running_mean", lambda ctx: (c(ctx),), "zeros", "vec", state=True),
-            ParamSpec("running_var", lambda ctx: (c(ctx),), "ones", "vec", state=True))
+    return (*_affine_specs(_per_channel_shape),
+            ParamSpec("running_mean", _per_channel_shape, "zeros", "vec", state=True),
+            ParamSpec("running_var", _per_channel_shape, "ones", "vec", state=True))
 
 
 def _bn_infer(ctx: InferCtx):
@@ -117,7 +113,6 @@ def _bn_infer(ctx: InferCtx):
         raise ctx.fail(f"momentum must be in [0, 1], got {m}",
                        hint="running = momentum * running + (1 - momentum) * batch; "
                             "0.9 or 0.99 are usual (PyTorch's 0.1 is 0.9 here)")
-    _check_params(ctx)
     if ctx.attrs["training"]:
         stat = TensorType(x.dtype, (_channels(ctx),))
         return [x, stat, stat]
@@ -251,7 +246,6 @@ def _ln_shape(ctx: InferCtx):
 def _ln_infer(ctx: InferCtx):
     x = _check_common(ctx, 1, "at least rank 1")
     _ln_shape(ctx)
-    _check_params(ctx)
     return x
 
 
@@ -321,7 +315,6 @@ defop("layer_norm", inputs=("x",),
 def _in_infer(ctx: InferCtx):
     x = _check_common(ctx, 3, "[N, C, *spatial] with at least one spatial dim")
     _channels(ctx)
-    _check_params(ctx)
     return x
 
 
@@ -357,7 +350,7 @@ def _in_lower(e, node, x, *params):
 
 
 defop("instance_norm", inputs=("x",), attrs={**EPS, **AFFINE},
-      params=_affine_specs(lambda ctx: (_channels(ctx),)), infer=_in_infer, reference=_in_ref,
+      params=_affine_specs(_per_channel_shape), infer=_in_infer, reference=_in_ref,
       decompose=_in_decompose, lower=_in_lower, category="normalization",
       flops=_norm_flops(6),
       doc="instance normalization: each (sample, channel) normalized over its spatial dims; "
@@ -376,7 +369,6 @@ def _gn_infer(ctx: InferCtx):
         raise ctx.fail(f"groups={g} must be a positive divisor of the {c} channels of {x}",
                        hint="divisors of " + str(c) + ": "
                             + ", ".join(str(d) for d in range(1, c + 1) if c % d == 0))
-    _check_params(ctx)
     return x
 
 
@@ -403,7 +395,7 @@ def _gn_decompose(b, node, x, *params):
 
 defop("group_norm", inputs=("x",),
       attrs={"groups": Attr(int, doc="number of channel groups (divides C)"), **EPS, **AFFINE},
-      params=_affine_specs(lambda ctx: (_channels(ctx),)), infer=_gn_infer, reference=_gn_ref,
+      params=_affine_specs(_per_channel_shape), infer=_gn_infer, reference=_gn_ref,
       decompose=_gn_decompose, category="normalization", flops=_norm_flops(6),
       key_attrs=("groups",),
       doc="group normalization: channels split into `groups`, each (sample, group) normalized "

@@ -521,3 +521,38 @@ def test_interrupted_training_resumes_bit_for_bit(tmp_path):
     for k in full:  # every weight and running statistic, bit for bit
         np.testing.assert_array_equal(resumed[k], full[k], err_msg=k)
     assert not np.array_equal(part[stats[0]], full[stats[0]])  # the interrupted run did stop
+
+
+def test_hessian_vector_product_through_the_normalizations():
+    """Decompositions are made of differentiable primitives, so second order works too."""
+    from graphc.autodiff import hvp
+
+    b = Builder(Graph("h", dtype="float64"))
+    x = b.input("x", (6, 4), "float64")
+    h = b.batch_norm(b.linear(x, 6, name="fc1"), training=True, name="bn")[0]
+    h = b.group_norm(b.tanh(h), 3, name="gn")
+    h = b.layer_norm(b.tanh(h), name="ln")
+    loss = b.reduce_sum(b.square(b.linear(h, 2, name="fc2")))
+    b.minimize(loss)
+    g = b.graph
+    rng = np.random.default_rng(13)
+    params = _set_params(g, rng)
+    trained = [k for k, p in g.params.items() if not p.state]
+    feeds = {"x": rng.normal(size=(6, 4))}
+    vs = {f"{p}.v": rng.normal(size=params[p].shape) for p in trained}
+    hg = hvp(g)
+    out = _ort(export(hg, outputs=[f"{p}.hvp" for p in trained], params_as_inputs=True),
+               {**feeds, **params, **vs})
+    gg = grad(g)
+    eps = 1e-5
+
+    def grads_at(shift):
+        shifted = {p: params[p] + shift * vs[f"{p}.v"] if p in trained else params[p]
+                   for p in params}
+        return _ort(export(gg, params_as_inputs=True), {**feeds, **shifted})
+
+    plus, minus = grads_at(eps), grads_at(-eps)
+    for p in trained:
+        fd = (plus[f"{p}.grad"] - minus[f"{p}.grad"]) / (2 * eps)
+        assert np.abs(fd).max() > 1e-3, p  # a curvature worth comparing
+        np.testing.assert_allclose(out[f"{p}.hvp"], fd, rtol=1e-6, atol=1e-8, err_msg=p)

@@ -367,7 +367,8 @@ def erf_lower(e, n, x):
 
 unary("erf", lambda x: _erf(x).astype(x.dtype), erf_lower,
       grad=lambda c: [c.g * (2.0 / math.sqrt(math.pi)) * c.b.exp(-c.b.square(c.x[0]))],
-      doc="the error function (used by the exact gelu)", test=_UNARY_TEST)
+      doc="the error function (used by the exact gelu)",
+      test=dict(_UNARY_TEST, tol64=1e-6))  # float64 goes through ORT's float32 Erf
 
 
 def _argmax_infer(ctx: InferCtx) -> TensorType:

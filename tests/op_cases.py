@@ -12,7 +12,8 @@ Hint format (on `defop(..., test={...})`):
      "positive": False,  # float inputs in [0.5, 2.0] instead of standard normal
      "batch": True,      # the tests vary axis 0 of every input together (symbolic "N")
      "grad": True,       # or a string: why the op is not gradient-checked
-     "tol": None}        # rtol = atol for the forward comparison (float32)
+     "tol": None,        # rtol = atol for the forward comparison in float32 (default 1e-5)
+     "tol64": None}      # the same in float64 (default 1e-10)
 
 `ranges` and `stats` are extensions of the team format: `ranges` bounds inputs
 that must lie in an interval (probabilities); `stats: True` on a case of a
@@ -33,9 +34,9 @@ from graphc.builder import Builder
 from graphc.ir import Graph
 from graphc.ops.registry import OpDef
 
-CASE_KEYS = {"shapes", "attrs", "dtypes", "ranges", "batch", "grad", "tol", "stats"}
-HINT_KEYS = {"cases", "int_high", "positive", "batch", "grad", "tol", "shapes", "attrs", "dtypes",
-             "ranges", "stats"}
+CASE_KEYS = {"shapes", "attrs", "dtypes", "ranges", "batch", "grad", "tol", "tol64", "stats"}
+HINT_KEYS = {"cases", "int_high", "positive", "batch", "grad", "tol", "tol64", "shapes", "attrs",
+             "dtypes", "ranges", "stats"}
 NODE = "node"  # the name of the op's node in every case graph
 BATCH_DIM = "N"
 
@@ -57,6 +58,7 @@ class Case:
     batch: bool = True
     grad: bool | str = True
     tol: float | None = None
+    tol64: float | None = None
     stats: bool = False
 
     @property
@@ -94,6 +96,7 @@ def cases_for(op: OpDef) -> list[Case]:
             int_high=int(hints.get("int_high", 2)), positive=bool(hints.get("positive", False)),
             batch=bool(c.get("batch", hints.get("batch", True))),
             grad=c.get("grad", hints.get("grad", True)), tol=c.get("tol", hints.get("tol")),
+            tol64=c.get("tol64", hints.get("tol64")),
             stats=bool(c.get("stats", hints.get("stats", False)))))
     return out
 

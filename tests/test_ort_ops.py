@@ -8,7 +8,8 @@ as inputs and loaded into one ORT session; each example then checks
 - the inferred output dtypes and shapes (with N bound to the batch size)
   equal what ONNX Runtime returns, and what the NumPy reference returns;
 - ORT's values equal the reference (`graphc.interp.evaluate`) to
-  rtol = atol = 1e-5 (or the case's `tol`).
+  rtol = atol = 1e-5 in float32 (or the case's `tol`), 1e-10 in float64 (or
+  the case's `tol64`).
 
 Every case runs with float inputs in float32 and again in float64 (ONNX
 Runtime lacks float64 kernels for some ops; lowerings must work around that).
@@ -33,7 +34,7 @@ from graphc.runtime import make_session, run
 from graphc.shapes import concrete
 
 FLOATS = ("float32", "float64")
-TOL = 1e-5
+TOL = {"float32": 1e-5, "float64": 1e-10}
 
 
 @functools.cache
@@ -67,13 +68,20 @@ def _check_case(case: Case, g, sess, batch: int, seed: int) -> None:
         assert got[name].shape == shape, f"{where}: ORT shape {got[name].shape}, inferred {t}"
         assert str(ref[name].dtype) == t.dtype, f"{where}: reference dtype {ref[name].dtype}"
         assert ref[name].shape == shape, f"{where}: reference shape {ref[name].shape}"
-        tol = case.tol if case.tol is not None else TOL
+        tol = _tolerance(case, t.dtype)
         if case.stats:
             _compare_stats(got[name], ref[name], tol, where)
         elif t.dtype.startswith("float"):
             np.testing.assert_allclose(got[name], ref[name], rtol=tol, atol=tol, err_msg=where)
         else:
             np.testing.assert_array_equal(got[name], ref[name], err_msg=where)
+
+
+def _tolerance(case: Case, dtype: str) -> float:
+    """For an output dtype: the case's `tol64` (float64) or `tol`, else the default."""
+    if dtype == "float64":
+        return case.tol64 if case.tol64 is not None else TOL["float64"]
+    return case.tol if case.tol is not None else TOL["float32"]
 
 
 def _compare_stats(a: np.ndarray, b: np.ndarray, tol: float, where: str) -> None:

@@ -160,6 +160,10 @@ def recompute_graph(g: Graph, segments: int) -> tuple[Graph, int]:
         placed.append(n.name)
     g.nodes = {k: g.nodes[k] for k in placed}
     g.meta["recompute_segments"] = segments
+    from graphc.passes.dce import eliminate_dead_code
+
+    eliminate_dead_code(g)  # the originals of dropped values are dead now
+    g.meta.pop("_pass_note", None)
     return g, added_flops
 
 

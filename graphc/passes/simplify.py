@@ -9,6 +9,7 @@ import numpy as np
 from graphc.ir import Graph, Node
 from graphc.passes.manager import register
 from graphc.passes.rewrite import Match, Rule, apply_rules, builder_for, replace_uses
+from graphc.shapes import broadcast
 
 
 def _forward(g: Graph, node: Node, ctx: dict, value: str) -> Match | str:
@@ -138,6 +139,52 @@ def rewrite_add_neg(g, m):
     m.node.inputs[1] = m.values["b"]
 
 
+_BROADCASTING = ("add", "sub", "mul", "div", "maximum", "minimum", "where", "pow")
+
+
+def check_implicit_broadcast(g, node, ctx):
+    """op(broadcast_to(a, like), b) -> op(a, b) when the op's own broadcasting gives the same
+    shape: the explicit broadcast materializes a full-size copy (an ONNX Expand)."""
+    out = g.types[node.outputs[0]].shape
+    for i, v in enumerate(node.inputs):
+        p = _producer(ctx, v, "broadcast_to")
+        if p is None:
+            continue
+        others = [g.types[u].shape for j, u in enumerate(node.inputs) if j != i]
+        shape = g.types[p.inputs[0]].shape
+        for o in others:
+            shape = broadcast(shape, o)
+            if shape is None:
+                break
+        if shape == out:
+            return Match(node, {"i": i, "src": p.inputs[0]})
+    return "no operand is a broadcast_to that the op's own broadcasting replaces"
+
+
+def rewrite_implicit_broadcast(g, m):
+    m.node.inputs[m.values["i"]] = m.values["src"]
+
+
+def check_div_small(g, node, ctx):
+    """a / b -> a * reciprocal(b) when b is a small broadcast factor (a per-channel std):
+    one division per channel instead of one per element."""
+    from graphc.passes.cost import dim_sizes, numel_of
+
+    sizes = dim_sizes(g)
+    a, b = node.inputs
+    if g.types[b].dtype not in ("float32", "float64", "float16"):
+        return "not a float division"
+    if numel_of(g.types[b], sizes) * 8 > numel_of(g.types[node.outputs[0]], sizes):
+        return "the divisor is not much smaller than the result"
+    return Match(node, {"b": b})
+
+
+def rewrite_div_small(g, m):
+    b = builder_for(g, m.node)
+    m.node.op = "mul"
+    m.node.inputs[1] = b.reciprocal(b.tensor(m.values["b"])).name
+
+
 RULES = [
     Rule("identity", ("identity",), check_identity, _replace, "identity(x) -> x"),
     Rule("neutral_element", ("add", "sub", "mul", "div"), check_neutral, _replace,
@@ -153,6 +200,10 @@ RULES = [
     Rule("single_add_n", ("add_n",), check_add_n, _replace, "add_n(x) -> x"),
     Rule("add_of_neg", ("add", "sub"), check_add_neg, rewrite_add_neg,
          "a + (-b) -> a - b, a - (-b) -> a + b"),
+    Rule("implicit_broadcast", _BROADCASTING, check_implicit_broadcast,
+         rewrite_implicit_broadcast, "op(broadcast_to(a, like), b) -> op(a, b)"),
+    Rule("div_by_small", ("div",), check_div_small, rewrite_div_small,
+         "a / b -> a * reciprocal(b) for a small broadcast divisor"),
 ]
 
 

@@ -133,3 +133,52 @@ def test_gradient_check_catches_a_wrong_rule(monkeypatch) -> None:
     monkeypatch.setattr(op, "grad", lambda c: [c.g * (1.0 - c.y[0])])
     errors = check_gradient(cases_for(op)[0])
     assert max(errors.values()) > 1e-2
+
+
+MODEL = """
+# every activation, loss and misc op of ops/activations.py and ops/losses.py in one model
+x = input(float64, [N, 4])
+t = input(float64, [N, 3])
+y = input(int64, [N])
+h1 = prelu(linear(x, 6))
+h2 = maxout(h1, 5, 3)
+h3 = residual(h2, gelu(linear(h2, 5)))
+h4 = elu(swish(leaky_relu(h3, 0.1), 1.5), 0.7)
+z = linear(softplus(h4), 3)
+loss = add_n(binary_cross_entropy(z, t), multiclass_hinge(z, y), mae(z, t), hinge(z, t))
+pick = argmax(z, 1)
+output(pick)
+minimize(loss)
+"""
+
+
+def test_model_of_the_new_ops_parses_prints_and_differentiates() -> None:
+    g = graphc.parse(MODEL)
+    assert graphc.to_text(graphc.parse(graphc.to_text(g))) == graphc.to_text(g)
+    rng = np.random.default_rng(7)
+    params = randomize_params(g, rng)
+    feeds = {"x": rng.standard_normal((5, 4)), "t": rng.uniform(0, 1, (5, 3)),
+             "y": rng.integers(0, 3, 5)}
+    gg = graphc.grad(g)
+    assert set(gg.meta["grads"]) == set(params)
+    names = list(gg.meta["grads"].values())
+    sess = make_session(export(gg, outputs=[g.loss, *names], params_as_inputs=True), threads=1)
+    wanted = {i.name for i in sess.get_inputs() + sess.get_overridable_initializers()}
+    analytic = run(sess, {k: v for k, v in {**feeds, **params}.items() if k in wanted})
+    ref_loss = evaluate(g, feeds, outputs=[g.loss], params=params)[g.loss]
+    # 1e-8, not 1e-12: ORT computes gelu's erf in float32 even in float64 models
+    np.testing.assert_allclose(analytic[g.loss], ref_loss, rtol=1e-8)
+    for p, gname in gg.meta["grads"].items():
+        coords = rng.choice(params[p].size, size=min(10, params[p].size), replace=False)
+        numeric = []
+        for k in coords:
+            vals = []
+            for sign in (1, -1):
+                moved = params[p].copy()
+                moved.flat[k] += sign * STEP
+                vals.append(float(evaluate(g, feeds, outputs=[g.loss],
+                                           params={**params, p: moved})[g.loss]))
+            numeric.append((vals[0] - vals[1]) / (2 * STEP))
+        a = analytic[gname].reshape(-1)[coords]
+        err = np.max(np.abs(a - numeric)) / max(1.0, np.max(np.abs(numeric)))
+        assert err <= MAX_ERR, f"{p}: {err}"

@@ -251,3 +251,26 @@ def test_layout_boxes_do_not_overlap_and_edges_are_right_angled(engine):
                         y0 == y1 and b.y <= y0 <= b.bottom and (inside_x or (
                             min(x0, x1) < b.x + b.w and max(x0, x1) >= b.x)))
                     assert not crosses, (r, b)
+
+
+def test_patched_layout_keeps_positions_and_places_new_boxes():
+    from graphc.tui.layout import patch
+
+    sizes, edges = _residual_sizes_edges()
+    old = layout(sizes, edges, "simple")
+    new_sizes = dict(sizes)
+    new_sizes["n3"] = (30, 5)  # wider after a rename
+    del new_sizes["n11"]
+    new_sizes["extra"] = (12, 5)
+    new_edges = [e for e in edges if "n11" not in e] + [("n10", "extra")]
+    lay = patch(old, new_sizes, new_edges)
+    assert "n11" not in lay.boxes and set(lay.boxes) == set(new_sizes)
+    assert lay.boxes["n3"].cx == old.boxes["n3"].cx and lay.boxes["n3"].w == 30
+    assert lay.boxes["n5"] == old.boxes["n5"]
+    extra, n10 = lay.boxes["extra"], lay.boxes["n10"]
+    assert extra.y > n10.bottom  # below its producer
+    assert all(extra.x >= b.x + b.w for k, b in lay.boxes.items() if k != "extra")
+    assert {(r.src, r.dst) for r in lay.routes} == set(new_edges)
+    for r in lay.routes:
+        dst = lay.boxes[r.dst]
+        assert r.points[-1][1] == dst.y - 1 and dst.x <= r.points[-1][0] < dst.x + dst.w

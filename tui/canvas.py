@@ -20,10 +20,13 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from graphc.tui.layout import Layout, layout
+from graphc.tui.layout import Layout, layout, patch
 from graphc.tui.scene import Scene
 
 UP, DOWN, LEFT, RIGHT = 1, 2, 4, 8
+# From this many boxes on, an edit shows a patched copy of the old layout at once and
+# the exact layout (Graphviz: ~0.1 s at 300 nodes, ~0.7 s at 1,000) follows from a thread.
+ASYNC_LAYOUT_MIN = 150
 _LINES = {
     UP | DOWN: "│", LEFT | RIGHT: "─", DOWN | RIGHT: "┌", DOWN | LEFT: "┐",
     UP | RIGHT: "└", UP | LEFT: "┘", UP | DOWN | RIGHT: "├", UP | DOWN | LEFT: "┤",
@@ -73,6 +76,9 @@ class GraphCanvas(ScrollView, can_focus=True):
             super().__init__()
             self.name = name
 
+    class LaidOut(Message):
+        """The exact layout of the current scene is on screen (after a background layout)."""
+
     def __init__(self, *, engine: str = "auto", **kwargs) -> None:
         super().__init__(**kwargs)
         self.engine = engine
@@ -83,8 +89,12 @@ class GraphCanvas(ScrollView, can_focus=True):
         self._edge_cells: dict[int, dict[int, int]] = {}
         self._edge_style: dict[tuple[int, int], str] = {}
         self._arrows: dict[tuple[int, int], str] = {}
+        self._arrow_rows: dict[int, list[int]] = {}
+        self._highlight: set[tuple[int, int]] = set()
         self.matches: set[str] = set()
         self.timings: dict[str, float] = {}
+        self._pending_layout: tuple | None = None
+        self.laid_out_at = 0.0  # when the exact layout of the current scene went on screen
 
     # ---------------------------------------------------------------- scene
     def set_scene(self, scene: Scene) -> None:
@@ -93,7 +103,11 @@ class GraphCanvas(ScrollView, can_focus=True):
         key = scene.key()
         if key != self._layout_key:
             sizes = {k: b.size for k, b in scene.boxes.items()}
-            self.lay = layout(sizes, scene.edges, self.engine)
+            if self.lay is not None and len(sizes) >= ASYNC_LAYOUT_MIN and self.is_mounted:
+                self.lay = patch(self.lay, sizes, scene.edges)
+                self._layout_later(key, sizes, list(scene.edges))
+            else:
+                self.lay = layout(sizes, scene.edges, self.engine)
             self._layout_key = key
         t1 = time.perf_counter()
         self.scene = scene
@@ -104,50 +118,59 @@ class GraphCanvas(ScrollView, can_focus=True):
             self.selected = None
         self.refresh()
         self.timings = {"layout": t1 - t0, "index": time.perf_counter() - t1}
+        if self._pending_layout is None or self._pending_layout != key:
+            self.laid_out_at = time.perf_counter()
+
+    def _layout_later(self, key: tuple, sizes: dict, edges: list) -> None:
+        self._pending_layout = key
+
+        def work() -> None:
+            lay = layout(sizes, edges, self.engine)
+            self.app.call_from_thread(self._layout_done, key, lay)
+        self.run_worker(work, thread=True, group="layout", exclusive=True)
+
+    def _layout_done(self, key: tuple, lay: Layout) -> None:
+        if key != self._pending_layout or key != self._layout_key:
+            return  # a newer edit is on its way
+        self._pending_layout = None
+        self.lay = lay
+        self._index_edges()
+        self._rows.clear()
+        self.virtual_size = Size(lay.width, lay.height)
+        self.refresh()
+        if self.selected is not None:
+            self.call_after_refresh(self.reveal, self.selected)
+        self.laid_out_at = time.perf_counter()
+        self.post_message(self.LaidOut())
 
     def _index_edges(self) -> None:
+        """Edge cells by row, once per layout; the selection's edges are an overlay."""
         cells: dict[int, dict[int, int]] = {}
         style: dict[tuple[int, int], str] = {}
         arrows: dict[tuple[int, int], str] = {}
-        sel = self.selected
-        scene = self.scene
         for route in self.lay.routes:
-            kind = "edge"
-            if (route.src, route.dst) in scene.error_edges:
-                kind = "edge_err"
-            elif sel is not None and sel in (route.src, route.dst):
-                kind = "edge_hi"
-            pts = route.points
-            for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-                if x0 == x1:
-                    step = 1 if y1 > y0 else -1
-                    for y in range(y0, y1 + step, step):
-                        m = 0
-                        if y != y0:
-                            m |= UP if step == 1 else DOWN
-                        if y != y1:
-                            m |= DOWN if step == 1 else UP
-                        self._mark(cells, style, x0, y, m, kind)
-                else:
-                    step = 1 if x1 > x0 else -1
-                    for x in range(x0, x1 + step, step):
-                        m = 0
-                        if x != x0:
-                            m |= LEFT if step == 1 else RIGHT
-                        if x != x1:
-                            m |= RIGHT if step == 1 else LEFT
-                        self._mark(cells, style, x, y0, m, kind)
-            if pts:
-                arrows[pts[-1]] = kind
+            kind = "edge_err" if (route.src, route.dst) in self.scene.error_edges else "edge"
+            for x, y, m in _route_cells(route.points):
+                row = cells.setdefault(y, {})
+                row[x] = row.get(x, 0) | m
+                if kind != "edge":
+                    style[(x, y)] = kind
+            if route.points:
+                arrows[route.points[-1]] = kind
         self._edge_cells, self._edge_style, self._arrows = cells, style, arrows
+        self._arrow_rows: dict[int, list[int]] = {}
+        for x, y in arrows:
+            self._arrow_rows.setdefault(y, []).append(x)
+        self._index_highlight()
 
-    @staticmethod
-    def _mark(cells, style, x, y, m, kind) -> None:
-        row = cells.setdefault(y, {})
-        row[x] = row.get(x, 0) | m
-        old = style.get((x, y))
-        if old is None or kind != "edge":  # highlighted and error edges win
-            style[(x, y)] = kind
+    def _index_highlight(self) -> None:
+        sel = self.selected
+        hi: set[tuple[int, int]] = set()
+        if sel is not None and self.lay is not None:
+            for route in self.lay.routes:
+                if sel in (route.src, route.dst):
+                    hi.update((x, y) for x, y, _ in _route_cells(route.points))
+        self._highlight = hi
 
     # --------------------------------------------------------------- paint
     def render_line(self, y: int) -> Strip:
@@ -168,11 +191,14 @@ class GraphCanvas(ScrollView, can_focus=True):
         for x, m in self._edge_cells.get(row, {}).items():
             if 0 <= x < width:
                 chars[x] = _LINES.get(m, "·")
-                kinds[x] = self._edge_style.get((x, row), "edge")
-        for (x, y), kind in self._arrows.items():
-            if y == row and 0 <= x < width:
+                kinds[x] = self._edge_style.get((x, row)) or (
+                    "edge_hi" if (x, row) in self._highlight else "edge")
+        for x in self._arrow_rows.get(row, ()):
+            if 0 <= x < width:
                 chars[x] = "▼"
-                kinds[x] = kind
+                kinds[x] = self._arrows[(x, row)]
+                if kinds[x] == "edge" and (x, row) in self._highlight:
+                    kinds[x] = "edge_hi"
         for name in self.lay.rows.get(row, ()):
             self._paint_box(name, row, chars, kinds)
         segments = []
@@ -230,7 +256,7 @@ class GraphCanvas(ScrollView, can_focus=True):
     def watch_selected(self, old: str | None, new: str | None) -> None:
         if self.lay is None or self.scene is None:
             return
-        self._index_edges()
+        self._index_highlight()
         self._rows.clear()
         self.refresh()
         if new is not None:
@@ -305,3 +331,26 @@ class GraphCanvas(ScrollView, can_focus=True):
         i = [b.name for b in same].index(me.name)
         if 0 <= i + step < len(same):
             self.select(same[i + step].name)
+
+
+def _route_cells(points):
+    """(x, y, direction bits) for every cell a right-angle polyline passes through."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 == x1:
+            step = 1 if y1 > y0 else -1
+            for y in range(y0, y1 + step, step):
+                m = 0
+                if y != y0:
+                    m |= UP if step == 1 else DOWN
+                if y != y1:
+                    m |= DOWN if step == 1 else UP
+                yield x0, y, m
+        else:
+            step = 1 if x1 > x0 else -1
+            for x in range(x0, x1 + step, step):
+                m = 0
+                if x != x0:
+                    m |= LEFT if step == 1 else RIGHT
+                if x != x1:
+                    m |= RIGHT if step == 1 else LEFT
+                yield x, y0, m

@@ -127,23 +127,12 @@ def _dot_positions(sizes, edges):
             n = int(parts[3])
             pts = [(float(parts[4 + 2 * i]) / _CX, (height - float(parts[5 + 2 * i])) / _CY)
                    for i in range(n)]
-            waypoints[(back[parts[1]], back[parts[2]])] = _sample_bezier(pts)
+            # Control and on-curve points of the spline lie close to its path; enough
+            # to read off the lane dot kept free at each rank it crosses.
+            waypoints[(back[parts[1]], back[parts[2]])] = pts
     if len(centres) != len(sizes):
         raise ValueError("dot returned an incomplete layout")
     return centres, waypoints
-
-
-def _sample_bezier(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points along dot's piecewise cubic spline (p0, then c1 c2 p3 per piece)."""
-    out = [pts[0]]
-    for i in range(1, len(pts) - 2, 3):
-        p0, c1, c2, p3 = pts[i - 1], pts[i], pts[i + 1], pts[i + 2]
-        for k in range(1, 9):
-            t = k / 8
-            u = 1 - t
-            out.append(tuple(u ** 3 * a + 3 * u * u * t * b + 3 * u * t * t * c + t ** 3 * d
-                             for a, b, c, d in zip(p0, c1, c2, p3)))
-    return out
 
 
 # ------------------------------------------------------------------ simple
@@ -268,4 +257,50 @@ def _dedupe(pts):
     for p in pts:
         if not out or out[-1] != p:
             out.append(p)
+    return out
+
+
+def patch(old: Layout, sizes: dict[str, tuple[int, int]],
+          edges: Sequence[tuple[str, str]]) -> Layout:
+    """A quick stand-in for `layout(sizes, edges)` that reuses `old`'s positions.
+
+    Used for big graphs while the exact layout runs in the background, so an
+    edit shows at once: kept boxes keep their centres (with their new sizes),
+    removed ones vanish, new ones go in a column on the right below their
+    first producer, and edges between moved or new boxes get a plain
+    three-segment route. The exact layout replaces it a moment later.
+    """
+    edges = [(a, b) for a, b in dict.fromkeys(edges) if a in sizes and b in sizes and a != b]
+    boxes: dict[str, Box] = {}
+    for name, (w, h) in sizes.items():
+        ob = old.boxes.get(name)
+        if ob is not None:
+            boxes[name] = Box(name, max(1, ob.cx - w // 2), ob.y, w, h)
+    right = max((b.x + b.w for b in boxes.values()), default=0) + NODE_GAP
+    preds: dict[str, str] = {}
+    for a, b in edges:
+        preds.setdefault(b, a)
+    for name, (w, h) in sizes.items():
+        if name in boxes:
+            continue
+        p = boxes.get(preds.get(name, ""))
+        y = p.bottom + RANK_GAP + 1 if p is not None else 0
+        boxes[name] = Box(name, right, y, w, h)
+        right += w + NODE_GAP
+    kept = {(r.src, r.dst): r for r in old.routes}
+    routes = []
+    for a, b in edges:
+        sa, sb = boxes[a], boxes[b]
+        r = kept.get((a, b))
+        if r is not None and r.points[0] == (sa.cx, sa.bottom + 1) \
+                and sb.x <= r.points[-1][0] < sb.x + sb.w and r.points[-1][1] == sb.y - 1:
+            routes.append(r)
+            continue
+        turn = sb.y - 2 if sb.y - 2 > sa.bottom else sa.bottom + 1
+        routes.append(Route(a, b, _dedupe([(sa.cx, sa.bottom + 1), (sa.cx, turn),
+                                           (sb.cx, turn), (sb.cx, sb.y - 1)])))
+    width = max((b.x + b.w for b in boxes.values()), default=0) + 2
+    height = max((b.y + b.h for b in boxes.values()), default=0) + 1
+    out = Layout(boxes, routes, width, height, old.engine + "+patched")
+    out.index_rows()
     return out

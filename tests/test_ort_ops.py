@@ -94,7 +94,7 @@ def _compare_stats(a: np.ndarray, b: np.ndarray, tol: float, where: str) -> None
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("opname", sorted(REGISTRY))
-@settings(max_examples=3, deadline=None, derandomize=True, database=None,
+@settings(max_examples=5, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
 def test_op_matches_ort(opname: str, dtype: str, batch: int, seed: int) -> None:

@@ -259,13 +259,13 @@ def test_patched_layout_keeps_positions_and_places_new_boxes():
     sizes, edges = _residual_sizes_edges()
     old = layout(sizes, edges, "simple")
     new_sizes = dict(sizes)
-    new_sizes["n3"] = (30, 5)  # wider after a rename
+    new_sizes["n3"] = (16, 5)  # wider after a rename
     del new_sizes["n11"]
     new_sizes["extra"] = (12, 5)
     new_edges = [e for e in edges if "n11" not in e] + [("n10", "extra")]
     lay = patch(old, new_sizes, new_edges)
     assert "n11" not in lay.boxes and set(lay.boxes) == set(new_sizes)
-    assert lay.boxes["n3"].cx == old.boxes["n3"].cx and lay.boxes["n3"].w == 30
+    assert lay.boxes["n3"].cx == old.boxes["n3"].cx and lay.boxes["n3"].w == 16
     assert lay.boxes["n5"] == old.boxes["n5"]
     extra, n10 = lay.boxes["extra"], lay.boxes["n10"]
     assert extra.y > n10.bottom  # below its producer

@@ -268,8 +268,9 @@ defop("unflatten", inputs=("x",), attrs={"shapes": Attr(tuple, doc="shape of eac
 
 defop("recompute_barrier", inputs=("x",), infer=lambda c: c.inputs[0],
       reference=lambda x: x.copy(),
-      # Max(x, x) is x; unlike Identity, ONNX Runtime does not remove it, so the
+      # Max(x, x) (Or for bool) is x; unlike Identity, ONNX Runtime does not remove it, so the
       # recomputed copies behind it are never merged back by ORT's own CSE
-      lower=lambda e, n, x: e.op("Max", [x, x]), grad=lambda c: [c.g], category="tensor",
+      lower=lambda e, n, x: e.op("Or" if e.type(n.inputs[0]).dtype == "bool" else "Max", [x, x]),
+      grad=lambda c: [c.g], category="tensor",
       doc="x unchanged: where recompute starts a recomputed segment (kept apart from CSE)",
       test={"cases": [{"shapes": [[3, 4]], "attrs": {}}], "grad": True})

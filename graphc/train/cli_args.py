@@ -136,4 +136,9 @@ def freeze(graph: Graph, prefix: str) -> list[str]:
                          + "layers: " + ", ".join(layers))
     for k in names:
         graph.params[k].frozen = True
+    # the layer attribute is what inference reads when it re-creates parameters
+    owners = {k.rsplit(".", 1)[0] for k in names}
+    for node in graph.nodes.values():
+        if node.name in owners and "frozen" in node.attrs:
+            node.attrs["frozen"] = True
     return names

@@ -190,8 +190,8 @@ def from_file(path: str, seed: int = 0, val_split: float = 0.1, test_split: floa
         setattr(ds, k, (np.asarray(xs, np.float32),
                         np.asarray(ys, np.int64 if task == "classification" else np.float32)))
     if task == "classification":
-        ds.num_classes = int(max(ds.train[1].max(), *(s[1].max() for s in (ds.val, ds.test)
-                                                          if s is not None))) + 1
+        parts = [s[1] for s in (ds.train, ds.val, ds.test) if s is not None and len(s[1])]
+        ds.num_classes = int(max(int(p.max()) for p in parts)) + 1
     return ds
 
 

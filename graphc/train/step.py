@@ -218,6 +218,9 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
         g.inputs[STEP] = TensorType("int64", ())
     stat_updates = _set_training(g, STEP if STEP in g.inputs else None)
     infer(g)
+    for name, p in graph.params.items():  # frozen set on the Param alone (the Python API)
+        if p.frozen and name in g.params:
+            g.params[name].frozen = True
     params = [k for k, p in g.params.items() if not p.frozen and not p.state]
     stats = [k for k, p in g.params.items() if p.state]
     frozen = [k for k, p in g.params.items() if p.frozen and not p.state]
@@ -355,7 +358,11 @@ def _fold_output_identities(model) -> None:
     Export adds `Identity(real) -> name` for every output; for the step's
     parameters that would be a full copy of every tensor on every step.
     """
-    graph = model.graph
+    while _fold_once(model.graph):
+        pass
+
+
+def _fold_once(graph) -> bool:
     outputs = {o.name for o in graph.output}
     sources = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     produced = {o for n in graph.node for o in n.output}
@@ -378,6 +385,7 @@ def _fold_output_identities(model) -> None:
         for i, v in enumerate(n.output):
             if v in renames:
                 n.output[i] = renames[v]
+    return bool(drop)
 
 
 def _set_metadata(model, ts: TrainStep) -> None:

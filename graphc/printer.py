@@ -64,6 +64,8 @@ def _call(graph: Graph, node: Node) -> str:
         positional = False
         if not a.required and _same(value, a.default):
             continue
+        if a.implied is not None and _same(value, a.implied(node.name)):
+            continue
         parts.append(f"{key}={_literal(value)}")
     for key in ("init", "frozen"):
         if key in node.attrs and key not in op.attrs and node.attrs[key] not in (None, False):

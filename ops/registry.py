@@ -28,6 +28,9 @@ class Attr:
     default: Any = _REQUIRED
     choices: tuple | None = None
     doc: str = ""
+    # the value an omitted attribute takes, as a function of the node's name (the
+    # printer leaves it out when it still has that value, so copies get fresh ones)
+    implied: Callable[[str], Any] | None = None
 
     @property
     def required(self) -> bool:

@@ -8,11 +8,13 @@ is dropped). Average pooling divides by the number of real input elements in
 each window by default (`count_include_pad=False`, ONNX's default; PyTorch's
 `AvgPool` default is True): padding does not bias border averages toward zero.
 
-Gradients are two primitives: `max_pool_grad` routes each output gradient to
+Gradients are primitives: `max_pool_grad` routes each output gradient to
 the position of its window's maximum (the first one on ties, as ONNX
 MaxPool's Indices do; lowered as MaxPool Indices + ScatterElements add) and
 `avg_pool_grad` spreads it evenly over the window (a ConvTranspose with a
-ones kernel). Global pools decompose into reduce_mean / reduce_max.
+ones kernel). Both are differentiable again (`max_pool_select`, a Gather at
+the same Indices, is max_pool_grad's adjoint), so Hessian-vector products
+work through every pool. Global pools decompose into reduce_mean / reduce_max.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from graphc.errors import GraphError
 from graphc.ir import TensorType
-from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
+from graphc.ops.registry import Attr, InferCtx, defop
 from graphc.ops.windows import (
     Fail,
     Window,
@@ -142,23 +144,60 @@ def _max_pool_lower(e, n, x):
     return e.op("MaxPool", [x], dilations=list(win.dilation), **_onnx_attrs(win, shape[2:]))
 
 
-def _max_pool_grad_lower(e, n, x, gy):
-    # MaxPool's Indices are flat over the whole [N, C, *S] tensor (padding not counted)
+def _max_indices(e, n, x) -> str:
+    """MaxPool's Indices: flat positions in the whole [N, C, *S] tensor (padding not counted)."""
     shape = e.type(n.inputs[0]).shape
     win = _np_window(shape, n.attrs)
     _, idx = e.op("MaxPool", [x], outputs=2, dilations=list(win.dilation), storage_order=0,
                   **_onnx_attrs(win, shape[2:]))
+    return idx
+
+
+def _max_pool_grad_lower(e, n, x, gy):
     flat = e.ints([-1])
+    idx = e.op("Reshape", [_max_indices(e, n, x), flat])
     size = e.op("Reshape", [e.op("Size", [x]), flat])
     dtype = e.type(n.inputs[0]).dtype
     zeros = e.op("ConstantOfShape", [size], value=e.tensor(np.zeros(1, dtype=dtype)))
-    summed = e.op("ScatterElements", [zeros, e.op("Reshape", [idx, flat]),
-                                      e.op("Reshape", [gy, flat])], axis=0, reduction="add")
+    summed = e.op("ScatterElements", [zeros, idx, e.op("Reshape", [gy, flat])], axis=0,
+                  reduction="add")
     return e.op("Reshape", [summed, e.op("Shape", [x])])
 
 
+def max_pool_select_reference(x, v, **attrs):
+    """v read where x has each window's (first) maximum."""
+    win = _np_window(x.shape, attrs)
+    first = _flat_windows(x, win, -np.inf).argmax(axis=-1)
+    return np.take_along_axis(_flat_windows(v, win, 0.0), first[..., None], axis=-1)[..., 0]
+
+
+def _max_pool_select_lower(e, n, x, v):
+    return e.op("Gather", [e.op("Reshape", [v, e.ints([-1])]), _max_indices(e, n, x)], axis=0)
+
+
+def _max_pool_select_infer(ctx: InferCtx) -> TensorType:
+    x, v = ctx.inputs
+    if v != x:
+        raise ctx.fail(f"v must match x, got {v} and {x}")
+    return _pool_infer(InferCtx(ctx.op, ctx.node, [x], ctx.attrs, ctx.loc))
+
+
+def _max_attrs(c) -> dict:
+    return {k: c.attrs[k] for k in MAX_ATTRS}
+
+
 def _max_pool_grad(c):
-    return [c.b.max_pool_grad(c.x[0], c.g, **{k: c.attrs[k] for k in MAX_ATTRS})]
+    return [c.b.max_pool_grad(c.x[0], c.g, **_max_attrs(c))]
+
+
+# Routing by argmax is piecewise constant in x, so x gets no gradient (zero almost
+# everywhere); scattering and selecting at the same positions are each other's adjoints.
+def _max_pool_grad_grad(c):
+    return [None, c.b.max_pool_select(c.x[0], c.g, **_max_attrs(c))]
+
+
+def _max_pool_select_grad(c):
+    return [None, c.b.max_pool_grad(c.x[0], c.g, **_max_attrs(c))]
 
 
 def _max_pool_grad_infer(ctx: InferCtx) -> TensorType:
@@ -307,7 +346,7 @@ for _d in (1, 2, 3):
 
 defop("max_pool_grad", inputs=("x", "gy"), attrs=dict(MAX_ATTRS), infer=_max_pool_grad_infer,
       reference=max_pool_grad_reference, lower=_max_pool_grad_lower,
-      grad=NotDifferentiable("second derivatives of max pooling are not implemented"),
+      grad=_max_pool_grad_grad,
       flops=lambda ctx, outs: _pool_flops(ctx, [ctx.inputs[1]]), category="gradients",
       key_attrs=("kernel", "stride"),
       doc="gradient of max pooling: gy routed to each window's first maximum in x",
@@ -316,7 +355,21 @@ defop("max_pool_grad", inputs=("x", "gy"), attrs=dict(MAX_ATTRS), infer=_max_poo
                                                               "padding": 1}},
           {"shapes": [[2, 2, 9], [2, 2, 4]], "attrs": {"kernel": 2, "ceil_mode": True,
                                                         "dilation": 2, "stride": 2}},
-      ], "grad": "second derivatives of max pooling are not implemented"})
+      ], "grad": True})
+
+defop("max_pool_select", inputs=("x", "v"), attrs=dict(MAX_ATTRS),
+      infer=_max_pool_select_infer, reference=max_pool_select_reference,
+      lower=_max_pool_select_lower, grad=_max_pool_select_grad,
+      flops=lambda ctx, outs: _pool_flops(ctx, outs), category="gradients",
+      key_attrs=("kernel", "stride"),
+      doc="v at each pooling window's first maximum of x (the adjoint of max_pool_grad; "
+          "appears in second derivatives of max pooling)",
+      test={"cases": [
+          {"shapes": [[2, 3, 7, 6], [2, 3, 7, 6]], "attrs": {"kernel": 3, "stride": 2,
+                                                              "padding": 1}},
+          {"shapes": [[2, 2, 9], [2, 2, 9]], "attrs": {"kernel": 2, "ceil_mode": True,
+                                                        "dilation": 2, "stride": 2}},
+      ], "grad": True})
 
 defop("avg_pool_grad", inputs=("gy", "like"), attrs=dict(AVG_ATTRS),
       infer=_avg_pool_grad_infer, reference=avg_pool_grad_reference, lower=_avg_pool_grad_lower,

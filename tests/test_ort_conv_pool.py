@@ -309,22 +309,32 @@ def test_gradients_match_finite_differences(op, shape, attrs):
     _fd_check(g64, ["x", *g64.params], _feeds(g64, shape[0], seed=3))
 
 
-def test_hessian_vector_products_through_conv():
-    """Differentiating the gradient graph exercises both grad primitives' own grad rules."""
+HVP_CASES = [
+    ("conv2d", [2, 4, 5, 4], {"filters": 4, "kernel": 3, "stride": 2, "padding": 1, "groups": 2},
+     {"conv_input_grad", "conv_weight_grad"}),
+    ("max_pool2d", [2, 2, 5, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+     {"max_pool_grad", "max_pool_select"}),
+    ("avg_pool1d", [2, 3, 9], {"kernel": 3, "stride": 2, "padding": 1}, {"avg_pool_grad"}),
+]
+
+
+@pytest.mark.parametrize("op,shape,attrs,grad_ops", HVP_CASES, ids=[c[0] for c in HVP_CASES])
+def test_hessian_vector_products(op, shape, attrs, grad_ops):
+    """loss = sum(y^2): differentiating the gradient graph runs the grad primitives' own rules."""
     b = Builder(Graph("h", dtype="float64"))
-    x = b.input("x", [2, 4, 5, 4], "float64")
-    y = b.conv2d(x, 4, 3, stride=2, padding=1, groups=2, name="c")
+    x = b.input("x", shape, "float64")
+    y = b.op(op, x, name="c", **attrs)
     b.minimize(b.reduce_sum(b.square(y), name="loss"))
     g = b.graph
-    targets = ["x", "c.weight", "c.bias"]
+    targets = ["x", *g.params]
     h = hvp(g, wrt=targets)
-    assert {"conv_input_grad", "conv_weight_grad"} <= {n.op for n in h.nodes.values()}
+    assert grad_ops <= {n.op for n in h.nodes.values()}
     rng = _rng(5)
-    point = {"x": rng.standard_normal((2, 4, 5, 4)), **g.param_values()}
-    point["c.bias"] = rng.standard_normal(4)
+    point = {"x": rng.standard_normal(shape), **g.param_values()}
+    point.update({k: rng.standard_normal(v.shape) for k, v in point.items() if k.endswith("bias")})
     v = {t: rng.standard_normal(point[t].shape) for t in targets}
-    got = evaluate(h, {"x": point["x"], **{f"{t}.v": v[t] for t in targets}},
-                   params={t: point[t] for t in targets[1:]})
+    params = {t: point[t] for t in targets[1:]}
+    got = evaluate(h, {"x": point["x"], **{f"{t}.v": v[t] for t in targets}}, params=params)
     first = grad(g, wrt=targets)
 
     def gradients(step):
@@ -337,6 +347,7 @@ def test_hessian_vector_products_through_conv():
     for t in targets:
         fd = (plus[t] - minus[t]) / (2 * eps)
         analytic = got[h.meta["grads"][t]]
+        assert np.linalg.norm(fd) > 0
         assert np.linalg.norm(analytic - fd) <= 1e-6 * np.linalg.norm(fd), t
 
 

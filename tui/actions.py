@@ -33,13 +33,12 @@ def compile_onnx(graph: Graph, path: Path) -> str:
     return f"wrote {path} ({len(model.graph.node)} ONNX nodes, opset {export.OPSET})"
 
 
-def render_graphviz(graph: Graph, path: Path) -> str:
+def render_graphviz(graph: Graph, path: Path, mode: str = "forward") -> str:
+    """Render the forward (or backward) graph with graphc.render (SVG by the suffix)."""
     render = _need("graphc.render", "Graphviz rendering")
-    fn = getattr(render, "render", None)
-    if fn is None:
-        raise Unavailable("graphc.render has no render() function yet")
-    out = fn(graph.copy(), str(path))
-    return f"rendered {out or path}"
+    g = backward_graph(graph) if mode == "backward" else graph.copy()
+    out = render.render_file(render.to_dot(g, mode=mode), path)
+    return f"rendered {out}"
 
 
 def gradcheck_report(graph: Graph, tol: float = 1e-6) -> str:
@@ -89,21 +88,31 @@ def backward_graph(graph: Graph) -> Graph:
     return grad(graph.copy())
 
 
-def optimized_graph(graph: Graph) -> Graph:
+def optimized_graph(graph: Graph) -> tuple[Graph, set[str]]:
+    """The -O2 pipeline over the backward graph (or the forward one without a loss),
+    and the nodes it rewrote or created (fusions), to highlight."""
     passes = _need("graphc.passes", "the optimizer")
     src = backward_graph(graph) if graph.loss else graph.copy()
-    return passes.optimize(src, level=2)
+    out = passes.optimize(src.copy(), level=2)
+    changed = {n.name for n in out.nodes.values()
+               if n.name not in src.nodes or src.nodes[n.name].op != n.op}
+    return out, changed
 
 
 def memory_report(graph: Graph) -> str:
+    """The memory plan of the training graph: summary, a live-bytes timeline, live ranges."""
     passes = _need("graphc.passes", "the memory planner")
     plan_memory = getattr(passes, "plan_memory", None)
     if plan_memory is None:
         raise Unavailable("the memory planner has not landed yet")
     src = backward_graph(graph) if graph.loss else graph.copy()
     plan = plan_memory(src)
-    for attr in ("report", "summary", "format"):
-        fn = getattr(plan, attr, None)
-        if callable(fn):
-            return str(fn())
-    return str(plan)
+    lines = [plan.summary(), "", "live bytes per step (peak = full bar):"]
+    peak = max((b for _, b in plan.timeline), default=0) or 1
+    steps = plan.timeline
+    stride = max(1, len(steps) // 40)
+    for step, live in steps[::stride]:
+        bar = "█" * max(1, round(40 * live / peak)) if live else ""
+        lines.append(f"{step:>5} {bar:<40} {live:,}")
+    lines += ["", plan.table(limit=80)]
+    return "\n".join(lines)

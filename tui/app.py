@@ -147,18 +147,25 @@ class GraphApp(App):
         t0 = time.perf_counter()
         g = self.doc.graph
         result = self.doc.result
+        fused: set[str] = set()
         if self.view != "forward":
             try:
-                g = (actions.backward_graph if self.view == "backward" else
-                     actions.optimized_graph)(self.doc.last_good or self.doc.graph)
+                base = self.doc.last_good or self.doc.graph
+                if self.view == "backward":
+                    g = actions.backward_graph(base)
+                else:
+                    g, fused = actions.optimized_graph(base)
+                    self.message = (f"optimized (-O2): {len(fused)} fused or rewritten node(s) "
+                                    "drawn heavy green")
                 result = None
-            except GraphError as err:
-                self.say(f"{self.view} view: {err.message}", error=True)
+            except Exception as err:  # GraphError, or a pass that failed on this graph
+                msg = err.message if isinstance(err, GraphError) else f"{type(err).__name__}: {err}"
+                self.say(f"{self.view} view: {msg}", error=True)
                 self.view = "forward"
                 g = self.doc.graph
         self.view_graph = g
         groups = [(k, v) for k, v in self.groups.items()]
-        scene = build(g, result, groups)
+        scene = build(g, result, groups, fused=fused)
         t1 = time.perf_counter()
         self.canvas.set_scene(scene)
         self.timings = {"scene": t1 - t0, **self.canvas.timings}
@@ -545,7 +552,8 @@ class GraphApp(App):
         self._run_report("Compile", actions.compile_onnx, self._out_path(".onnx"))
 
     def action_render(self) -> None:
-        self._run_report("Render", actions.render_graphviz, self._out_path(".svg"))
+        mode = "backward" if self.view == "backward" else "forward"
+        self._run_report("Render", actions.render_graphviz, self._out_path(".svg"), mode)
 
     def action_gradcheck(self) -> None:
         self._run_report("Gradcheck", actions.gradcheck_report)

@@ -43,6 +43,7 @@ STYLES = {
     "input": Style(color="cyan"),
     "grad": Style(color="magenta"),
     "group": Style(color="blue", bold=True),
+    "fused": Style(color="bright_green", bold=True),
     "error": Style(color="red", bold=True),
     "blocked": Style(color="grey42"),
     "selected": Style(color="yellow", bold=True),
@@ -214,14 +215,16 @@ class GraphCanvas(ScrollView, can_focus=True):
         sb = self.scene.boxes[name]
         border = ("selected" if name == self.selected else "error" if sb.error else
                   "match" if name in self.matches else "blocked" if sb.blocked else
-                  {"input": "input", "grad": "grad", "group": "group"}.get(sb.kind, "node"))
+                  {"input": "input", "grad": "grad", "group": "group",
+                   "fused": "fused"}.get(sb.kind, "node"))
         rounded = sb.kind == "input"
         r = row - box.y
         w = box.w
         if r == 0 or r == box.h - 1:
-            tl, tr = ("╭", "╮") if rounded else ("┏", "┓") if sb.kind == "group" else ("┌", "┐")
-            bl, br = ("╰", "╯") if rounded else ("┗", "┛") if sb.kind == "group" else ("└", "┘")
-            horiz = "━" if sb.kind == "group" else "─"
+            heavy = sb.kind in ("group", "fused")
+            tl, tr = ("╭", "╮") if rounded else ("┏", "┓") if heavy else ("┌", "┐")
+            bl, br = ("╰", "╯") if rounded else ("┗", "┛") if heavy else ("└", "┘")
+            horiz = "━" if heavy else "─"
             text = (tl + horiz * (w - 2) + tr) if r == 0 else (bl + horiz * (w - 2) + br)
             if r == 0 and sb.marks:
                 tag = " out " if sb.marks == "out" else " loss "
@@ -232,8 +235,9 @@ class GraphCanvas(ScrollView, can_focus=True):
                 i = text.find(tag)
                 self._put(chars, kinds, box.x + i, tag, "mark")
             return
-        self._put(chars, kinds, box.x, "│", border)
-        self._put(chars, kinds, box.x + w - 1, "│", border)
+        side = "┃" if sb.kind in ("group", "fused") else "│"
+        self._put(chars, kinds, box.x, side, border)
+        self._put(chars, kinds, box.x + w - 1, side, border)
         line_i = r - 1
         text = sb.lines[line_i] if line_i < len(sb.lines) else ""
         text = text[: w - 4].center(w - 4)

@@ -30,7 +30,7 @@ _SHORT_DTYPE = {"float32": "", "float64": "f64", "float16": "f16", "int64": "i64
 class SceneBox:
     name: str
     lines: list[str]
-    kind: str  # "input", "node", "grad", "group"
+    kind: str  # "input", "node", "grad", "fused", "group"
     error: bool = False
     blocked: bool = False
     marks: str = ""  # "out", "loss"
@@ -110,9 +110,10 @@ def residual_block(graph: Graph, fork: str) -> set[str]:
 
 def build(graph: Graph, result: CheckResult | None = None,
           groups: Iterable[tuple[str, Iterable[str]]] = (),
-          hidden: Iterable[str] = ()) -> Scene:
+          hidden: Iterable[str] = (), fused: Iterable[str] = ()) -> Scene:
     """The scene for `graph`: one box per input and node, groups folded into one box."""
     hidden = set(hidden)
+    fused = set(fused)
     owner: dict[str, str] = {}
     boxes: dict[str, SceneBox] = {}
     problems = {p.node for p in result.problems} if result else set()
@@ -125,7 +126,7 @@ def build(graph: Graph, result: CheckResult | None = None,
     for node in graph.nodes.values():
         if node.name in hidden:
             continue
-        kind = "grad" if node.tags.get("grad") else "node"
+        kind = ("fused" if node.name in fused else "grad" if node.tags.get("grad") else "node")
         boxes[node.name] = SceneBox(node.name, node_lines(graph, node), kind,
                                     node.name in problems, node.name in blocked)
         owner[node.name] = node.name

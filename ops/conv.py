@@ -353,10 +353,10 @@ defop("conv", inputs=("x", "w", "b?"), attrs=dict(CONV_ATTRS),
           "plus an optional bias [O]; the layers conv1d/2d/3d decompose into it",
       test={"cases": [
           {"shapes": [[2, 4, 6, 5], [6, 2, 3, 3], [6]], "attrs": {"groups": 2, "stride": 2,
-                                                                "padding": 1}},
+                                                                  "padding": 1}},
           {"shapes": [[2, 3, 7], [4, 3, 2]], "attrs": {"dilation": 2, "padding": "same"}},
           {"shapes": [[1, 2, 4, 3, 5], [2, 1, 2, 2, 3]], "attrs": {"groups": 2,
-                                                                 "padding": (1, 0, 1)}},
+                                                                   "padding": (1, 0, 1)}},
       ], "batch": False, "grad": True, "tol": 1e-4})
 
 defop("conv_input_grad", inputs=("gy", "w", "like"),
@@ -371,7 +371,7 @@ defop("conv_input_grad", inputs=("gy", "w", "like"),
            "attrs": {"groups": 2, "stride": 2, "padding": 1}},
           {"shapes": [[2, 4, 3], [4, 3, 2], [2, 3, 9]], "attrs": {"stride": 3}},
           {"shapes": [[2, 4, 5], [4, 3, 2], [2, 3, 5]], "attrs": {"dilation": 2,
-                                                                "padding": "same"}},
+                                                                  "padding": "same"}},
       ], "batch": False, "grad": True, "tol": 1e-4})
 
 defop("conv_weight_grad", inputs=("x", "gy"),

@@ -108,7 +108,7 @@ def _onnx_attrs(win: Window, spatial, include_pad: bool = False) -> dict:
                     hint="use ceil_mode=False with explicit end padding")
             pads = list(win.begin) + grown
     return {"kernel_shape": list(win.kernel), "strides": list(win.stride), "pads": pads,
-                "ceil_mode": ceil}
+            "ceil_mode": ceil}
 
 
 def _np_window(x_shape, attrs) -> Window:
@@ -352,9 +352,9 @@ defop("max_pool_grad", inputs=("x", "gy"), attrs=dict(MAX_ATTRS), infer=_max_poo
       doc="gradient of max pooling: gy routed to each window's first maximum in x",
       test={"cases": [
           {"shapes": [[2, 3, 7, 6], [2, 3, 4, 3]], "attrs": {"kernel": 3, "stride": 2,
-                                                              "padding": 1}},
+                                                             "padding": 1}},
           {"shapes": [[2, 2, 9], [2, 2, 4]], "attrs": {"kernel": 2, "ceil_mode": True,
-                                                        "dilation": 2, "stride": 2}},
+                                                       "dilation": 2, "stride": 2}},
       ], "grad": True})
 
 defop("max_pool_select", inputs=("x", "v"), attrs=dict(MAX_ATTRS),
@@ -366,9 +366,9 @@ defop("max_pool_select", inputs=("x", "v"), attrs=dict(MAX_ATTRS),
           "appears in second derivatives of max pooling)",
       test={"cases": [
           {"shapes": [[2, 3, 7, 6], [2, 3, 7, 6]], "attrs": {"kernel": 3, "stride": 2,
-                                                              "padding": 1}},
+                                                             "padding": 1}},
           {"shapes": [[2, 2, 9], [2, 2, 9]], "attrs": {"kernel": 2, "ceil_mode": True,
-                                                        "dilation": 2, "stride": 2}},
+                                                       "dilation": 2, "stride": 2}},
       ], "grad": True})
 
 defop("avg_pool_grad", inputs=("gy", "like"), attrs=dict(AVG_ATTRS),
@@ -379,9 +379,9 @@ defop("avg_pool_grad", inputs=("gy", "like"), attrs=dict(AVG_ATTRS),
           "is the pool's input, read only for its shape",
       test={"cases": [
           {"shapes": [[2, 3, 4, 3], [2, 3, 7, 6]], "attrs": {"kernel": 3, "stride": 2,
-                                                              "padding": 1}},
+                                                             "padding": 1}},
           {"shapes": [[2, 2, 5], [2, 2, 9]], "attrs": {"kernel": 3, "stride": 2, "padding": 1,
-                                                        "ceil_mode": True,
+                                                       "ceil_mode": True,
                                                         "count_include_pad": True}},
           {"shapes": [[2, 2, 2, 3], [2, 2, 5, 7]], "attrs": {"kernel": 2}},
       ], "grad": True})

@@ -115,12 +115,12 @@ CONV_CASES = [
     ([1, 3, 11], {"filters": 2, "kernel": 2, "dilation": 3, "padding": "same"}),
     ([2, 3, 7, 6], {"filters": 4, "kernel": 3, "stride": 2, "padding": "same"}),
     ([2, 4, 7, 5], {"filters": 4, "kernel": (3, 2), "stride": (2, 3), "padding": (1, 0, 2, 1),
-                        "groups": 4}),  # depthwise, begins+ends padding
+                    "groups": 4}),  # depthwise, begins+ends padding
     ([1, 6, 8, 7], {"filters": 9, "kernel": 3, "dilation": (2, 1), "padding": (2, 1), "groups": 3,
-                        "bias": False}),
+                    "bias": False}),
     ([2, 2, 5, 5], {"filters": 3, "kernel": 5, "padding": "valid"}),
     ([1, 2, 5, 4, 6], {"filters": 4, "kernel": (2, 3, 2), "stride": (2, 1, 3), "padding": "same",
-                           "groups": 2}),
+                       "groups": 2}),
     ([2, 3, 4, 5, 3], {"filters": 2, "kernel": 2, "dilation": (1, 2, 1), "padding": 1}),
 ]
 POOL_CASES = [
@@ -136,13 +136,13 @@ POOL_CASES = [
     ("avg", [2, 3, 9], {"kernel": 3, "stride": 2, "padding": 1}),
     ("avg", [2, 3, 9], {"kernel": 3, "stride": 2, "padding": 1, "count_include_pad": True}),
     ("avg", [1, 2, 10], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
-                             "count_include_pad": True}),
+                         "count_include_pad": True}),
     ("avg", [2, 2, 7, 6], {"kernel": 2}),
     ("avg", [2, 2, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
     ("avg", [1, 3, 6, 5], {"kernel": (3, 2), "stride": 1, "padding": "same"}),
     ("avg", [2, 3, 9], {"kernel": 2, "stride": 4}),  # gaps between windows
     ("avg", [1, 2, 5, 4, 6], {"kernel": 2, "stride": (1, 2, 3), "padding": (1, 0, 1),
-                                  "count_include_pad": True}),
+                              "count_include_pad": True}),
 ]
 
 
@@ -212,9 +212,9 @@ def _pool_op(kind, shape):
 ORT_CASES = ([(f"conv{len(s) - 2}d", s, a) for s, a in CONV_CASES]
              + [(_pool_op(k, s), s, a) for k, s, a in POOL_CASES]
              + [("separable_conv1d", [2, 3, 9], {"filters": 4, "kernel": 3, "stride": 2,
-                                                      "padding": "same"}),
+                                                 "padding": "same"}),
                 ("separable_conv2d", [2, 3, 7, 6], {"filters": 5, "kernel": 3,
-                                                         "depth_multiplier": 2, "dilation": 2,
+                                                    "depth_multiplier": 2, "dilation": 2,
                                                          "padding": 2, "bias": False}),
                 ("global_avg_pool", [2, 3, 4, 5], {}),
                 ("global_max_pool", [2, 3, 7], {"keepdims": True}),
@@ -286,16 +286,16 @@ def _fd_check(g64, wrt, feeds, h=1e-6, tol=1e-6):
 FD_CASES = [
     ("conv1d", [2, 4, 7], {"filters": 4, "kernel": 3, "stride": 2, "padding": 1, "groups": 2}),
     ("conv2d", [2, 3, 5, 4], {"filters": 2, "kernel": (2, 3), "stride": (2, 1), "dilation": (1, 2),
-                                  "padding": "same"}),
+                              "padding": "same"}),
     ("conv2d", [1, 4, 5, 5], {"filters": 4, "kernel": 3, "stride": 2, "groups": 4,
                               "padding": (0, 1, 1, 0)}),
     ("conv3d", [1, 2, 3, 4, 3], {"filters": 2, "kernel": 2, "stride": (1, 2, 1), "padding": 1}),
     ("separable_conv2d", [1, 2, 5, 4], {"filters": 3, "kernel": 3, "stride": 2, "padding": "same",
-                                            "depth_multiplier": 2}),
+                                        "depth_multiplier": 2}),
     ("max_pool2d", [2, 2, 5, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
     ("max_pool1d", [2, 2, 9], {"kernel": 3, "stride": 1, "dilation": 2, "padding": "same"}),
     ("avg_pool2d", [1, 2, 5, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
-                                      "count_include_pad": True}),
+                                  "count_include_pad": True}),
     ("avg_pool3d", [1, 2, 3, 4, 5], {"kernel": 2, "stride": (1, 2, 2), "padding": (1, 0, 1)}),
     ("avg_pool1d", [2, 2, 9], {"kernel": 2, "stride": 3}),
     ("global_avg_pool", [2, 3, 4, 3], {}),
@@ -460,13 +460,13 @@ def test_channels_must_be_fixed():
 
 TORCH_CASES = [
     ("conv2d", [2, 4, 9, 8], {"filters": 6, "kernel": 3, "stride": 2, "padding": 1, "dilation": 2,
-                                  "groups": 2}),
+                              "groups": 2}),
     ("conv1d", [2, 3, 10], {"filters": 4, "kernel": 4, "padding": "same"}),
     ("conv3d", [1, 2, 5, 4, 6], {"filters": 3, "kernel": (2, 3, 2), "stride": (1, 2, 2)}),
     ("max_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
     ("max_pool1d", [2, 3, 5], {"kernel": 2, "stride": 3, "padding": 1, "ceil_mode": True}),
     ("avg_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
-                                      "count_include_pad": True}),
+                                  "count_include_pad": True}),
     ("avg_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
 ]
 
@@ -481,7 +481,7 @@ def _torch_forward(torch, op, x, params, attrs):
                   groups=attrs.get("groups", 1))
     fn = getattr(F, op)
     kw = {"kernel_size": attrs["kernel"], "stride": attrs.get("stride"),
-              "padding": attrs.get("padding", 0), "ceil_mode": attrs.get("ceil_mode", False)}
+          "padding": attrs.get("padding", 0), "ceil_mode": attrs.get("ceil_mode", False)}
     if op.startswith("avg"):
         kw["count_include_pad"] = attrs.get("count_include_pad", False)
     return fn(x, **kw)

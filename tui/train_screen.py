@@ -61,9 +61,9 @@ class TrainScreen(ModalScreen[None]):
             yield Label(f"Train {self.graph.name}", classes="question")
             yield Label("data set, epochs, batch size, learning rate (enter starts):")
             yield Input(f"{default_dataset(self.graph)} 20 32 0.01", id="train-args")
-            yield Label("loss", classes="field")
+            yield Label("loss (running mean per step)", classes="field")
             yield Sparkline([], id="loss-curve")
-            yield Label("accuracy", classes="field")
+            yield Label("accuracy (per epoch)", classes="field")
             yield Sparkline([], id="acc-curve")
             yield Static("", id="train-log")
         yield Footer()
@@ -83,7 +83,8 @@ class TrainScreen(ModalScreen[None]):
             return
         self.running = True
         self.stop_flag.clear()
-        self.query_one("#loss-curve", Sparkline).focus()
+        event.input.disabled = True  # frees the keys (x stops) while the worker runs
+        self.set_focus(None)
         self.run_worker(lambda: self._train(name, epochs, batch, lr), thread=True,
                         group="train", exclusive=True)
 
@@ -97,6 +98,11 @@ class TrainScreen(ModalScreen[None]):
             self.app.call_from_thread(self.log_line, f"failed: {type(err).__name__}: {err}")
         finally:
             self.running = False
+            self.app.call_from_thread(self._finished)
+
+    def _finished(self) -> None:
+        field = self.query_one("#train-args", Input)
+        field.disabled = False
 
     def _loop(self, dataset: str, epochs: int, batch: int, lr: float | None) -> None:
         from graphc.train.data import load
@@ -149,7 +155,9 @@ class TrainScreen(ModalScreen[None]):
     # ---------------------------------------------------------------- UI
     def _point(self, loss: float | None, acc: float | None) -> None:
         if loss is not None:
-            self.losses.append(loss)
+            # A running mean over the last steps: a readable curve, not minibatch noise.
+            prev = self.losses[-1] if self.losses else loss
+            self.losses.append(0.9 * prev + 0.1 * loss)
             self.query_one("#loss-curve", Sparkline).data = self.losses[-400:]
         if acc is not None:
             self.accs.append(acc)

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.markup import escape
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.validation import ValidationResult, Validator
@@ -105,6 +106,8 @@ def _fmt(v: Any) -> str:
 class Inspector(VerticalScroll):
     """Shows and edits whatever the canvas has selected."""
 
+    BINDINGS = [Binding("escape", "leave", "Back to graph")]
+
     class AttrsChanged(Message):
         def __init__(self, node: str, attrs: dict) -> None:
             super().__init__()
@@ -171,6 +174,9 @@ class Inspector(VerticalScroll):
                          f"{'-' if flops is None else f'{flops:,}'}", markup=True)
         except Exception:  # types missing while the graph has an error upstream
             pass
+
+    def action_leave(self) -> None:
+        self.app.canvas.focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

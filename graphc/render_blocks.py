@@ -48,11 +48,15 @@ def find_residual_blocks(graph: Graph, nodes: list[Node]) -> list[Block]:
     for v in graph.inputs:
         dist[v] = {v: 0}
     for n in nodes:
+        # the primitives of one expanded composite count as one node: its last one
+        # (which carries the composite's name) is the step
+        comp = n.tags.get("expanded_from")
+        step = 0 if comp and n.name != comp else 1
         merged: dict[str, int] = {}
         for v in _data_inputs(n, graph):
             for a, d in dist.get(v, {v: 0}).items():
-                if d + 1 < merged.get(a, 1 << 30):
-                    merged[a] = d + 1
+                if d + step < merged.get(a, 1 << 30):
+                    merged[a] = d + step
         for o in n.outputs:
             dist[o] = dict(merged, **{o: 0})
 

@@ -17,6 +17,7 @@ from graphc.render_style import (
     FAINT,
     GRAD_INK,
     GRAPH_ATTRS,
+    INK,
     KIND_STYLES,
     MUTED,
     NODE_ATTRS,
@@ -65,9 +66,32 @@ def _box_label(box: Box, style: BoxStyle, extra: list[tuple[str, str]]) -> str:
     if box.symbol:
         head = f'<font point-size="15">{h(box.symbol)}</font>'
         return "<" + "<br/>".join([head] + small) + ">"
+    if box.rows:
+        return "<" + _param_table(box.rows, extra) + ">"
     bold = box.kind not in SOURCE_KINDS + ("output",)
     head = f"<b>{h(box.title)}</b>" if bold else h(box.title)
     return "<" + "<br/>".join([head] + small) + ">"
+
+
+ROW_INK = {"param": (INK, MUTED), "frozen": (FAINT, FAINT), "state": (MUTED, FAINT)}
+
+
+def _param_table(rows: list[tuple[str, str, str]], extra: list[tuple[str, str]]) -> str:
+    """A layer's parameters, one row each: name, shape (frozen rows dimmed, statistics
+    in italics)."""
+    cells = []
+    for name, dims, kind in rows:
+        ink, ink2 = ROW_INK.get(kind, (INK, MUTED))
+        label = f"<i>{h(name)}</i>" if kind == "state" else h(name)
+        note = " (frozen)" if kind == "frozen" else ""
+        cells.append(f'<tr><td align="left"><font point-size="10" color="{ink}">{label}</font>'
+                     f'</td><td align="right"><font point-size="9" color="{ink2}">{h(dims)}'
+                     f"{note}</font></td></tr>")
+    for text, color in extra:
+        cells.append(f'<tr><td colspan="2"><font point-size="9" color="{color}">{h(text)}'
+                     "</font></td></tr>")
+    return ('<table border="0" cellborder="0" cellspacing="0" cellpadding="1">'
+            + "".join(cells) + "</table>")
 
 
 def _node_attrs(box: Box, extra: list[tuple[str, str]]) -> dict[str, object]:
@@ -84,8 +108,6 @@ def _node_attrs(box: Box, extra: list[tuple[str, str]]) -> dict[str, object]:
     if box.kind == "group":
         attrs["penwidth"] = "2"
         attrs["margin"] = "0.2,0.08"
-    if box.cluster == f"layer:{box.id}":
-        attrs["ordering"] = "in"  # data input, then weight, then bias, left to right
     if box.members:
         attrs["tooltip"] = ", ".join(box.members)
     elif box.kind in ("grad", "update") or box.symbol:
@@ -102,7 +124,7 @@ def _wire_label(view: View, w: Wire, values: Mapping[str, str], grads: Mapping[s
         parts.append(f'<font color="{color}">{h(values[w.value])}</font>')
     if w.value in grads and w.kind == "data":
         parts.append(f'<font color="{GRAD_INK}">\u2202L: {h(grads[w.value])}</font>')
-    if w.count > 1:
+    if w.count > 1 and w.kind == "saved":
         parts.append(f'<font color="{FAINT}">\u00d7{w.count}</font>')
     src_kind = view.boxes[w.src].kind
     show_shape = shapes and w.kind != "saved" and src_kind not in PARAM_KINDS
@@ -151,6 +173,9 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
     for w in view.wires:
         style, color, width, arrow, _ = EDGE_STYLES[w.kind]
         attrs: dict[str, object] = {"label": _wire_label(view, w, values, grads, shapes)}
+        if w.kind == "data" and view.boxes[w.src].kind in ("op", "group") and \
+                view.boxes[w.dst].kind in ("op", "group"):
+            attrs["weight"] = "3"  # keep the main path straight; inputs and params bend
         if w.kind != "data":
             attrs.update(style=style, color=color, penwidth=f"{width:g}")
         if w.kind == "saved":
@@ -161,20 +186,10 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
             out.append(f"  {q(w.dst)} -> {q(w.src)}{_attrs(attrs)};")
         else:
             out.append(f"  {q(w.src)} -> {q(w.dst)}{_attrs(attrs)};")
-    # a layer's parameters side by side in declaration order (weight left of bias)
-    layer_inputs: dict[str, list[str]] = {}
-    for w in view.wires:
-        layer_inputs.setdefault(w.dst, []).append(w.src)
-    for cid, boxes in inside.items():
-        if not (cid and cid.startswith("layer:")):
-            continue
-        layer = cid[len("layer:"):]
-        params = sorted((b.id for b in boxes if b.kind in PARAM_KINDS),
-                        key=lambda p: layer_inputs.get(layer, []).index(p)
-                        if p in layer_inputs.get(layer, []) else 0)
-        if len(params) > 1:
-            out.append("  { rank=same; " + " ".join(q(p) + ";" for p in params) + " }")
-            out.append("  " + " -> ".join(q(p) for p in params) + " [style=invis];")
+    # a layer's parameter box sits level with the layer, so the main path stays straight
+    for box in view.boxes.values():
+        if box.id.startswith("params:") and box.id[len("params:"):] in view.boxes:
+            out.append(f"  {{ rank=same; {q(box.id)}; {q(box.id[len('params:'):])}; }}")
     for a, b in view.beside:
         if a in view.boxes and b in view.boxes:
             out.append(f"  {{ rank=same; {q(a)}; {q(b)}; }}")
@@ -183,6 +198,7 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
         # tie the legend after the last box, so it sits at the end of the flow
         # (a free-standing node would be packed beside the graph's first rank)
         sinks = [b.id for b in view.boxes.values() if b.kind == "output"] or list(view.boxes)
+        sinks.sort(key=lambda b: view.boxes[b].lines == ["loss"] or b.endswith(":loss"))
         if sinks:
             out.append(f"  {q(sinks[-1])} -> {q('legend')} [style=invis];")
     if extra:

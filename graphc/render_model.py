@@ -45,6 +45,8 @@ class Box:
     fused: bool = False
     value: str | None = None  # the value this box holds (sources, outputs, param grads)
     members: list[str] = field(default_factory=list)  # for groups: the boxes folded in
+    params: list[str] = field(default_factory=list)  # parameters drawn in (or folded into) it
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (name, shape, kind)
 
 
 @dataclass
@@ -208,12 +210,26 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
     for name, t in graph.inputs.items():
         if name in used or name in graph.outputs:
             boxes[name] = Box(name, "input", name, [fmt_type(t)], value=name)
+    # a layer's own parameters share one box (a row each); shared ones get their own
+    box_of: dict[str, str] = {}  # value -> the box that draws it
+    owner = _param_owners(graph, order, kinds)
     for name, p in graph.params.items():
         if name not in used:
             continue
         kind = "slot" if is_slot(name) else (
             "state" if p.state else ("frozen" if p.frozen else "param"))
-        boxes[name] = Box(name, kind, name, [fmt_type(p.type)], value=name)
+        layer = owner.get(name)
+        if layer is None:
+            boxes[name] = Box(name, kind, name, [fmt_type(p.type)], value=name, params=[name])
+            continue
+        bid = f"params:{layer}"
+        box = boxes.setdefault(bid, Box(bid, kind, layer, value=None))
+        short = name[len(layer) + 1:] if name.startswith(layer + ".") else name
+        box.rows.append((short, fmt_dims(p.shape), kind))
+        box.params.append(name)
+        # the box looks trainable if any row is, else frozen, else a statistic
+        box.kind = min((r[2] for r in box.rows), key=("param", "frozen", "state").index)
+        box_of[name] = bid
     for name, arr in graph.constants.items():
         if name not in used:
             continue
@@ -258,10 +274,12 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
                             fused=bool(fused), value=n.name if kind != "op" else None)
 
     for n in order:
+        seen: set[str] = set()
         for v in dict.fromkeys(x for x in n.inputs if x):
-            src = producers[v].name if v in producers else v
-            if src not in boxes:
+            src = producers[v].name if v in producers else box_of.get(v, v)
+            if src not in boxes or src in seen and src.startswith("params:"):
                 continue
+            seen.add(src)
             wires.append(Wire(src, n.name, v, _wire_kind(boxes[src].kind, kinds[n.name])))
 
     # graph outputs and the loss end in a sink that carries the last value
@@ -277,6 +295,7 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
 
     clusters = _clusters(graph, order, kinds, boxes)
     beside = _beside(graph, order, kinds, producers) if mode != "forward" else []
+    beside = [(box_of.get(a, a), box_of.get(b, b)) for a, b in beside]
     view = View(graph.name, mode, boxes, wires, clusters, beside, dict(graph.types))
     if collapse:
         view = collapse_view(view, graph, order, kinds, targets)
@@ -322,7 +341,6 @@ def _clusters(graph: Graph, order: list[Node], kinds: dict[str, str],
     """Residual blocks contain composites, which contain layers (a node and its params)."""
     clusters: dict[str, Cluster] = {}
     forward = [n for n in order if kinds[n.name] == "op"]
-    consumers = graph.consumers()
     block_of: dict[str, str] = {}
     for k, blk in enumerate(find_residual_blocks(graph, forward), start=1):
         cid = f"block:{blk.join}"
@@ -330,9 +348,16 @@ def _clusters(graph: Graph, order: list[Node], kinds: dict[str, str],
         clusters[cid] = Cluster(cid, "block", f"residual block {k}", parent)
         for m in blk.nodes:
             block_of[m] = cid
+    # an expanded composite lies wholly in the block that holds any of its primitives
+    # (the primitives reading only parameters are not on the block's data paths)
+    comp_block: dict[str, str] = {}
     for n in forward:
-        where = block_of.get(n.name)
         comp = n.tags.get("expanded_from")
+        if comp and n.name in block_of:
+            comp_block.setdefault(comp, block_of[n.name])
+    for n in forward:
+        comp = n.tags.get("expanded_from")
+        where = comp_block.get(comp) if comp else block_of.get(n.name)
         if comp:
             cid = f"composite:{comp}"
             if cid not in clusters:
@@ -340,16 +365,12 @@ def _clusters(graph: Graph, order: list[Node], kinds: dict[str, str],
                 clusters[cid] = Cluster(cid, "composite", f"{comp}" + (
                     f" \u00b7 {src_op}" if src_op else ""), where)
             where = cid
-        _data, params = split_inputs(n)
-        # a parameter joins the layer's cluster unless another forward node shares it
-        own = [p for p in params if p in boxes
-               and all(c is n for c in consumers.get(p, []) if kinds[c.name] == "op")]
-        if own:
+        if comp and f"params:{comp}" in boxes:
+            boxes[f"params:{comp}"].cluster = where
+        if f"params:{n.name}" in boxes and n.name != comp:
             cid = f"layer:{n.name}"
             clusters[cid] = Cluster(cid, "layer", n.name, where)
-            for p in own:
-                boxes[p].cluster = cid
-                boxes[p].title = p[len(n.name) + 1:] if p.startswith(n.name + ".") else p
+            boxes[f"params:{n.name}"].cluster = cid
             where = cid
         boxes[n.name].cluster = where
     # a training step's update of one parameter, with its optimizer slots
@@ -371,6 +392,20 @@ def _clusters(graph: Graph, order: list[Node], kinds: dict[str, str],
                 b.cluster = clusters[cid].parent
             del clusters[cid]
     return clusters
+
+
+def _param_owners(graph: Graph, order: list[Node], kinds: dict[str, str]) -> dict[str, str]:
+    """Parameter -> the one forward node (layer) that reads it; shared ones are left out."""
+    readers: dict[str, set[str]] = {}
+    for n in order:
+        if kinds[n.name] != "op":
+            continue
+        # the primitives of an expanded layer (batch norm) read its parameters together
+        unit = n.tags.get("expanded_from") or n.name
+        for p in n.inputs:
+            if p in graph.params and not is_slot(p):
+                readers.setdefault(p, set()).add(unit)
+    return {p: next(iter(r)) for p, r in readers.items() if len(r) == 1}
 
 
 def _update_owner(graph: Graph, order: list[Node], kinds: dict[str, str]) -> dict[str, str]:
@@ -455,9 +490,12 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
         return cid
 
     group: dict[str, str] = {}  # box id -> group box id
+    updates: dict[str, str] = {}  # box in a parameter's update cluster -> the parameter
     for bid, box in view.boxes.items():
         t = top(box.cluster)
-        if t is not None:
+        if t is not None and view.clusters[t].kind == "update":
+            updates[bid] = t[len("update:"):]
+        elif t is not None:
             group[bid] = f"group:{t}"
     owner_of_param: dict[str, str] = {}
     consumers = graph.consumers()
@@ -469,7 +507,13 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
     def fwd_group(node_name: str) -> str:
         return group.get(node_name, node_name)
 
+    # one "update <layer>" box per layer, for all of its parameters
+    for bid, p in updates.items():
+        anchor = owner_of_param.get(p)
+        group[bid] = f"upd:{fwd_group(anchor) if anchor else p}"
     for n in order:
+        if n.name in updates:
+            continue
         k = kinds[n.name]
         anchor = None
         if k == "grad":
@@ -526,16 +570,27 @@ def _group_box(gid: str, member_ids: list[str], view: View, graph: Graph) -> Box
     kind_of, _, rest = gid.partition(":")
     ops = [view.boxes[m] for m in member_ids
            if view.boxes[m].kind not in SOURCE_KINDS + ("output",)]
-    counts = Counter(graph.nodes[b.id].op for b in ops if b.id in graph.nodes)
+    counts: Counter = Counter()
+    seen_composites: set[str] = set()
+    for b in ops:
+        n = graph.nodes.get(b.id)
+        if n is None:
+            continue
+        comp = n.tags.get("expanded_from")
+        if comp and n.tags.get("expanded_op"):  # a composite counts once, by its own op
+            if comp not in seen_composites:
+                seen_composites.add(comp)
+                counts[n.tags["expanded_op"]] += 1
+        else:
+            counts[n.op] += 1
     summary = " \u00b7 ".join(f"{op} \u00d7{c}" if c > 1 else op for op, c in counts.items())
-    params = [m for m in member_ids if m in graph.params]
+    params = [p for m in member_ids for p in view.boxes[m].params]
     if kind_of == "group":
         cluster = view.clusters[rest]
         lines = [summary] if summary else []
         n = _param_count(graph, params)
         if params:
-            lines.append(f"{len(params)} params \u00b7 " + (fmt_count(n) if n is not None
-                                                              else "?") + " weights")
+            lines.append((fmt_count(n) if n is not None else "?") + " params")
         cats = [b.category for b in ops if b.category]
         cat = next((c for c in cats if c not in ("math", "tensor")), cats[0] if cats else "")
         return Box(gid, "group", cluster.label, lines, category=cat, members=member_ids)
@@ -545,8 +600,11 @@ def _group_box(gid: str, member_ids: list[str], view: View, graph: Graph) -> Box
         label = rest
     if kind_of == "grad":
         n_grads = sum(1 for m in member_ids if view.boxes[m].kind == "param_grad")
-        lines = [f"{len(ops) - n_grads} gradient ops"]
+        k = len(ops) - n_grads
+        lines = [f"{k} gradient op" + ("s" if k != 1 else "")]
         if n_grads:
             lines.append(f"\u2192 {n_grads} parameter gradient" + ("s" if n_grads > 1 else ""))
         return Box(gid, "grad", f"\u2207 {label}", lines, members=member_ids)
-    return Box(gid, "update", f"update {label}", [f"{len(ops)} ops"], members=member_ids)
+    slots = sum(1 for m in member_ids if view.boxes[m].kind == "slot")
+    lines = [f"{len(ops)} ops"] + ([f"{slots} optimizer slots"] if slots else [])
+    return Box(gid, "update", f"update {label}", lines, members=member_ids)

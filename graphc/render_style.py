@@ -33,7 +33,7 @@ class BoxStyle:
 # One entry per kind of box the view builder produces.
 KIND_STYLES: dict[str, BoxStyle] = {
     "input": BoxStyle("ellipse", "#e0f2fe", "#0284c7", legend="graph input"),
-    "param": BoxStyle("box", "#fef3c7", "#d97706", "filled", legend="parameter"),
+    "param": BoxStyle("box", "#ffedd5", "#ea580c", "filled", legend="parameter"),
     "frozen": BoxStyle("box", "#f5f5f4", "#a8a29e", "filled,dashed", ink=MUTED,
                        legend="frozen parameter"),
     "state": BoxStyle("box", "#f5f5f4", "#78716c", "filled", ink=MUTED,

@@ -45,6 +45,8 @@ def dim_add(a: Dim, b: Dim) -> Dim:
         return a
     if a == 0:
         return b
+    if isinstance(b, int) and b < 0:
+        return f"{_wrap(a)}-{-b}"
     return f"{_wrap(a)}+{_wrap(b)}"
 
 

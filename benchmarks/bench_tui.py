@@ -16,10 +16,11 @@ import platform
 import statistics
 import time
 
-from graphc import parse
 from graphc.tui.app import GraphApp
 from graphc.tui.document import Document
 from graphc.tui.layout import dot_available
+
+from graphc import parse
 
 
 def residual_mlp(n_nodes: int, width: int = 64) -> str:
@@ -81,7 +82,7 @@ async def measure(n: int, engine: str, repeat: int) -> dict:
         paint()
         out["attr_edit_cached_ms"] = 1000 * (time.perf_counter() - t0)
         await pilot.pause()
-    ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
+    ms = lambda xs: 1000 * statistics.median(xs)
     out.update(edit_infer_ms=ms(edit), scene_layout_ms=ms(relayout), paint_ms=ms(draw),
                total_edit_ms=ms(total), exact_layout_ms=ms(landed))
     return out

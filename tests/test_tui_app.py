@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("textual")
 
-from textual.widgets import Input  # noqa: E402
+from graphc.tui.app import GraphApp
+from graphc.tui.canvas import GraphCanvas
+from graphc.tui.document import Document
+from graphc.tui.screens import ConfirmScreen, PromptScreen, TextScreen
+from textual.widgets import Input
 
-from graphc import parse  # noqa: E402
-from graphc.tui.app import GraphApp  # noqa: E402
-from graphc.tui.canvas import GraphCanvas  # noqa: E402
-from graphc.tui.document import Document  # noqa: E402
-from graphc.tui.screens import ConfirmScreen, PromptScreen, TextScreen  # noqa: E402
+from graphc import parse
 
 
 def run_async(fn):
@@ -244,4 +244,4 @@ async def test_compile_writes_onnx_in_background(tmp_path):
         import onnx
 
         model = onnx.load(str(path.with_suffix(".onnx")))
-        assert [o.name for o in model.graph.output][0] == "logits"
+        assert model.graph.output[0].name == "logits"

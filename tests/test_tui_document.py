@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from graphc import parse, to_text
 from graphc.tui import edits
 from graphc.tui.check import check
 from graphc.tui.document import Document, autosave_path
 from graphc.tui.layout import dot_available, layout
+
+from graphc import parse, to_text
 
 XOR = """\
 # a tiny MLP

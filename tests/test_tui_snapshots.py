@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from graphc.tui.app import GraphApp  # noqa: E402
-from graphc.tui.document import Document  # noqa: E402
+from graphc.tui.app import GraphApp
+from graphc.tui.document import Document
 
 XOR = """\
 # XOR: the function one perceptron cannot learn

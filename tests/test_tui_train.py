@@ -10,11 +10,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("textual")
 
-from textual.widgets import Input  # noqa: E402
-
-from graphc.tui.app import GraphApp  # noqa: E402
-from graphc.tui.document import Document  # noqa: E402
-from graphc.tui.train_screen import TrainScreen  # noqa: E402
+from graphc.tui.app import GraphApp
+from graphc.tui.document import Document
+from graphc.tui.train_screen import TrainScreen
+from textual.widgets import Input
 
 XOR = """\
 x = input(float32, [N, 2])

@@ -13,14 +13,8 @@ import re
 import time
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
-from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
-from textual.containers import Horizontal
-from textual.screen import Screen
-from textual.widgets import Footer, Static
-
-from graphc import Graph, GraphError
 from graphc.ops.registry import all_ops, get_op
 from graphc.tui import actions, edits
 from graphc.tui.canvas import GraphCanvas
@@ -28,6 +22,13 @@ from graphc.tui.document import Document
 from graphc.tui.inspector import Inspector
 from graphc.tui.scene import build, residual_block
 from graphc.tui.screens import ConfirmScreen, PromptScreen, TextScreen
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from graphc import Graph, GraphError
 
 # (key, action, footer label, palette title, shown in footer)
 KEYS = [
@@ -66,7 +67,7 @@ KEYS = [
 
 
 class EditorScreen(Screen):
-    BINDINGS = [Binding(k, f"app.{a}", label, show=show, priority=False)
+    BINDINGS: ClassVar[list[BindingType]] = [Binding(k, f"app.{a}", label, show=show, priority=False)
                 for k, a, label, _, show in KEYS]
 
     def compose(self) -> ComposeResult:
@@ -158,7 +159,7 @@ class GraphApp(App):
                     self.message = (f"optimized (-O2): {len(fused)} fused or rewritten node(s) "
                                     "drawn heavy green")
                 result = None
-            except Exception as err:  # GraphError, or a pass that failed on this graph
+            except Exception as err:  # noqa: BLE001 - a pass failing here must not end the session
                 msg = err.message if isinstance(err, GraphError) else f"{type(err).__name__}: {err}"
                 self.say(f"{self.view} view: {msg}", error=True)
                 self.view = "forward"
@@ -502,12 +503,16 @@ class GraphApp(App):
         for k, _, _, title, _ in KEYS:
             keys = k.replace("slash", "/").replace("question_mark", "?")
             lines.append(f"  {keys:<14} {title}")
-        lines += ["", "  arrows         walk edges: up = producer, down = consumer, "
-                  "left/right = sibling", "  click          select; wheel / pgup / pgdn: pan",
-                  "  enter          (in the inspector) apply a field; esc leaves it", "",
-                  "Every edit re-infers shapes; an error is drawn red on the node and its "
-                  "input edges and shown in the status line. Save refuses until it is fixed.",
-                  "Autosave writes .FILE.autosave beside the file every few seconds."]
+        lines += [
+            "",
+            "  arrows         walk edges: up = producer, down = consumer, left/right = sibling",
+            "  click          select; wheel / pgup / pgdn: pan",
+            "  enter          (in the inspector) apply a field; esc leaves it",
+            "",
+            ("Every edit re-infers shapes; an error is drawn red on the node and its input "
+             "edges and shown in the status line. Save refuses until it is fixed."),
+            "Autosave writes .FILE.autosave beside the file every few seconds.",
+        ]
         self.push_screen(TextScreen("graphc edit — help", "\n".join(lines)))
 
     # ------------------------------------------------------------ actions
@@ -530,7 +535,7 @@ class GraphApp(App):
             except GraphError as err:
                 self.call_from_thread(self.say, f"{title}: {err.message}", True)
                 return
-            except Exception as err:  # a stage bug must not take the editor down
+            except Exception as err:  # noqa: BLE001 - a stage bug must not end the session
                 self.call_from_thread(self.say, f"{title} failed: {type(err).__name__}: {err}",
                                       True)
                 return

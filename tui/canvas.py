@@ -9,19 +9,20 @@ box-drawing characters at paint time, so crossing and merging edges join up.
 from __future__ import annotations
 
 import time
+from itertools import pairwise
+from typing import ClassVar
 
+from graphc.tui.layout import Layout, layout, patch
+from graphc.tui.scene import Scene
 from rich.segment import Segment
 from rich.style import Style
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.events import Click
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
-
-from graphc.tui.layout import Layout, layout, patch
-from graphc.tui.scene import Scene
 
 UP, DOWN, LEFT, RIGHT = 1, 2, 4, 8
 # From this many boxes on, an edit shows a patched copy of the old layout at once and
@@ -59,7 +60,7 @@ STYLES = {
 class GraphCanvas(ScrollView, can_focus=True):
     """Draws a Scene; arrow keys walk edges, click selects, the wheel pans."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up", "producer", "Producer", show=False),
         Binding("down", "consumer", "Consumer", show=False),
         Binding("left", "sibling(-1)", "Sibling", show=False),
@@ -339,7 +340,7 @@ class GraphCanvas(ScrollView, can_focus=True):
 
 def _route_cells(points):
     """(x, y, direction bits) for every cell a right-angle polyline passes through."""
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in pairwise(points):
         if x0 == x1:
             step = 1 if y1 > y0 else -1
             for y in range(y0, y1 + step, step):

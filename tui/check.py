@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from graphc.ops.registry import get_op
+
 from graphc import Graph, GraphError, TensorType
 from graphc.infer import infer, infer_node, split_inputs
-from graphc.ops.registry import get_op
 
 
 @dataclass
@@ -94,7 +95,7 @@ def check(graph: Graph) -> CheckResult:
                 continue
             except GraphError as e:
                 err = e
-            except Exception as e:  # a shape rule that trips over a malformed edit
+            except Exception as e:  # noqa: BLE001 - a shape rule tripping over a malformed edit
                 err = GraphError(f"{node.op} '{node.name}': {type(e).__name__}: {e}",
                                  node=node.name)
         problems.append(Problem(node.name, err, [v for v in data if v]))

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphc import Graph, GraphError
-from graphc.fileio import atomic_write_text, read_text
 from graphc.tui import edits
 from graphc.tui.check import CheckResult, check
+
+from graphc import Graph, GraphError
+from graphc.fileio import atomic_write_text, read_text
 
 UNDO_LIMIT = 200
 

@@ -11,10 +11,10 @@ import re
 from typing import Any
 
 import networkx as nx
+from graphc.ops.registry import get_op
 
 from graphc import Graph, GraphError, Node, TensorType
 from graphc.infer import split_inputs
-from graphc.ops.registry import get_op
 from graphc.shapes import DTYPES
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -9,22 +9,22 @@ input's dtype and shape are edited the same way.
 from __future__ import annotations
 
 import ast
-from typing import Any
+from typing import Any, ClassVar
 
+from graphc.ops.registry import get_op
+from graphc.tui import edits
+from graphc.tui.scene import split_inputs_safe, type_text
 from rich.markup import escape
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Static
 
 from graphc import Graph, GraphError
-from graphc.ops.registry import get_op
 from graphc.shapes import DTYPES
 from graphc.summary import node_flops, node_params
-from graphc.tui import edits
-from graphc.tui.scene import split_inputs_safe, type_text
 
 
 def parse_literal(text: str, kinds: tuple) -> Any:
@@ -106,7 +106,7 @@ def _fmt(v: Any) -> str:
 class Inspector(VerticalScroll):
     """Shows and edits whatever the canvas has selected."""
 
-    BINDINGS = [Binding("escape", "leave", "Back to graph")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "leave", "Back to graph")]
 
     class AttrsChanged(Message):
         def __init__(self, node: str, attrs: dict) -> None:
@@ -152,7 +152,7 @@ class Inspector(VerticalScroll):
         op = get_op(node.op)
         yield Label(f"[b]{escape(name)}[/b]  {node.op}", markup=True)
         yield Static(op.doc, markup=False, classes="doc")
-        data, params = split_inputs_safe(node)
+        _, params = split_inputs_safe(node)
         for slot, v in edits.data_slots(g, name):
             shown = escape(f"{v}: {type_text(g, v)}") if v else "[red]not connected[/]"
             yield Static(f"[dim]in[/] {slot} ← {shown}", markup=True)
@@ -172,8 +172,8 @@ class Inspector(VerticalScroll):
             count = node_params(g, node)
             yield Static(f"[dim]params[/] {count:,}  [dim]FLOPs[/] "
                          f"{'-' if flops is None else f'{flops:,}'}", markup=True)
-        except Exception:  # types missing while the graph has an error upstream
-            pass
+        except (KeyError, GraphError):  # types missing while an error upstream blocks them
+            yield Static("[dim]params and FLOPs: after the error is fixed[/]", markup=True)
 
     def action_leave(self) -> None:
         self.app.canvas.focus()
@@ -184,7 +184,7 @@ class Inspector(VerticalScroll):
             self.app.notify("; ".join(event.validation_result.failure_descriptions),
                             severity="error")
             return
-        g, name = self.graph, self.target
+        name = self.target
         wid = event.input.id or ""
         if wid.startswith("attr-"):
             v = event.input.validators[0]

@@ -185,7 +185,7 @@ def _finish(sizes, edges, centres, waypoints, engine) -> Layout:
     boxes: dict[str, Box] = {}
     for name, (w, h) in sizes.items():
         cx, cy = centres[name]
-        boxes[name] = Box(name, int(round(cx - w / 2)), int(round(cy - h / 2)), w, h)
+        boxes[name] = Box(name, round(cx - w / 2), round(cy - h / 2), w, h)
     # Shift so the drawing starts at (1, 0): one free column for edges on the left.
     min_x = min(b.x for b in boxes.values())
     min_y = min(b.y for b in boxes.values())
@@ -220,7 +220,7 @@ def _finish(sizes, edges, centres, waypoints, engine) -> Layout:
                     x = min(samples, key=lambda p: abs(p[1] - mid))[0]
                 else:
                     x = sa.cx + (port[(a, b)] - sa.cx) * (k - ia) / (ib - ia)
-                xs.append(int(round(x)))
+                xs.append(round(x))
             xs.append(port[(a, b)])
             pts = [(xs[0], sa.bottom + 1)]
             for j, k in enumerate(range(ia, ib)):

@@ -11,12 +11,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import networkx as nx
-
-from graphc import Graph
-from graphc.infer import split_inputs
 from graphc.ops.registry import get_op
-from graphc.shapes import fmt_shape
 from graphc.tui.check import CheckResult
+
+from graphc import Graph, GraphError
+from graphc.infer import split_inputs
+from graphc.shapes import fmt_shape
 
 MAX_W = 30
 MIN_W = 12
@@ -68,7 +68,7 @@ def type_text(graph: Graph, value: str) -> str:
 def attr_text(node) -> str:
     try:
         op = get_op(node.op)
-    except Exception:
+    except GraphError:
         return ""
     parts = []
     for k in op.key_attrs:
@@ -172,5 +172,5 @@ def _base(value: str) -> str:
 def split_inputs_safe(node):
     try:
         return split_inputs(node)
-    except Exception:
+    except GraphError:  # an unknown op: draw its inputs all the same
         return list(node.inputs), []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
@@ -13,7 +15,7 @@ from textual.widgets import Button, Input, Label, Static
 class PromptScreen(ModalScreen[str | None]):
     """Ask for one line of text (with optional completion); dismisses with it or None."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, question: str, value: str = "", suggestions: list[str] | None = None,
                  placeholder: str = "") -> None:
@@ -45,7 +47,7 @@ class PromptScreen(ModalScreen[str | None]):
 class ConfirmScreen(ModalScreen[str]):
     """A question with a few answers (buttons); dismisses with the chosen key."""
 
-    BINDINGS = [Binding("escape", "choose('cancel')", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "choose('cancel')", "Cancel")]
 
     def __init__(self, question: str, choices: list[tuple[str, str]]) -> None:
         super().__init__()
@@ -69,7 +71,7 @@ class ConfirmScreen(ModalScreen[str]):
 class TextScreen(ModalScreen[None]):
     """A scrolling page of text (help, reports)."""
 
-    BINDINGS = [Binding("escape,q", "close", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q", "close", "Close")]
 
     def __init__(self, title: str, text: str) -> None:
         super().__init__()

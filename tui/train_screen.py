@@ -14,10 +14,11 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Label, Sparkline, Static
@@ -44,7 +45,7 @@ def default_dataset(graph: Graph) -> str:
 
 
 class TrainScreen(ModalScreen[None]):
-    BINDINGS = [Binding("x", "stop", "Stop"), Binding("escape", "close", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("x", "stop", "Stop"), Binding("escape", "close", "Close")]
 
     def __init__(self, graph: Graph, path: Path | None) -> None:
         super().__init__()
@@ -94,7 +95,7 @@ class TrainScreen(ModalScreen[None]):
             self._loop(dataset, epochs, batch, lr)
         except GraphError as err:
             self.app.call_from_thread(self.log_line, f"error: {err.message}")
-        except Exception as err:  # keep the editor alive whatever the trainer does
+        except Exception as err:  # noqa: BLE001 - keep the editor alive whatever the trainer does
             self.app.call_from_thread(self.log_line, f"failed: {type(err).__name__}: {err}")
         finally:
             self.running = False
@@ -109,7 +110,7 @@ class TrainScreen(ModalScreen[None]):
         from graphc.train.loop import Trainer
         from graphc.train.step import StepConfig, build_step
 
-        say = lambda msg: self.app.call_from_thread(self.log_line, msg)  # noqa: E731
+        say = lambda msg: self.app.call_from_thread(self.log_line, msg)
         data = load(dataset, seed=0)
         say(data.describe() + "; building the training step…")
         ts = build_step(self.graph, StepConfig(lr=lr))

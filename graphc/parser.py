@@ -59,6 +59,8 @@ class _Pending:
 
 
 class _Parser:
+    check = True  # run type inference at the end (parse_text(check=False) skips it)
+
     def __init__(self, text: str, file: str | None) -> None:
         self.text = text
         self.file = file
@@ -343,7 +345,8 @@ class _Parser:
                 raise GraphError(f"minimize: '{name}' is not defined", loc=loc,
                                  hint=f"did you mean '{near}'?" if near else None)
             g.loss = name
-        infer(g)
+        if self.check:
+            infer(g)
         return g
 
     def node(self, p: _Pending) -> Node:
@@ -454,9 +457,15 @@ def _attach_comments(comments: dict[int, str], stmt_lines: list[int], first: int
     return out
 
 
-def parse_text(text: str, file: str | None = None) -> Graph:
-    """Parse and type-check model-file text; raises GraphError with file:line:col."""
-    return _Parser(text, file).parse()
+def parse_text(text: str, file: str | None = None, *, check: bool = True) -> Graph:
+    """Parse and type-check model-file text; raises GraphError with file:line:col.
+
+    check=False skips type inference (the editor opens a file whose shapes do not
+    check and shows the error on its node).
+    """
+    p = _Parser(text, file)
+    p.check = check
+    return p.parse()
 
 
 def parse_file(path: str) -> Graph:

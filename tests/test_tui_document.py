@@ -274,3 +274,18 @@ def test_patched_layout_keeps_positions_and_places_new_boxes():
     for r in lay.routes:
         dst = lay.boxes[r.dst]
         assert r.points[-1][1] == dst.y - 1 and dst.x <= r.points[-1][0] < dst.x + dst.w
+
+
+def test_file_with_a_shape_error_opens_with_the_error_on_its_node(tmp_path):
+    path = tmp_path / "bad.gc"
+    path.write_text(XOR.replace("loss = cross_entropy(logits, y)",
+                                "loss = cross_entropy(logits, h)"))
+    with pytest.raises(Exception, match="targets must match"):
+        parse(path.read_text())  # the compiler refuses it ...
+    doc = Document.open(path)  # ... the editor opens it to be fixed
+    assert not doc.ok and doc.result.problems[0].node == "loss"
+    assert doc.last_good is None and not doc.dirty
+    doc.connect("loss", 1, "y")
+    assert doc.ok
+    doc.save()
+    assert parse(path.read_text()).nodes["loss"].inputs == ["logits", "y"]

@@ -262,7 +262,9 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
         lines += [", ".join(folded.get(n.name, []))] if n.name in folded else []
         fused = _fused_from(n)
         if fused:
-            lines.append("fused: " + " + ".join(fused))
+            parts = _fused_summary(fused).split(" + ")
+            lines += ["fused: " + " + ".join(parts[:3])] + [
+                "+ " + " + ".join(parts[i:i + 3]) for i in range(3, len(parts), 3)]
         title = n.op
         if kind == "param_grad":
             title, lines = f"\u2202L/\u2202{targets[n.name]}", [fmt_type(graph.type(n.name))]
@@ -322,6 +324,15 @@ def _wire_kind(src_kind: str, dst_kind: str) -> str:
     if dst_kind in ("update", "new_param"):
         return "update"
     return "data"
+
+
+def _fused_summary(ops: list[str], most: int = 6) -> str:
+    """`transpose + matmul`; long lists as counts: `mul ×3 + exp + sub + … (14 ops)`."""
+    counts = Counter(ops)
+    parts = [f"{op} \u00d7{k}" if k > 1 else op for op, k in counts.items()]
+    if len(parts) <= most:
+        return " + ".join(parts)
+    return " + ".join(parts[:most]) + f" + \u2026 ({len(ops)} ops)"
 
 
 def _fused_from(n: Node) -> list[str]:

@@ -348,3 +348,23 @@ def test_memory_timeline_marks_the_peak():
     assert float(dot.get("cy")) == pytest.approx(36, abs=0.1)
     table = timeline_table(points)
     assert table.count('bgcolor="#b91c1c"') == 1 and table.count("<td bgcolor=") == 6
+
+
+def test_optimized_graph_fusions_are_found_by_comparison():
+    passes = pytest.importorskip("graphc.passes")
+    from graphc.render_fusion import note_fusions
+
+    bg = backward_graph(load("xor.gc"))
+    primitives = [n.op for n in bg.nodes.values() if n.tags.get("expanded_from") == "loss"
+                  and not n.tags.get("grad")]
+    og = passes.optimize(bg, level=2)
+    assert note_fusions(bg, og) >= 2
+    fused = {k: n.tags["fused_from"] for k, n in og.nodes.items() if n.tags.get("fused_from")}
+    if og.nodes["loss"].op != "reduce_mean":  # the softmax-cross-entropy fusion fired
+        assert fused["loss"] == primitives
+    gemms = [k for k, n in og.nodes.items() if n.op == "gemm"]
+    assert gemms and all(fused[k] == ["transpose", "matmul"] for k in gemms)
+    nodes, *_ = parse_dot(to_dot(og, mode="backward"))
+    assert "fused: transpose + matmul" in nodes[gemms[0]]["label"]
+    # nothing fused: nothing tagged
+    assert note_fusions(bg, bg.copy()) == 0

@@ -65,7 +65,11 @@ def _optimize(graph):
     except ImportError as err:
         raise GraphError(f"--optimized needs the graph optimizer (graphc.passes): {err}",
                          hint="render without --optimized") from None
-    return optimize(graph, level=2)
+    from graphc.render_fusion import note_fusions
+
+    out = optimize(graph, level=2)
+    note_fusions(graph, out)
+    return out
 
 
 def build_graph(args: argparse.Namespace):

@@ -146,8 +146,8 @@ defop("softmax_cross_entropy", inputs=("logits", "target"), attrs=dict(REDUCTION
       category="losses",
       doc="cross_entropy that also returns log-probabilities (formed by "
           "fuse_softmax_cross_entropy; one ONNX SoftmaxCrossEntropyLoss for integer labels)",
-      test={"cases": [{"shapes": [[4, 5], [4]], "dtypes": ["float32", "int64"], "attrs": {}},
-                      {"shapes": [[4, 5], [4]], "dtypes": ["float32", "int64"],
+      test={"cases": [{"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"], "attrs": {}},
+                      {"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"],
                        "attrs": {"reduction": "sum"}}],
             "int_high": 5, "grad": True})
 
@@ -169,9 +169,14 @@ def _sce_grad_ref(g, logp, target, reduction):
 def _sce_grad_lower(e, n, g, logp, target):
     red = n.attrs["reduction"]
     dt = e.type(n.inputs[1]).dtype
-    if e.type(n.inputs[2]).dtype in ("int64", "int32"):
-        depth = e.op("Shape", [logp], start=1, end=2)
-        target = e.op("OneHot", [target, depth, e.const(np.asarray([0, 1], dtype=dt))], axis=-1)
+    tdt = e.type(n.inputs[2]).dtype
+    if tdt in ("int64", "int32"):
+        # one-hot as labels == arange(C): ORT's OneHot has no float64 kernel
+        classes = e.ints(range(int(e.type(n.inputs[1]).shape[1])))
+        if tdt == "int32":
+            target = e.op("Cast", [target], to=e.onnx_dtype("int64"))
+        hit = e.op("Equal", [e.op("Unsqueeze", [target, e.ints([1])]), classes])
+        target = e.op("Cast", [hit], to=e.onnx_dtype(dt))
     diff = e.op("Sub", [e.op("Exp", [logp]), target])
     if red == "mean":
         rows = e.op("Cast", [e.op("Shape", [logp], start=0, end=1)], to=e.onnx_dtype(dt))
@@ -186,7 +191,7 @@ defop("softmax_cross_entropy_grad", inputs=("dloss", "logp", "target"), attrs=di
       grad=NotDifferentiable("a backward kernel formed by fusion; differentiate the unfused "
                              "graph for higher derivatives"),
       category="losses", doc="d(cross_entropy)/d(logits) = (softmax - onehot) * dloss / N",
-      test={"cases": [{"shapes": [[], [4, 5], [4]], "dtypes": ["float32", "float32", "int64"],
+      test={"cases": [{"shapes": [[], [4, 5], [4]], "dtypes": ["float", "float", "int64"],
                        "attrs": {}}],
             "int_high": 5, "batch": False,
             "grad": "a backward kernel formed by fusion; the fused forward op is gradient-checked"})
@@ -266,11 +271,28 @@ defop("unflatten", inputs=("x",), attrs={"shapes": Attr(tuple, doc="shape of eac
 
 # ----------------------------------------------------------------- recomputation
 
-defop("recompute_barrier", inputs=("x",), infer=lambda c: c.inputs[0],
-      reference=lambda x: x.copy(),
-      # Max(x, x) (Or for bool) is x; unlike Identity, ONNX Runtime does not remove it, so the
-      # recomputed copies behind it are never merged back by ORT's own CSE
-      lower=lambda e, n, x: e.op("Or" if e.type(n.inputs[0]).dtype == "bool" else "Max", [x, x]),
-      grad=lambda c: [c.g], category="tensor",
-      doc="x unchanged: where recompute starts a recomputed segment (kept apart from CSE)",
-      test={"cases": [{"shapes": [[3, 4]], "attrs": {}}], "grad": True})
+def _barrier_lower(e, n, x, after=None):
+    dt = e.type(n.inputs[0])
+    if after is None or dt.rank == 0:
+        return e.op("Or" if dt.dtype == "bool" else "Max", [x, x])
+    # Where(false, first element of `after`, x): x, but only once `after` exists
+    first = e.op("Slice", [e.op("Reshape", [after, e.ints([-1])]), e.ints([0]), e.ints([1])])
+    if e.type(n.inputs[1]).dtype != dt.dtype:
+        first = e.op("Cast", [first], to=e.onnx_dtype(dt.dtype))
+    if dt.dtype == "bool":  # ORT has no bool Where: x or (first and false)
+        return e.op("Or", [x, e.op("And", [first, e.const(np.asarray(False))])])
+    return e.op("Where", [e.const(np.asarray(False)), first, x])
+
+
+defop("recompute_barrier", inputs=("x", "after?"), infer=lambda c: c.inputs[0],
+      reference=lambda x, after=None: x.copy(),
+      # Max(x, x) / Where(false, ., x) is x; unlike Identity, ONNX Runtime keeps it, so the
+      # recomputed copies behind it are never merged back by ORT's own CSE. `after`
+      # (a gradient the recomputation is for) is a pure ordering edge: ONNX has no
+      # control dependencies, and ORT's depth-first order would otherwise run the
+      # recomputation as early as its inputs allow, undoing the saving.
+      lower=_barrier_lower, grad=lambda c: [c.g, None], category="tensor",
+      doc="x unchanged, available only after `after`: where a recomputed segment starts",
+      test={"cases": [{"shapes": [[3, 4]], "attrs": {}}, {"shapes": [[3, 4], [2, 5]],
+                                                           "attrs": {}}],
+            "batch": False, "grad": True})

@@ -114,6 +114,21 @@ def test_resume_rejects_another_model(tmp_path, digits):
                                              checkpoint=path, resume=True))
 
 
+def test_early_stopping_restores_the_best_epoch(digits):
+    """min_delta so large that no epoch after the first counts as better: stop after
+    1 + patience epochs and end with epoch 1's parameters (equal to a 1-epoch run)."""
+    g, step_cfg = mlp(), StepConfig("adam", lr=0.01)
+    t = Trainer(build_step(g, step_cfg), threads=1)
+    r = t.fit(*digits.train, TrainConfig(epochs=10, batch_size=128, verbose=0, patience=2,
+                                         min_delta=100.0), validation=digits.val)
+    assert r.stopped == "early_stopping" and r.epoch == 3 and r.best_epoch == 1
+    one = Trainer(build_step(g, step_cfg), threads=1)
+    one.fit(*digits.train, TrainConfig(epochs=1, batch_size=128, verbose=0))
+    np.testing.assert_array_equal(t.runner.state()["fc1.weight"], one.runner.state()["fc1.weight"])
+    with pytest.raises(GraphError, match="early stopping needs validation data"):
+        t.fit(*digits.train, TrainConfig(epochs=1, patience=1, verbose=0))
+
+
 # ------------------------------------------------------------- non-finite
 def test_nonfinite_loss_stops_and_keeps_the_checkpoint(tmp_path, digits):
     path = tmp_path / "ck.npz"

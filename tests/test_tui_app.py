@@ -78,7 +78,8 @@ async def click_box(pilot, name: str) -> None:
     canvas.scroll_to(box.x, box.y, animate=False)
     await pilot.pause()
     sx, sy = canvas.scroll_offset
-    await pilot.click(GraphCanvas, offset=(box.x - sx + 2, box.y - sy + 1))
+    x0 = canvas._margin()
+    await pilot.click(GraphCanvas, offset=(x0 + box.x - sx + 2, box.y - sy + 1))
     await pilot.pause()
 
 
@@ -245,3 +246,107 @@ async def test_compile_writes_onnx_in_background(tmp_path):
 
         model = onnx.load(str(path.with_suffix(".onnx")))
         assert model.graph.output[0].name == "logits"
+
+
+@run_async
+async def test_inspector_rejects_an_invalid_field_without_editing(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.canvas.select("fc1")
+        await pilot.pause()
+        await set_field(pilot, "units", "four")
+        field = app.inspector.query_one("#attr-units", Input)
+        assert field.has_class("-invalid")
+        assert app.doc.graph.nodes["fc1"].attrs["units"] == 4 and not app.doc.undo_stack
+        await set_field(pilot, "bias", "maybe")
+        assert app.doc.graph.nodes["fc1"].attrs["bias"] is True and not app.doc.undo_stack
+        await set_field(pilot, "init", "glorot")  # not an initializer
+        assert not app.doc.undo_stack
+        await set_field(pilot, "init", "xavier")
+        assert app.doc.graph.nodes["fc1"].attrs["init"] == "xavier"
+        app.canvas.select("x")
+        await pilot.pause()
+        shape = app.inspector.query_one("#f-shape", Input)
+        shape.focus()
+        shape.value = ""
+        await pilot.press(*"N, 3", "enter")
+        await pilot.pause()
+        assert tuple(app.doc.graph.params["fc1.weight"].shape) == (3, 4)
+
+
+@run_async
+async def test_autosave_is_offered_back_on_reopen(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    doc = Document.open(path)
+    doc.set_attrs("fc1", {"units": 7})
+    assert doc.autosave()  # ... and then the session is killed
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.click("#choice-restore")
+        await pilot.pause()
+        assert app.doc.graph.nodes["fc1"].attrs["units"] == 7 and app.doc.dirty
+        assert "[N,7]" in app.canvas.scene.boxes["fc1"].lines[2]
+    assert path.read_text() == XOR  # restoring is an edit, not a save
+
+
+@run_async
+async def test_outside_change_is_noticed_and_reloaded(tmp_path):
+    import os
+
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = GraphApp(document=Document.open(path), engine="simple", autosave_s=0, watch_s=0.1)
+    async with app.run_test(size=(80, 24)) as pilot:
+        path.write_text(XOR.replace("linear(x, 4)", "linear(x, 5)"))
+        os.utime(path, (1, 1))
+        await pilot.pause(0.4)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.click("#choice-reload")
+        await pilot.pause()
+        assert app.doc.graph.nodes["fc1"].attrs["units"] == 5 and not app.doc.dirty
+
+
+@run_async
+async def test_fold_a_residual_block(tmp_path):
+    path = tmp_path / "res.gc"
+    path.write_text("x = input(float32, [N, 8])\n"
+                    "a = linear(x, 8)\nb = relu(a)\nc = linear(b, 8)\n"
+                    "s = add(x, c)\nout = relu(s)\noutput(out)\n")
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.canvas.select("x")
+        await pilot.press("z")
+        assert set(app.canvas.scene.boxes) == {"x", "x…", "s", "out"}
+        assert app.canvas.scene.boxes["x…"].members == ("a", "b", "c")
+        assert ("x", "x…") in app.canvas.scene.edges and ("x…", "s") in app.canvas.scene.edges
+        assert ("x", "s") in app.canvas.scene.edges  # the skip connection stays visible
+        await pilot.press("z")  # the fold is selected: unfold it
+        assert {"a", "b", "c"} <= set(app.canvas.scene.boxes)
+
+
+@run_async
+async def test_optimized_and_memory_views_and_gradcheck(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("3")
+        await pilot.pause()
+        assert app.view == "optimized", app.message
+        fused = [b for b in app.canvas.scene.boxes.values() if b.kind == "fused"]
+        assert fused and any(app.view_graph.nodes[b.name].op == "softmax_cross_entropy"
+                             for b in fused)
+        await pilot.press("1", "5")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, TextScreen) and "planned peak" in app.screen.text
+        await pilot.press("escape", "G")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, TextScreen), app.message
+        assert "4/4 parameters within" in app.screen.text

@@ -184,6 +184,38 @@ def _assign_offsets(items: dict[str, tuple[int, int, int]]) -> dict[str, int]:
     return out
 
 
+def ort_schedule(graph: Graph) -> list[Node]:
+    """The order ONNX Runtime's CPU executor runs the exported graph in (an emulation).
+
+    ORT's default execution order (GraphViewer) is a post-order depth-first
+    walk from the leaf nodes, visiting a node's producers highest node index
+    first, where node indices follow the order of the exported model, i.e.
+    this graph's topological order. ORT's own fusions change the graph a
+    little, so this is a close estimate, not a guarantee. Planning with it
+    tells what ORT will actually hold, which is what recompute must reduce.
+    """
+    nodes = graph.topo_order()
+    index = {n.name: i for i, n in enumerate(nodes)}
+    producers = graph.producers()
+    has_users = {producers[v].name for n in nodes for v in n.inputs if v in producers}
+    stack = [(n.name, False) for n in nodes if n.name not in has_users]
+    seen: set[str] = set()
+    out: list[Node] = []
+    while stack:
+        name, leave = stack.pop()
+        if leave:
+            out.append(graph.nodes[name])
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.append((name, True))
+        deps = sorted({producers[v].name for v in graph.nodes[name].inputs if v in producers},
+                      key=index.__getitem__)
+        stack.extend((d, False) for d in deps if d not in seen)
+    return out
+
+
 def memory_order(graph: Graph) -> list[Node]:
     """A topological order that greedily runs the ready node freeing the most memory.
 

@@ -32,9 +32,10 @@ from graphc.ir import Graph, Node
 from graphc.ops.registry import get_op
 from graphc.passes import cost
 from graphc.passes.manager import register
-from graphc.passes.memory import plan_memory
+from graphc.passes.memory import ort_schedule, plan_memory
 from graphc.passes.rewrite import protected
 
+EXPENSIVE = 8  # FLOPs per output element above which an op's output is worth keeping
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
           "gib": 2**30}
 
@@ -72,8 +73,14 @@ def backward_nodes(g: Graph, order: list[Node]) -> set[str]:
     return after
 
 
-def recompute_graph(g: Graph, segments: int) -> tuple[Graph, int]:
-    """A copy of `g` with √n-style checkpointing over `segments` segments; (graph, FLOPs added)."""
+def recompute_graph(g: Graph, segments: int, keep_expensive: bool = False
+                    ) -> tuple[Graph, int]:
+    """A copy of `g` with √n-style checkpointing over `segments` segments; (graph, FLOPs added).
+
+    With `keep_expensive`, outputs of ops that cost more than EXPENSIVE FLOPs per
+    output element (matmul, conv) are kept too: only the cheap element-wise work
+    around them (activations, masks, residual sums) is recomputed.
+    """
     g = g.copy()
     order = g.topo_order()
     keep = protected(g)
@@ -107,6 +114,13 @@ def recompute_graph(g: Graph, segments: int) -> tuple[Graph, int]:
     for n in fwd:
         if get_op(n.op, n.loc).random:
             kept.update(n.outputs)  # a second draw would differ
+        elif keep_expensive and cost.node_flops(g, n) > EXPENSIVE * sum(
+                cost.numel_of(g.types[o], sizes) for o in n.outputs):
+            kept.update(n.outputs)
+    # the last segment is not dropped: the backward pass starts with it right away
+    # (Chen et al. make the same remark), so recomputing it would buy nothing
+    last = max(seg_of.values(), default=0)
+    kept.update(v for v, s in seg_of.items() if s == last)
     dropped = {v for v in saved if v in seg_of and v not in kept}
     if not dropped:
         return g, 0
@@ -122,14 +136,21 @@ def recompute_graph(g: Graph, segments: int) -> tuple[Graph, int]:
         if v in seg_of:  # a kept activation: read through a barrier so ORT's CSE keeps copies
             if v not in barriers:
                 name = g.unique_name(f"{v}_rc_in")
-                node = Node(name, "recompute_barrier", [v], [name], {}, None, [],
-                            {"grad": True, "recompute": True})
+                node = Node(name, "recompute_barrier", [v, anchor(before)], [name], {}, None,
+                            [], {"grad": True, "recompute": True})
                 g.add_node(node)
                 g.types[name] = g.types[v]
                 new_nodes.setdefault(before, []).append(node)
                 barriers[v] = name
             return barriers[v]
         return v
+
+    def anchor(before: str) -> str:
+        """A gradient the node `before` reads: the recomputation must not start earlier."""
+        for v in g.nodes[before].inputs:
+            if v in producers and producers[v].name in back and v not in clones.values():
+                return v
+        return ""
 
     def clone(v: str, before: str) -> str:
         nonlocal added_flops
@@ -149,10 +170,22 @@ def recompute_graph(g: Graph, segments: int) -> tuple[Graph, int]:
         added_flops += cost.node_flops(g, p)
         return clones[v]
 
+    # a segment is recomputed as a whole, in forward order, where the backward pass first
+    # needs any of it: each recomputed value then dies as soon as the copy of the forward
+    # has used it, and only what the backward reads stays (as in the forward pass)
+    by_segment: dict[int, list[str]] = {}
+    for n in fwd:
+        for o in n.outputs:
+            if o in dropped:
+                by_segment.setdefault(seg_of[o], []).append(o)
     for n in order:
         if n.name not in back:
             continue
         if any(v in dropped for v in n.inputs):
+            for v in n.inputs:
+                if v in dropped:
+                    for w in by_segment[seg_of[v]]:
+                        clone(w, n.name)
             n.inputs = [clone(v, n.name) if v in dropped else v for v in n.inputs]
     placed: list[str] = []
     for n in order:
@@ -169,24 +202,26 @@ def recompute_graph(g: Graph, segments: int) -> tuple[Graph, int]:
 
 def _choose(g: Graph, budget: int | str) -> tuple[Graph, str]:
     n_fwd = len(g.nodes) - len(backward_nodes(g, g.topo_order()))
-    base = plan_memory(g).peak
+    # ONNX Runtime runs its own (depth-first) order: plan what it will hold
+    base = plan_memory(g, ort_schedule(g)).peak
     root = max(int(math.sqrt(max(n_fwd, 1))), 2)
     tried = []
     for k in sorted({2, 3, 4, root // 2, root, 2 * root, 4 * root} - {0, 1}):
-        cand, flops = recompute_graph(g, k)
-        peak = plan_memory(cand).peak
-        tried.append((k, peak, flops, cand))
+        for cheap in (False, True):
+            cand, flops = recompute_graph(g, k, keep_expensive=cheap)
+            tried.append((k, plan_memory(cand, ort_schedule(cand)).peak, flops, cand, cheap))
     if budget == "auto":
-        k, peak, flops, cand = min(tried, key=lambda t: (t[1], t[2]))
+        # near the smallest peak (within 10%), the candidate that recomputes least
+        best = min(t[1] for t in tried)
+        k, peak, flops, cand, cheap = min((t for t in tried if t[1] <= 1.1 * best),
+                                          key=lambda t: (t[2], t[1]))
     else:
         fits = [t for t in tried if t[1] <= budget]
-        if fits:
-            k, peak, flops, cand = min(fits, key=lambda t: (t[2], t[1]))
-        else:
-            k, peak, flops, cand = min(tried, key=lambda t: (t[1], t[2]))
+        k, peak, flops, cand, cheap = min(fits, key=lambda t: (t[2], t[1])) if fits else min(
+            tried, key=lambda t: (t[1], t[2]))
     if peak >= base:
         return g, f"no gain: planned peak {cost.fmt_bytes(base)} is already the best"
-    note = (f"{k} segments: planned peak {cost.fmt_bytes(base)} -> {cost.fmt_bytes(peak)}, "
+    note = (f"{k} segments{' (matmul/conv outputs kept)' if cheap else ''}: planned peak {cost.fmt_bytes(base)} -> {cost.fmt_bytes(peak)}, "
             f"+{cost.fmt_count(flops)} FLOPs recomputed")
     if budget != "auto" and peak > budget:
         note += f" (budget {cost.fmt_bytes(budget)} not reached)"

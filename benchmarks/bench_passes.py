@@ -1,0 +1,322 @@
+"""What the graph optimizer buys, measured on the training step in ONNX Runtime.
+
+    .venv/bin/python benchmarks/bench_passes.py [--quick] [--only step|memory|recompute|compile]
+
+Sections (each printed as a Markdown table; paste into benchmarks/RESULTS.md):
+
+step       -O2 vs -O0 (and -O1) training-step time per sample, Adam, ORT_ENABLE_ALL
+           for both, one intra-op thread; rounds interleave the variants and
+           the speedup is the median of per-round ratios (the machine is shared).
+memory     planned peak vs a naive plan vs the liveness lower bound, and the
+           planner's estimate vs the peak measured while ORT runs the step.
+recompute  a deep residual MLP: measured peak and step time, -O2 vs -O2 with
+           --memory-budget auto.
+compile    parse -> grad -> train step -> passes -> ONNX for ResNet-50-sized and
+           unrolled-LSTM training graphs at several sizes.
+
+Measured peak: each model runs in a fresh subprocess with ORT's CPU arena
+and memory patterns off, so every tensor is its own allocation, freed after
+its last use; the peak is the process's resident high-water mark (VmHWM,
+reset through /proc/self/clear_refs just before the step) minus the resident
+size at that moment (inputs and parameters already resident). It includes the
+step's outputs (new parameters and optimizer state) and allocator overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import graphc  # noqa: E402
+from graphc.cli.common import random_feeds  # noqa: E402
+from graphc.passes import PIPELINES, optimize, plan_memory  # noqa: E402
+from graphc.passes.cost import fmt_bytes  # noqa: E402
+from graphc.train.step import StepConfig, build_step  # noqa: E402
+
+SAMPLE_BATCH = 64
+
+
+def session(model, threads=1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+
+
+def step_model(ts, graph):
+    return dataclasses.replace(ts, graph=graph).export()
+
+
+def time_variants(sessions: dict, feeds, rounds: int, budget_s: float = 1.0) -> dict:
+    """Median seconds per step of each session, and median per-round ratio to the first."""
+    for s in sessions.values():
+        s.run(None, feeds)
+    t0 = time.perf_counter()
+    next(iter(sessions.values())).run(None, feeds)
+    one = max(time.perf_counter() - t0, 1e-5)
+    reps = max(1, min(200, int(budget_s / len(sessions) / rounds / one)))
+    per = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                s.run(None, feeds)
+            per[k].append((time.perf_counter() - t0) / reps)
+    base = next(iter(per))
+    return {k: (statistics.median(v),
+                statistics.median(b / x for b, x in zip(per[base], v))) for k, v in per.items()}
+
+
+def samples_with_loss():
+    out = []
+    for path in sorted((ROOT / "samples").glob("*.gc")):
+        try:
+            g = graphc.load(str(path))
+        except graphc.GraphError:
+            continue
+        if g.loss is not None:
+            out.append((path.stem, g))
+    return out
+
+
+# ----------------------------------------------------------------------- step
+def bench_step(quick: bool) -> str:
+    rows = ["| sample | step nodes -O0 → -O2 | ONNX nodes -O0 → -O2 | -O0 ms | -O1 ms | -O2 ms "
+            "| -O1 speedup | -O2 speedup | -O2 + fuse_optimizer_update |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    o2opt = PIPELINES[2][:-1] + ["fuse_optimizer_update", "eliminate_dead_code",
+                                 "order_for_memory"]
+    for name, g in samples_with_loss():
+        ts = build_step(g, StepConfig(optimizer="adam"))
+        feeds = random_feeds(g, batch=SAMPLE_BATCH, seed=0)
+        graphs = {"O0": ts.graph, "O1": optimize(ts.graph, 1), "O2": optimize(ts.graph, 2),
+                  "O2+opt": optimize(ts.graph, passes=o2opt)}
+        models = {k: step_model(ts, v) for k, v in graphs.items()}
+        sess = {k: session(m) for k, m in models.items()}
+        ref = sess["O0"].run(None, feeds)
+        for k, s in sess.items():  # a benchmark of a wrong program is worthless
+            for a, b in zip(ref, s.run(None, feeds)):
+                np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-4, err_msg=f"{name} {k}")
+        t = time_variants(sess, feeds, rounds=5 if quick else 11,
+                          budget_s=2.0 if quick else 8.0)
+        rows.append(
+            f"| {name} | {len(graphs['O0'].nodes)} → {len(graphs['O2'].nodes)} | "
+            f"{len(models['O0'].graph.node)} → {len(models['O2'].graph.node)} | "
+            f"{t['O0'][0] * 1e3:.2f} | {t['O1'][0] * 1e3:.2f} | {t['O2'][0] * 1e3:.2f} | "
+            f"{t['O1'][1]:.2f}× | {t['O2'][1]:.2f}× | {t['O2+opt'][1]:.2f}× |")
+        print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------- memory
+def measure_peak(model, feeds) -> int:
+    """Peak bytes ORT allocates while running one step (fresh subprocess; see module doc)."""
+    with tempfile.TemporaryDirectory() as d:
+        mp, fp = Path(d) / "m.onnx", Path(d) / "f.npz"
+        mp.write_bytes(model.SerializeToString())
+        np.savez(fp, **feeds)
+        out = subprocess.run([sys.executable, __file__, "--measure-peak", str(mp), str(fp)],
+                             capture_output=True, text=True, check=True)
+        return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
+
+
+def _measure_peak_child(model_path: str, feeds_path: str) -> None:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = 1
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3
+    s = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+    feeds = dict(np.load(feeds_path))
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(key)
+
+    # reset the high-water mark (Linux >= 4.0), so it covers this one step only
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    rss = status("VmRSS")
+    s.run(None, feeds)
+    hwm = status("VmHWM")
+    print(json.dumps({"peak": hwm - rss, "rss": rss, "hwm": hwm}))
+
+
+def bench_memory(quick: bool) -> str:
+    rows = ["| sample (batch 256) | naive plan | planned peak | lower bound | planned / naive "
+            "| measured ORT peak | planned / measured |", "|---|---|---|---|---|---|---|"]
+    for name, g in samples_with_loss():
+        ts = build_step(g, StepConfig(optimizer="adam"))
+        ts.graph.meta["dim_sizes"] = {d: 256 for t in g.inputs.values() for d in t.shape
+                                      if isinstance(d, str)}
+        graph = optimize(ts.graph, 2)
+        plan = plan_memory(graph)
+        feeds = random_feeds(g, batch=256, seed=0)
+        peak = measure_peak(step_model(ts, graph), feeds)
+        rows.append(f"| {name} | {fmt_bytes(plan.naive)} | {fmt_bytes(plan.peak)} | "
+                    f"{fmt_bytes(plan.lower_bound)} | {plan.peak / plan.naive:.2f} | "
+                    f"{fmt_bytes(peak)} | {plan.peak / max(peak, 1):.2f} |")
+        print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------ recompute
+def residual_mlp(depth: int, width: int, classes: int = 10):
+    b = graphc.Builder(f"resmlp{depth}")
+    x = b.input("x", ("N", width))
+    y = b.input("y", ("N",), "int64")
+    h = x
+    for i in range(depth):
+        h = h + b.relu(b.linear(h, width, name=f"fc{i}"))
+    b.minimize(b.cross_entropy(b.linear(h, classes, name="head"), y, name="loss"))
+    return b.graph
+
+
+def bench_recompute(quick: bool) -> str:
+    depth, width, batch = (32, 256, 512) if quick else (64, 512, 1024)
+    g = residual_mlp(depth, width)
+    ts = build_step(g, StepConfig(optimizer="sgd"))
+    ts.graph.meta["dim_sizes"] = {"N": batch}  # the planner sizes the batch dim with it
+    base = optimize(ts.graph, 2)
+    rc = optimize(ts.graph, 2, memory_budget="auto")
+    feeds = random_feeds(g, batch=batch, seed=0)
+    models = {"-O2": step_model(ts, base), "-O2 --memory-budget auto": step_model(ts, rc)}
+    peaks = {k: statistics.median(measure_peak(m, feeds) for _ in range(3))
+             for k, m in models.items()}
+    sess = {k: session(m) for k, m in models.items()}
+    t = time_variants(sess, feeds, rounds=5 if quick else 9, budget_s=3.0 if quick else 12.0)
+    plans = {"-O2": plan_memory(base), "-O2 --memory-budget auto": plan_memory(rc)}
+    rows = [f"Residual MLP, {depth} blocks of linear({width}) + relu + skip, batch {batch}, "
+            f"SGD; {rc.meta.get('recompute_segments')} segments.", "",
+            "| variant | planned peak | measured ORT peak | step ms | step time vs -O2 |",
+            "|---|---|---|---|---|"]
+    for k in models:
+        rows.append(f"| {k} | {fmt_bytes(plans[k].peak)} | {fmt_bytes(peaks[k])} | "
+                    f"{t[k][0] * 1e3:.1f} | {1 / t[k][1]:.2f}× |")
+    a, b = peaks["-O2"], peaks["-O2 --memory-budget auto"]
+    rows.append("")
+    rows.append(f"Measured peak reduced by {100 * (1 - b / a):.0f}% at "
+                f"{100 * (1 / t['-O2 --memory-budget auto'][1] - 1):+.0f}% step time.")
+    print("\n".join(rows), flush=True)
+    return "\n".join(rows)
+
+
+# -------------------------------------------------------------------- compile
+def resnet_text(blocks=(3, 4, 6, 3), size=64) -> str:
+    """ResNet-50's bottleneck layout (He et al. 2016) as model-file text."""
+    lines = [f"x = input(float32, [N, 3, {size}, {size}])", "y = input(int64, [N])",
+             "s = relu(batch_norm(conv2d(x, 64, 7, stride=2, padding=3, bias=False)))",
+             "h0 = max_pool2d(s, 3, stride=2, padding=1)"]
+    h, k, width = "h0", 0, 64
+    for stage, n in enumerate(blocks):
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            k += 1
+            lines += [
+                f"a{k} = relu(batch_norm(conv2d({h}, {width}, 1, bias=False)))",
+                f"b{k} = relu(batch_norm(conv2d(a{k}, {width}, 3, stride={stride}, padding=1, "
+                "bias=False)))",
+                f"c{k} = batch_norm(conv2d(b{k}, {width * 4}, 1, bias=False))"]
+            if i == 0:
+                lines.append(f"p{k} = batch_norm(conv2d({h}, {width * 4}, 1, stride={stride}, "
+                             "bias=False))")
+                lines.append(f"h{k} = relu(residual(p{k}, c{k}))")
+            else:
+                lines.append(f"h{k} = relu(residual({h}, c{k}))")
+            h = f"h{k}"
+        width *= 2
+    lines += [f"logits = linear(global_avg_pool({h}), 1000)", "loss = cross_entropy(logits, y)",
+              "output(logits)", "minimize(loss)"]
+    return "\n".join(lines) + "\n"
+
+
+def lstm_text(steps: int) -> str:
+    return (f"x = input(float32, [N, {steps}, 16])\ntarget = input(float32, [N, 1])\n"
+            "h = lstm(x, 64)\nprediction = linear(h, 1)\nloss = mse(prediction, target)\n"
+            "output(prediction)\nminimize(loss)\n")
+
+
+def compile_times(text: str) -> dict:
+    t = {}
+    t0 = time.perf_counter()
+    g = graphc.parse(text)
+    t["parse"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ts = build_step(g, StepConfig(optimizer="adam"))  # grad + optimizer update
+    t["grad + step"] = time.perf_counter() - t0
+    n_nodes = len(ts.graph.nodes)
+    t0 = time.perf_counter()
+    opt = optimize(ts.graph, 2)
+    t["passes -O2"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = step_model(ts, opt)
+    t["ONNX"] = time.perf_counter() - t0
+    t["total"] = sum(t.values())
+    t["nodes"] = n_nodes
+    t["onnx nodes"] = len(model.graph.node)
+    return t
+
+
+def bench_compile(quick: bool) -> str:
+    cases = [("ResNet (2,2,2,2)", resnet_text((1, 1, 1, 1) if quick else (2, 2, 2, 2))),
+             ("ResNet-50 (3,4,6,3)", resnet_text((3, 4, 6, 3)))]
+    cases += [(f"LSTM, {t} steps", lstm_text(t)) for t in ((25, 50) if quick else (50, 100, 200))]
+    if quick:
+        cases = cases[:1] + cases[2:]
+    cols = ["nodes", "onnx nodes", "parse", "grad + step", "passes -O2", "ONNX", "total"]
+    rows = ["| training graph | " + " | ".join(cols) + " | s per 1000 nodes |",
+            "|---" * (len(cols) + 2) + "|"]
+    for name, text in cases:
+        t = compile_times(text)
+        cells = [str(t[c]) if "nodes" in c else f"{t[c]:.2f} s" for c in cols]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {t['total'] / t['nodes'] * 1e3:.2f} |")
+        print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--measure-peak":
+        _measure_peak_child(sys.argv[2], sys.argv[3])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
+    ap.add_argument("--only", choices=["step", "memory", "recompute", "compile"], action="append")
+    args = ap.parse_args()
+    import onnxruntime
+
+    print(f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    for name, fn in (("step", bench_step), ("memory", bench_memory),
+                     ("recompute", bench_recompute), ("compile", bench_compile)):
+        if args.only and name not in args.only:
+            continue
+        print(f"\n## {name}\n", flush=True)
+        print(fn(args.quick), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -184,7 +184,16 @@ class GraphCanvas(ScrollView, can_focus=True):
         if strip is None:
             strip = self._paint_row(row)
             self._rows[row] = strip
+        x0 = self._margin()
+        if x0:
+            strip = Strip([Segment(" " * x0, STYLES["bg"]), *strip], x0 + strip.cell_length)
         return strip.crop_extend(sx, sx + self.size.width, STYLES["bg"])
+
+    def _margin(self) -> int:
+        """Columns left of the drawing: a graph narrower than the canvas is centred."""
+        if self.lay is None:
+            return 0
+        return max(0, (self.scrollable_content_region.width - self.lay.width) // 2)
 
     def _paint_row(self, row: int) -> Strip:
         width = self.lay.width
@@ -289,7 +298,7 @@ class GraphCanvas(ScrollView, can_focus=True):
         offset = event.get_content_offset(self)
         if offset is None:
             return
-        x = offset.x + int(self.scroll_offset.x)
+        x = offset.x + int(self.scroll_offset.x) - self._margin()
         y = offset.y + int(self.scroll_offset.y)
         for name in self.lay.rows.get(y, ()):
             b = self.lay.boxes[name]

@@ -94,6 +94,8 @@ def residual_block(graph: Graph, fork: str) -> set[str]:
         for v in n.inputs:
             if v in producers:
                 g.add_edge(producers[v].name, n.name)
+            elif v in graph.inputs:
+                g.add_edge(v, n.name)
     if fork not in g or g.out_degree(fork) < 2:
         return set()
     sub = g.subgraph(nx.descendants(g, fork) | {fork}).copy()

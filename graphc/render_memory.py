@@ -11,6 +11,7 @@ draws them. Two drawings of the same data:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from html import escape
 
@@ -41,12 +42,14 @@ def peak_of(points: Sequence[tuple[int, int]]) -> tuple[int, int]:
 
 
 def _nice_ticks(top: float, n: int = 4) -> list[float]:
+    """Round tick values (in bytes) at 1, 2, 2.5 or 5 x 10^k of the unit `top` is shown in."""
     if top <= 0:
         return [0.0]
-    raw = top / n
-    mag = 10 ** (len(str(int(raw))) - 1) if raw >= 1 else 1
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    return [i * step for i in range(int(top // step) + 2) if i * step <= top * 1.05]
+    unit = next((size for size in (1 << 30, 1 << 20, 1 << 10) if top >= size), 1)
+    raw = top / unit / n
+    mag = 10.0 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = max(1.0, next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw) * unit)
+    return [i * step for i in range(int(top // step) + 1)]
 
 
 def timeline_svg(points: Sequence[tuple[int, int]], *, title: str = "live memory",
@@ -91,14 +94,12 @@ def timeline_svg(points: Sequence[tuple[int, int]], *, title: str = "live memory
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle" '
                f'fill="{MUTED}">schedule step</text>')
     px, py = x(ps), y(pb)
-    anchor = "end" if px > left + pw * 0.7 else "start"
-    dx = -8 if anchor == "end" else 8
     out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{py:.1f}" y2="{y(0):.1f}" '
                f'stroke="{GRAD_INK}" stroke-dasharray="3,3"/>')
     out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{GRAD_INK}"/>')
-    out.append(f'<text x="{px + dx:.1f}" y="{py + 4:.1f}" text-anchor="{anchor}" '
-               f'fill="{GRAD_INK}" font-weight="bold">peak {escape(fmt_bytes(pb))} '
-               f"at step {ps}</text>")
+    # the peak is named in the title row, clear of the curve
+    out.append(f'<text x="{width - right}" y="20" text-anchor="end" fill="{GRAD_INK}" '
+               f'font-weight="bold">peak {escape(fmt_bytes(pb))} at step {ps}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -122,9 +123,11 @@ def timeline_table(points: Sequence[tuple[int, int]], *, title: str = "live memo
     for first, last, b in bars:
         hgt = max(1, round(b / ymax * height))
         color = GRAD_INK if first <= ps <= last and b == pb else "#60a5fa"
-        cells.append(f'<td valign="bottom" height="{height}" width="{w}" fixedsize="true">'
-                     f'<table border="0" cellspacing="0" cellpadding="0"><tr>'
-                     f'<td bgcolor="{color}" width="{w}" height="{hgt}" fixedsize="true">'
+        # a spacer above each bar: Graphviz centres cell contents vertically
+        gap = f'<tr><td width="{w}" height="{height - hgt}" fixedsize="true"></td></tr>' \
+            if hgt < height else ""
+        cells.append(f'<td><table border="0" cellspacing="0" cellpadding="0">{gap}'
+                     f'<tr><td bgcolor="{color}" width="{w}" height="{hgt}" fixedsize="true">'
                      f"</td></tr></table></td>")
     n = len(bars)
     return ('<<table border="0" cellborder="0" cellspacing="0" cellpadding="0">'

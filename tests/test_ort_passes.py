@@ -118,7 +118,8 @@ def test_recomputed_copies_survive_onnx_runtimes_own_cse(tmp_path):
     feeds = random_feeds(b.graph, batch=6, seed=2)
     ref, _ = run_step(ts, ts.graph, feeds)
     rc = optimize(ts.graph, 2, memory_budget="auto")
-    assert any(n.tags.get("recompute") for n in rc.nodes.values())
+    layers = sum(1 for n in rc.nodes.values() if n.tags.get("recompute") and n.op == "linear")
+    assert layers >= 3
     out, model = run_step(ts, rc, feeds)
     assert_close(ref, out)
     import onnxruntime as ort
@@ -134,7 +135,7 @@ def test_recomputed_copies_survive_onnx_runtimes_own_cse(tmp_path):
 
         counts.append(len(onnx.load(str(tmp_path / "opt.onnx")).graph.node))
     # the recomputed forward layers are still there after ORT's optimizer ran
-    assert counts[1] > counts[0] + 10
+    assert counts[1] >= counts[0] + layers
 
 
 def test_gradient_graph_export_matches_after_o2():

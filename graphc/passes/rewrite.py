@@ -75,6 +75,11 @@ class RuleReport:
 
 def apply_rules(g: Graph, rules: Iterable[Rule], *, max_rounds: int = 20) -> RuleReport:
     """Apply rules until a fixed point; a rule that matched a node sees it next round again."""
+    from graphc.passes.dce import eliminate_dead_code
+
+    # dead readers would make "has other uses" checks fail until a later DCE: drop them first
+    eliminate_dead_code(g)
+    g.meta.pop("_pass_note", None)
     rules = list(rules)
     by_op: dict[str, list[Rule]] = {}
     for r in rules:

@@ -148,3 +148,33 @@ def test_gradient_graph_export_matches_after_o2():
         sess = make_session(export(graph, outputs=outs), threads=1)
         res.append(dict(zip(outs, sess.run(outs, feeds))))
     assert_close(res[0], res[1])
+
+
+def test_batch_norm_folds_into_the_layer_before_it_for_inference():
+    g = graphc.parse("""\
+x = input(float32, [N, 3, 8, 8])
+c = batch_norm(conv2d(x, 4, 3, padding=1, bias=False))
+f = flatten(relu(c))
+z = batch_norm(linear(f, 6))
+output(z)
+""")
+    rng = np.random.default_rng(0)
+    for name, p in g.params.items():  # non-trivial statistics, or folding would be a no-op
+        positive = "running_var" in name or name.endswith("c.weight")
+        p.value = (rng.random(p.shape) + 0.5 if positive
+                   else rng.standard_normal(p.shape)).astype("float32")
+    folded = optimize(g, 2)
+    assert "batch_norm" not in {n.op for n in folded.nodes.values()}
+    x = {"x": rng.standard_normal((5, 3, 8, 8)).astype("float32")}
+    a = make_session(export(g), threads=1).run(None, x)[0]
+    b = make_session(export(folded), threads=1).run(None, x)[0]
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    # a training graph keeps its batch norms: there the parameters are what is trained
+    step = build_step(graphc.parse("""\
+x = input(float32, [N, 4])
+y = input(int64, [N])
+logits = batch_norm(linear(x, 3))
+loss = cross_entropy(logits, y)
+minimize(loss)
+"""), StepConfig(optimizer="sgd"))
+    assert optimize(step.graph, passes=["fold_batch_norm"]).meta["pass_stats"][0].note == ""

@@ -17,6 +17,7 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     cse,
     dce,
     fold,
+    fold_batch_norm,
     fuse_gemm,
     fuse_optimizer,
     fuse_softmax_ce,

@@ -119,7 +119,7 @@ def _wire_label(view: View, w: Wire, values: Mapping[str, str], grads: Mapping[s
                 shapes: bool) -> str | None:
     parts = []
     grad_edge = w.kind == "grad" or view.boxes[w.src].kind in ("grad", "param_grad")
-    if w.value in values:
+    if w.value in values and w.kind != "saved":  # a saved value is on its forward edge
         color = GRAD_INK if grad_edge else VALUE_INK
         parts.append(f'<font color="{color}">{h(values[w.value])}</font>')
     if w.value in grads and w.kind == "data":

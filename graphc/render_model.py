@@ -481,7 +481,7 @@ def _beside(graph: Graph, order: list[Node], kinds: dict[str, str],
     for n in order:
         if kinds[n.name] == "param_grad":
             target = _grad_targets(graph)[n.name]
-            if target in graph.params:
+            if target in graph.params or target in graph.inputs:
                 pairs.append((target, n.name))
     return pairs
 

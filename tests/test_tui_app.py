@@ -226,6 +226,14 @@ async def test_views_summary_backward_and_help(tmp_path):
         app.canvas.select("fc1")
         await pilot.pause()
         assert {n.name for n in grads} <= app.canvas.matches
+        await pilot.press("d")  # views other than forward are read-only
+        assert "fc1" in app.doc.graph.nodes and not app.doc.undo_stack
+        await pilot.press("Z")  # one fold per node's gradient cluster
+        assert app.groups["∇fc1"] == [n.name for n in grads]
+        assert "∇loss" in app.groups and "loss⋯" in app.groups
+        assert all(n.name not in app.canvas.scene.boxes for n in grads)
+        await pilot.press("Z")
+        assert not app.groups and all(n.name in app.canvas.scene.boxes for n in grads)
         await pilot.press("1", "question_mark")
         await pilot.pause()
         assert isinstance(app.screen, TextScreen) and "Compile to ONNX" in app.screen.text

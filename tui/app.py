@@ -50,7 +50,8 @@ KEYS = [
     ("n", "next_match", "Next", "Next search match", False),
     ("E", "next_error", "Error", "Jump to the error", False),
     ("z", "collapse", "Fold", "Collapse/expand block (fork..join) or group", False),
-    ("Z", "expand_all", "Unfold", "Expand all collapsed groups", False),
+    ("Z", "fold_all", "Fold all", "Fold every block (or gradient cluster); again: unfold all",
+     False),
     ("1", "view('forward')", "Forward", "View: forward graph", False),
     ("2", "view('backward')", "Backward", "View: backward graph (gradients)", False),
     ("3", "view('optimized')", "Optimized", "View: optimized graph", False),
@@ -227,13 +228,24 @@ class GraphApp(App):
             self.bell()
         return out
 
-    def _need_selection(self, what: str = "node") -> str | None:
+    def _read_only(self) -> bool:
+        if self.view == "forward":
+            return False
+        self.say(f"the {self.view} view is read-only: press 1 for the forward graph to edit it",
+                 error=True)
+        return True
+
+    def _need_selection(self, what: str = "node", edit: bool = True) -> str | None:
+        if edit and self._read_only():
+            return None
         sel = self.selected
         if sel is None:
             self.say(f"select a {what} first (click it, or use the arrow keys)", error=True)
         return sel
 
     def action_add_op(self) -> None:
+        if self._read_only():
+            return
         ops = all_ops()
         cmds = [(name, partial(self._add_op, name), f"{op.category}: {op.doc}")
                 for name, op in ops.items()]
@@ -252,6 +264,8 @@ class GraphApp(App):
                 self.action_edit()
 
     def action_add_input(self) -> None:
+        if self._read_only():
+            return
         self.push_screen(PromptScreen("New graph input: NAME [SHAPE] DTYPE", "x [N, 2] float32"),
                          self._add_input)
 
@@ -439,7 +453,7 @@ class GraphApp(App):
         self.canvas.select(names[i % len(names)])
 
     def action_collapse(self) -> None:
-        sel = self._need_selection()
+        sel = self._need_selection(edit=False)
         if sel is None:
             return
         if sel in self.groups:
@@ -460,9 +474,22 @@ class GraphApp(App):
         self.refresh_view()
         self.canvas.select(name)
 
-    def action_expand_all(self) -> None:
-        self.groups.clear()
+    def action_fold_all(self) -> None:
+        """Fold every residual block (forward) or every node's gradient cluster and every
+        expanded composite (backward, optimized); with folds present, unfold them all."""
+        if self.groups:
+            self.groups.clear()
+        else:
+            self.groups = (fold_all_blocks(self.view_graph) if self.view == "forward"
+                           else fold_all_clusters(self.view_graph))
+        sel = self.selected
         self.refresh_view()
+        if sel is not None and sel in self.canvas.scene.boxes:
+            self.canvas.select(sel)
+        else:
+            self.canvas.select(None)
+            self.canvas.reveal_first()
+        self.say(f"{len(self.groups)} fold(s); Z again unfolds" if self.groups else "unfolded")
 
     # -------------------------------------------------------------- views
     def action_view(self, view: str) -> None:
@@ -472,6 +499,8 @@ class GraphApp(App):
         self.refresh_view()
         self.canvas.scroll_to(0, 0, animate=False)
         self.canvas.select(sel if sel in self.canvas.scene.boxes else None)
+        if self.selected is None:
+            self.canvas.reveal_first()
         if self.view == view:
             self.say(f"{view} view" + (" — select a forward op to see its gradient nodes"
                                        if view == "backward" else ""))
@@ -656,6 +685,34 @@ class GraphApp(App):
         yield from super().get_system_commands(screen)
         for _, action, _, title, _ in KEYS:
             yield SystemCommand(title, f"action {action}", partial(self.run_action, action))
+
+
+def fold_all_blocks(g: Graph) -> dict[str, list[str]]:
+    """The outermost residual blocks, first fork first."""
+    groups: dict[str, list[str]] = {}
+    taken: set[str] = set()
+    for name in list(g.inputs) + [n.name for n in g.topo_order()]:
+        if name in taken:
+            continue
+        block = residual_block(g, name)
+        if block and not block & taken:
+            groups[f"{name}…"] = sorted(block, key=list(g.nodes).index)
+            taken |= block
+    return groups
+
+
+def fold_all_clusters(g: Graph) -> dict[str, list[str]]:
+    """One fold per forward node's gradient nodes, and one per expanded composite."""
+    composite = {n.name: n.tags["expanded_from"] for n in g.nodes.values()
+                 if n.tags.get("expanded_from")}
+    groups: dict[str, list[str]] = {}
+    for n in g.nodes.values():
+        of = n.tags.get("grad_of")
+        if of:
+            groups.setdefault(f"∇{composite.get(of, of)}", []).append(n.name)
+        elif n.name in composite and not n.tags.get("grad"):
+            groups.setdefault(f"{composite[n.name]}⋯", []).append(n.name)
+    return {k: v for k, v in groups.items() if len(v) > 1}
 
 
 def _grad_nodes(g: Graph, name: str) -> list:

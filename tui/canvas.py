@@ -292,6 +292,12 @@ class GraphCanvas(ScrollView, can_focus=True):
             self.scroll_to_region(Region(box.x, box.y, box.w, box.h), animate=False,
                                   force=True)
 
+    def reveal_first(self) -> None:
+        """Scroll to the top box (after the new layout's size is known)."""
+        first = self._first()
+        if first is not None:
+            self.call_after_refresh(self.reveal, first)
+
     def on_click(self, event: Click) -> None:
         if self.lay is None:
             return

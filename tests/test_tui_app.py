@@ -358,3 +358,13 @@ async def test_optimized_and_memory_views_and_gradcheck(tmp_path):
         await pilot.pause()
         assert isinstance(app.screen, TextScreen), app.message
         assert "4/4 parameters within" in app.screen.text
+
+
+def test_edit_command_reports_a_file_that_does_not_parse(tmp_path, capsys):
+    from graphc.cli import main
+
+    bad = tmp_path / "bad.gc"
+    bad.write_text("x = input(float32, [N, 2])\nh = tanh(nope)\n")
+    assert main(["edit", str(bad)]) == 2  # reported before the editor would start
+    err = capsys.readouterr().err
+    assert "bad.gc:2" in err and "nope" in err

@@ -177,8 +177,11 @@ class GraphApp(App):
         sel = self.selected
         prob = self.doc.result.problem_for(sel) if sel and self.view == "forward" else None
         editable = self.view == "forward"
+        box = self.canvas.scene.boxes.get(sel) if sel and self.canvas.scene else None
         self.inspector.show(self.view_graph, sel if editable or sel in self.view_graph.nodes
-                            else None, prob.status(self.doc.graph) if prob else None)
+                            or box is not None else None,
+                            prob.status(self.doc.graph) if prob else None,
+                            box.members if box is not None else ())
         self._update_status()
 
     def _update_status(self) -> None:

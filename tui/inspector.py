@@ -123,13 +123,21 @@ class Inspector(VerticalScroll):
         self.graph: Graph | None = None
         self.target: str | None = None
         self.problem: str | None = None
+        self.members: tuple[str, ...] = ()
 
-    def show(self, graph: Graph, target: str | None, problem: str | None = None) -> None:
-        self.graph, self.target, self.problem = graph, target, problem
+    def show(self, graph: Graph, target: str | None, problem: str | None = None,
+             members: tuple[str, ...] = ()) -> None:
+        self.graph, self.target, self.problem, self.members = graph, target, problem, members
         self.refresh(recompose=True)
 
     def compose(self) -> ComposeResult:
         g, name = self.graph, self.target
+        if g is not None and self.members:
+            yield Label(f"[b]{escape(name or '')}[/b]  fold", markup=True)
+            yield Static("\n".join(escape(f"{m}: {g.nodes[m].op}") for m in self.members
+                                   if m in g.nodes), markup=True)
+            yield Static("[dim]z unfolds it[/]", markup=True)
+            return
         if g is None or name is None or (name not in g.nodes and name not in g.inputs):
             yield Static("[b]Inspector[/b]\n\nSelect a node (click, or arrow keys).\n\n"
                          "[dim]a[/] add op   [dim]i[/] add input\n[dim]?[/] all keys",
@@ -141,6 +149,9 @@ class Inspector(VerticalScroll):
         if name in g.inputs:
             t = g.inputs[name]
             yield Label(f"[b]{escape(name)}[/b]  graph input", markup=True)
+            if g.comments.get(name):
+                yield Static("\n".join(f"# {c}" for c in g.comments[name]), markup=False,
+                             classes="doc")
             yield Label("dtype", classes="field")
             yield Input(t.dtype, id="f-dtype", validators=[DtypeValidator()],
                         validate_on=["changed", "submitted"])
@@ -151,6 +162,9 @@ class Inspector(VerticalScroll):
         node = g.nodes[name]
         op = get_op(node.op)
         yield Label(f"[b]{escape(name)}[/b]  {node.op}", markup=True)
+        if node.comment:
+            yield Static("\n".join(f"# {c.lstrip('# ')}" for c in node.comment), markup=False,
+                         classes="doc")
         yield Static(op.doc, markup=False, classes="doc")
         _, params = split_inputs_safe(node)
         for slot, v in edits.data_slots(g, name):

@@ -140,7 +140,9 @@ def build(graph: Graph, result: CheckResult | None = None,
         for m in members:
             del boxes[m]
             owner[m] = gname
-        boxes[gname] = SceneBox(gname, [_fit(f"▸ {gname}"), f"{len(members)} nodes", ""],
+        last = graph.nodes.get(members[-1])
+        boxes[gname] = SceneBox(gname, [_fit(f"▸ {gname}"), f"{len(members)} nodes",
+                                        _fit(type_text(graph, last.outputs[0])) if last else ""],
                                 "group", err, members=tuple(members))
     for value in graph.outputs:
         b = owner.get(_base(value))

@@ -244,6 +244,10 @@ class GraphApp(App):
         sel = self.selected
         if sel is None:
             self.say(f"select a {what} first (click it, or use the arrow keys)", error=True)
+        elif edit and sel not in self.doc.graph.nodes and sel not in self.doc.graph.inputs \
+                and sel not in self.groups:
+            self.say(f"'{sel}' is not part of the model", error=True)
+            return None
         return sel
 
     def action_add_op(self) -> None:
@@ -369,13 +373,13 @@ class GraphApp(App):
 
     def action_toggle_output(self) -> None:
         sel = self._need_selection()
-        if sel is not None:
+        if sel is not None and sel not in self.groups:
             on = self._edit(self.doc.toggle_output, sel, select=sel)
             self.say(f"{sel} is {'now' if on else 'no longer'} a graph output")
 
     def action_set_loss(self) -> None:
         sel = self._need_selection()
-        if sel is not None:
+        if sel is not None and sel not in self.groups:
             new = None if self.doc.graph.loss == sel else sel
             self._edit(self.doc.set_loss, new, select=sel)
             self.say(f"minimize({new})" if new else "no loss set")

@@ -154,14 +154,22 @@ def _adadelta_np(p, g, s, lr, t, h):
     return p - lr * dx, {"sq": sq, "dx": acc_dx}
 
 
+def shared(b, key: tuple, make: Callable):
+    """A value every parameter's update uses (a scalar of lr and t): built once per step."""
+    cache = b.graph.meta.setdefault("_optimizer_shared", {})
+    if key not in cache or cache[key].name not in b.graph.types:
+        cache[key] = make()
+    return cache[key]
+
+
 def _adam_core(b, p, g, s, lr, t, h):
     b1, b2 = h["beta1"], h["beta2"]
     m = s["m"] * b1 + g * (1.0 - b1)
     v = s["v"] * b2 + b.square(g) * (1.0 - b2)
-    # bias corrections 1 - beta^t are scalars: computed once, not per element
-    c1 = 1.0 - b.pow(b.scalar(b1, like=t), t)
-    c2 = 1.0 - b.pow(b.scalar(b2, like=t), t)
-    step = lr / c1
+    # bias corrections 1 - beta^t are scalars: built once for all parameters
+    step = shared(b, ("adam_step", lr.name, t.name, b1),
+                  lambda: lr / (1.0 - b.pow(b.scalar(b1, like=t), t)))
+    c2 = shared(b, ("adam_c2", t.name, b2), lambda: 1.0 - b.pow(b.scalar(b2, like=t), t))
     return m, v, p - step * m / (b.sqrt(v / c2) + h["eps"])
 
 

@@ -355,3 +355,42 @@ def test_cli_compile_train(tmp_path):
     r = run_cli("compile", "samples/mlp_digits.gc", "--train", "--optimizer", "adam",
                 "--momentum", "0.8", "-o", str(out))
     assert r.returncode == 2 and "no hyperparameter 'momentum'" in r.stderr
+
+
+def test_cli_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """SIGINT mid-run: checkpoint at the last finished step, exit 130; --resume then ends
+    with exactly the weights of a run that was never interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import onnx
+    from onnx import numpy_helper
+
+    base = [sys.executable, "-m", "graphc", "train", "samples/xor.gc", "--data", "xor",
+            "--epochs", "150", "--batch-size", "8", "-q", "--threads", "1", "-O0"]
+    ck = tmp_path / "ck.npz"
+    proc = subprocess.Popen(base + ["--checkpoint", str(ck), "--checkpoint-every", "50",
+                                    "-o", str(tmp_path / "a.onnx")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ck.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert not (tmp_path / "a.onnx").exists()
+    r = subprocess.run(base + ["--checkpoint", str(ck), "--resume", "-o",
+                               str(tmp_path / "a.onnx")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(base + ["-o", str(tmp_path / "b.onnx")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    weights = [{t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f)).graph
+                .initializer} for f in ("a.onnx", "b.onnx")]
+    assert set(weights[0]) == set(weights[1]) and len(weights[0]) >= 4
+    for k in weights[0]:
+        np.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)
+

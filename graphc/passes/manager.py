@@ -106,8 +106,7 @@ def verify(g: Graph, after: str = "") -> None:
         for v in n.inputs:
             if v and v not in defined:
                 raise fail(f"node '{n.name}' reads '{v}', which nothing defines", n.name)
-    wanted = list(g.outputs) + ([g.loss] if g.loss else []) + list(
-        g.meta.get("grads", {}).values())
+    wanted = list(g.outputs) + ([g.loss] if g.loss else [])
     for v in wanted:
         if v not in defined:
             raise fail(f"output '{v}' is no longer defined", v)

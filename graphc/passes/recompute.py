@@ -206,14 +206,15 @@ def _choose(g: Graph, budget: int | str) -> tuple[Graph, str]:
     base = plan_memory(g, ort_schedule(g)).peak
     root = max(int(math.sqrt(max(n_fwd, 1))), 2)
     tried = []
-    for k in sorted({2, 3, 4, root // 2, root, 2 * root, 4 * root} - {0, 1}):
+    for k in sorted({2, 3, 4, 6, root // 2, root, 3 * root // 2, 2 * root, 3 * root,
+                     4 * root} - {0, 1}):
         for cheap in (False, True):
             cand, flops = recompute_graph(g, k, keep_expensive=cheap)
             tried.append((k, plan_memory(cand, ort_schedule(cand)).peak, flops, cand, cheap))
     if budget == "auto":
-        # near the smallest peak (within 10%), the candidate that recomputes least
+        # near the smallest peak (within 5%), the candidate that recomputes least
         best = min(t[1] for t in tried)
-        k, peak, flops, cand, cheap = min((t for t in tried if t[1] <= 1.1 * best),
+        k, peak, flops, cand, cheap = min((t for t in tried if t[1] <= 1.05 * best),
                                           key=lambda t: (t[2], t[1]))
     else:
         fits = [t for t in tried if t[1] <= budget]

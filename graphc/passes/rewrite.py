@@ -18,11 +18,15 @@ from graphc.ir import Graph, Node
 
 
 def protected(g: Graph) -> set[str]:
-    """Values the outside world reads by name: outputs, the loss and the gradients."""
+    """Values the outside world reads by name: the outputs and the loss.
+
+    Gradients are outputs of a gradient graph; inside a training step they are
+    intermediate values like any other (the update reads them), so they may be
+    renamed, fused and freed.
+    """
     keep = set(g.outputs)
     if g.loss:
         keep.add(g.loss)
-    keep.update(g.meta.get("grads", {}).values())
     return keep
 
 

@@ -22,7 +22,7 @@ def train(sample, dataset, step_cfg, epochs, batch_size, **kw):
     g = graphc.load(f"samples/{sample}")
     ts = build_step(g, step_cfg)
     trainer = Trainer(ts, threads=2)
-    x_name = list(g.inputs)[0]
+    x_name = next(iter(g.inputs))
     ds = data.load(dataset, seed=0, input_shape=g.inputs[x_name].shape)
     trainer.fit(*ds.train, TrainConfig(epochs=epochs, batch_size=batch_size, verbose=0, **kw),
                 validation=ds.val)

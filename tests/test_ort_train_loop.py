@@ -3,11 +3,11 @@ parameters, training-vs-evaluation graphs, metrics, schedules, data, CLI and Pyt
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import graphc
 from graphc import Builder, GraphError
@@ -17,8 +17,6 @@ from graphc.train.loop import TrainConfig, Trainer
 from graphc.train.metrics import confusion_matrix, macro_f1, roc_auc
 from graphc.train.schedules import make_schedule
 from graphc.train.step import StepConfig, build_step
-
-from conftest import run_cli
 
 
 def mlp(hidden=16, norm=False, dropout=0.0, head="fc2"):
@@ -82,7 +80,7 @@ def test_resume_is_bit_for_bit(tmp_path, digits):
     """Stop mid-epoch, resume from the checkpoint: same parameters and slots as one run."""
     x, y = digits.train
     x, y = x[:400], y[:400]
-    cfg = dict(epochs=3, batch_size=64, schedule="cosine", warmup=3, verbose=0)
+    cfg = {"epochs": 3, "batch_size": 64, "schedule": "cosine", "warmup": 3, "verbose": 0}
     step_cfg = StepConfig("adam", lr=0.01)
     g = mlp(norm=True, dropout=0.2)  # dropout masks follow the step; bn stats are carried
 
@@ -378,15 +376,17 @@ def test_cli_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path):
     while not ck.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the run finished before the interrupt arrived")
     assert proc.returncode == 130, err
     assert not (tmp_path / "a.onnx").exists()
     r = subprocess.run(base + ["--checkpoint", str(ck), "--resume", "-o",
-                               str(tmp_path / "a.onnx")], capture_output=True, text=True)
+                               str(tmp_path / "a.onnx")], check=False, capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(base + ["-o", str(tmp_path / "b.onnx")], capture_output=True, text=True)
+    r = subprocess.run(base + ["-o", str(tmp_path / "b.onnx")], check=False,
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     weights = [{t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f)).graph
                 .initializer} for f in ("a.onnx", "b.onnx")]
@@ -394,3 +394,48 @@ def test_cli_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path):
     for k in weights[0]:
         np.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)
 
+
+
+def test_progress_bar_and_epoch_summary():
+    import io
+
+    from graphc.train.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = Tty()
+    p = Progress(epochs=2, batches=4, verbose=1, stream=s)
+    p.update(1, 4, 0.5, 0.75, 12345.0)
+    p.summary({"epoch": 1, "loss": 0.5, "accuracy": 0.75, "val_loss": 0.6, "val_accuracy": 0.7,
+               "lr": 0.01, "time_s": 0.2, "samples_per_s": 12345.0})
+    text = s.getvalue()
+    assert "\repoch 1/2 [" in text and "4/4" in text and "acc 0.750" in text and "12.3k/s" in text
+    assert "epoch 1/2  loss 0.5000  acc 0.7500  val_loss 0.6000  val_acc 0.7000" in text
+    plain = io.StringIO()  # not a terminal: summary lines only, no carriage returns
+    p = Progress(epochs=2, batches=4, verbose=1, stream=plain)
+    p.update(1, 4, 0.5, None, 10.0)
+    assert plain.getvalue() == ""
+
+
+def test_cli_weights_and_freeze(tmp_path):
+    first = tmp_path / "first.onnx"
+    r = run_cli("train", "samples/mlp_digits.gc", "--data", "digits", "--epochs", "3", "-q",
+                "--threads", "1", "-o", str(first))
+    assert r.returncode == 0, r.stderr
+    second = tmp_path / "second.onnx"
+    r = run_cli("train", "samples/mlp_digits.gc", "--data", "digits", "--epochs", "1",
+                "--threads", "1", "--weights", str(first), "--freeze", "fc1", "--freeze", "fc2",
+                "-o", str(second))
+    assert r.returncode == 0, r.stderr
+    assert "loaded 6 parameter(s)" in r.stderr and "2 trained tensors" in r.stderr
+    import onnx
+    from onnx import numpy_helper
+
+    a, b = ({t.name: numpy_helper.to_array(t) for t in onnx.load(str(f)).graph.initializer}
+            for f in (first, second))
+    fc1 = [k for k in a if k.startswith("fc1.")]
+    assert fc1 and all(np.array_equal(a[k], b[k]) for k in fc1)  # frozen: unchanged
+    head = [k for k in a if k.startswith("logits.")]
+    assert head and not all(np.array_equal(a[k], b[k]) for k in head)  # trained on

@@ -85,8 +85,8 @@ def run(args) -> int:
     if getattr(args, "opt_level", None) is not None:
         from graphc.passes import optimize_from_args
 
-        optimize = lambda graph: optimize_from_args(graph, args)  # noqa: E731
-    ts = step_from_args(g, args, optimize)
+        optimize = lambda graph: optimize_from_args(graph, args)
+    ts = step_from_args(g, args, optimize, log)
     x_name, _ = data_inputs(ts.source, ts.target)
     ds = data.load(args.data, seed=args.seed, val_split=args.val_split,
                    test_split=args.test_split, input_shape=ts.source.inputs[x_name].shape)

@@ -72,8 +72,9 @@ def build_step_from_args(graph: Graph, args: argparse.Namespace,
 
 
 def step_from_args(graph: Graph, args: argparse.Namespace,
-                   optimize: Callable[[Graph], Graph] | None = None) -> TrainStep:
-    prepare_graph(graph, args)
+                   optimize: Callable[[Graph], Graph] | None = None,
+                   log: Callable[[str], None] | None = None) -> TrainStep:
+    prepare_graph(graph, args, log)
     ts = build_step(graph, step_config_from_args(args))
     if optimize is not None:
         ts.graph = optimize(ts.graph)
@@ -88,7 +89,7 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
 
         try:
             model = onnx.load(path)
-        except Exception as err:  # onnx raises several kinds
+        except Exception as err:  # noqa: BLE001 - onnx raises several kinds
             raise GraphError(f"cannot read '{path}' as ONNX: {err}") from None
         return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     try:
@@ -100,7 +101,7 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
         raise GraphError(f"cannot read '{path}' as .npz weights: {err}",
                          hint="save with np.savez(path, **{'fc1.weight': w, ...})") from None
     # a graphc checkpoint stores parameters as carried/<name>
-    return {k[len("carried/"):] if k.startswith("carried/") else k: v for k, v in out.items()}
+    return {k.removeprefix("carried/"): v for k, v in out.items()}
 
 
 def load_weights(graph: Graph, path: str) -> tuple[list[str], list[str]]:
@@ -124,8 +125,7 @@ def load_weights(graph: Graph, path: str) -> tuple[list[str], list[str]]:
 
 
 def freeze(graph: Graph, prefix: str) -> list[str]:
-    names = [k for k in graph.params if k == prefix or k.startswith(prefix + ".")
-             or k.startswith(prefix)]
+    names = [k for k in graph.params if k.startswith(prefix)]
     if not names:
         from graphc.errors import closest
 

@@ -49,10 +49,10 @@ def split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Spl
         for c in np.unique(y):
             idx = np.flatnonzero(y == c)
             rng.shuffle(idx)
-            held.append(idx[: int(round(len(idx) * fraction))])
+            held.append(idx[: round(len(idx) * fraction)])
         held_idx = np.sort(np.concatenate(held))
     else:
-        held_idx = np.sort(rng.permutation(n)[: int(round(n * fraction))])
+        held_idx = np.sort(rng.permutation(n)[: round(n * fraction)])
     mask = np.ones(n, bool)
     mask[held_idx] = False
     return (x[mask], y[mask]), (x[held_idx], y[held_idx])

@@ -77,7 +77,7 @@ def _pad_images(arr: np.ndarray, chw: tuple) -> np.ndarray | None:
     if len(chw) != 3:
         return None
     c, h, w = chw
-    side = int(round((np.prod(arr.shape[1:]) / c) ** 0.5))
+    side = round(float(np.prod(arr.shape[1:]) / c) ** 0.5)
     if c * side * side != np.prod(arr.shape[1:]) or side > min(h, w) or side == h == w:
         return None
     img = arr.reshape(len(arr), c, side, side)

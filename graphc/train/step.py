@@ -405,7 +405,7 @@ def _set_metadata(model, ts: TrainStep) -> None:
 
 def step_summary(ts: TrainStep) -> dict[str, Any]:
     """Counts for messages: parameters trained, frozen, state and slots."""
-    count = lambda names, src: int(sum(np.prod(src[k].shape) for k in names))  # noqa: E731
+    count = lambda names, src: int(sum(np.prod(src[k].shape) for k in names))
     vals = {**ts.init, **ts.graph.constants}
     return {"trained": count(ts.params, vals), "frozen": count(ts.frozen, vals),
             "slots": count(ts.slots, vals), "stats": count(ts.stats, vals)}

@@ -73,10 +73,7 @@ class Trainer:
     def feeds(self, x: np.ndarray, y: np.ndarray | None) -> dict[str, np.ndarray]:
         g = self.ts.source
         out = {self.x_name: fit_array(g, self.x_name, x, "X")}
-        if y is not None:
-            if self.y_name is None:
-                raise GraphError("the model has no input for the labels",
-                                 hint="declare y = input(int64, [N]) and use it in the loss")
+        if y is not None and self.y_name is not None:
             out[self.y_name] = fit_array(g, self.y_name, y, "y")
         missing = [k for k in self.ts.data_inputs if k not in out]
         if y is not None and missing:

@@ -29,6 +29,8 @@ def data_inputs(graph: Graph, target: str | None) -> tuple[str, str | None]:
     """
     floats = [k for k, t in graph.inputs.items() if t.dtype.startswith("float")
               and k != target]
+    if not floats and target in graph.inputs and graph.inputs[target].dtype.startswith("float"):
+        return target, None  # the input is its own target (an autoencoder): y is not used
     if not floats:
         raise GraphError("the model has no float input to feed the data to",
                          hint="declare one, e.g. x = input(float32, [N, 64])")

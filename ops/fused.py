@@ -8,10 +8,10 @@ short stable expression) instead of a chain of small ones.
 from __future__ import annotations
 
 import numpy as np
-
-from graphc.ir import TensorType
 from graphc.ops.losses import REDUCTION
 from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
+
+from graphc.ir import TensorType
 from graphc.shapes import broadcast, fmt_shape
 
 # ---------------------------------------------------------------------- gemm
@@ -129,7 +129,7 @@ def _sce_lower(e, n, logits, target):
 
 
 def _sce_grad(c):
-    logits, target = c.x
+    _logits, target = c.x
     out = None
     if c.gy[0] is not None:
         out = c.b.softmax_cross_entropy_grad(c.gy[0], c.y[1], target,
@@ -153,7 +153,7 @@ defop("softmax_cross_entropy", inputs=("logits", "target"), attrs=dict(REDUCTION
 
 
 def _sce_grad_infer(ctx: InferCtx) -> TensorType:
-    g, logp, target = ctx.inputs
+    g, logp, _target = ctx.inputs
     want = logp.shape[:1] if ctx.attrs["reduction"] == "none" else ()
     if tuple(g.shape) != tuple(want):
         raise ctx.fail(f"the loss gradient must have shape {fmt_shape(want)}, got {g}")

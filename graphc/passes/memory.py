@@ -143,7 +143,7 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None) -> MemoryP
             tensors.append(Tensor(v, size[v], first[v], last[v], offset[_slot(slot_of, v)],
                                   None, inplace_of.get(v)))
     diff = [0] * (end + 2)
-    for s, ms in slots.items():
+    for ms in slots.values():
         lo, hi = min(first[m] for m in ms), max(last[m] for m in ms)
         diff[lo] += max(size[m] for m in ms)
         diff[min(hi, end - 1) + 1] -= max(size[m] for m in ms)

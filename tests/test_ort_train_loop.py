@@ -444,12 +444,14 @@ def test_cli_weights_and_freeze(tmp_path):
 def test_autoencoder_feeds_x_as_its_own_target(digits):
     b = Builder("ae")
     x = b.input("x", ["N", 64])
-    rec = b.linear(b.relu(b.linear(x, 8, name="enc")), 64, name="dec")
+    rec = b.linear(b.tanh(b.linear(x, 8, name="enc")), 64, name="dec")
     b.output(rec)
     b.minimize(b.mse(rec, x, name="loss"))
     model = Model(b.graph).compile("adam", lr=1e-2, threads=1)
-    hist = model.fit(*digits.train, epochs=3, verbose=0)
+    hist = model.fit(*digits.train, epochs=20, verbose=0)
     pred = model.predict(digits.test[0])
     mse = float(np.mean((pred - digits.test[0]) ** 2))
     assert mse == pytest.approx(model.evaluate(*digits.test)["loss"], rel=1e-4)
-    assert mse < 0.5 * float(np.var(digits.test[0])) and hist.history["loss"][-1] < 0.1
+    # better than the mean image, the best a code that carries nothing can do
+    baseline = float(np.mean((digits.test[0] - digits.train[0].mean(0)) ** 2))
+    assert mse < 0.5 * baseline and hist.history["loss"][-1] < hist.history["loss"][0]

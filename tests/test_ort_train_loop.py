@@ -455,3 +455,21 @@ def test_autoencoder_feeds_x_as_its_own_target(digits):
     # better than the mean image, the best a code that carries nothing can do
     baseline = float(np.mean((digits.test[0] - digits.train[0].mean(0)) ** 2))
     assert mse < 0.5 * baseline and hist.history["loss"][-1] < hist.history["loss"][0]
+
+
+def test_callbacks_report_progress_and_can_stop(tmp_path, digits):
+    """What a UI (the TUI) hooks into: per-step and per-epoch records, and a stop request."""
+    steps, epochs = [], []
+    t = Trainer(build_step(mlp(), StepConfig("adam", lr=0.01)), threads=1)
+    path = str(tmp_path / "ck.npz")
+    r = t.fit(*digits.train, TrainConfig(epochs=5, batch_size=256, verbose=0, checkpoint=path),
+              validation=digits.val, on_step=lambda rec: steps.append(rec) and None,
+              on_epoch=lambda rec: epochs.append(rec) or rec["epoch"] == 2)
+    assert r.stopped == "interrupted" and r.epoch == 2 and len(epochs) == 2
+    assert [s["step"] for s in steps] == list(range(1, 2 * 6 + 1))  # 1295 rows: 6 batches
+    assert steps[-1]["batch"] == steps[-1]["batches"] == 6 and steps[-1]["accuracy"] > 0.2
+    assert epochs[-1]["val_accuracy"] is not None
+    r = t.fit(*digits.train, TrainConfig(epochs=5, batch_size=256, verbose=0, checkpoint=path,
+                                         resume=True), validation=digits.val,
+              on_step=lambda rec: rec["step"] == 15)
+    assert r.stopped == "interrupted" and r.step == 15

@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,7 +107,13 @@ class Trainer:
 
     # --------------------------------------------------------------- loop
     def fit(self, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
-            validation: tuple[np.ndarray, np.ndarray] | None = None) -> FitResult:
+            validation: tuple[np.ndarray, np.ndarray] | None = None, *,
+            on_step: Callable[[dict], bool | None] | None = None,
+            on_epoch: Callable[[dict], bool | None] | None = None) -> FitResult:
+        """Train on (x, y). `on_step` gets {step, epoch, batch, batches, loss, accuracy,
+        samples_per_s} after every step, `on_epoch` the epoch's record (what the summary
+        line prints); either may return True to stop as Ctrl-C does (checkpoint, resumable).
+        """
         feeds_all = self.feeds(x, y)
         n = len(x)
         if n == 0:
@@ -179,14 +186,24 @@ class Trainer:
                     s[3] = time.perf_counter() - t_epoch
                     progress.update(epoch + 1, pos["batch"], s[0] / s[2],
                                     s[1] / s[2] if classify else None, s[2] / max(s[3], 1e-9))
+                    if on_step is not None and on_step(
+                            {"step": pos["step"], "epoch": epoch + 1, "batch": pos["batch"],
+                             "batches": batches, "loss": s[0] / s[2],
+                             "accuracy": s[1] / s[2] if classify else None,
+                             "samples_per_s": s[2] / max(s[3], 1e-9)}):
+                        stop.set = True
                     if cfg.checkpoint_every and pos["step"] % cfg.checkpoint_every == 0:
                         save()
                 if pos["batch"] < batches:
                     break
                 record = self._end_epoch(epoch, pos, lr_of, validation, classify)
                 progress.summary(record)
+                if on_epoch is not None and on_epoch(record):
+                    stop.set = True
                 if cfg.patience is not None and self._early(cfg, pos, record, best_state):
                     stopped = "early_stopping"
+                elif stop.set and pos["epoch"] < cfg.epochs:
+                    stopped = "interrupted"
                 save()
         if stopped in ("interrupted", "max_steps"):
             save()

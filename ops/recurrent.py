@@ -173,8 +173,13 @@ def _reference(kind: str):
 # ------------------------------------------------------------- unrolling
 def _cell(kind: str, b, xw, state, w_hh, bias_hn, units: int):
     """One step from the projected input `xw` [N, G*units]; `state` None means zeros."""
+    cache: dict[str, tuple] = {}
+
     def gate(v, k):
-        return b.slice(v, starts=(k * units,), ends=((k + 1) * units,), axes=(1,))
+        # one split per pre-activation: its gradient is a single concat of the gates'
+        if v.name not in cache:
+            cache[v.name] = b.split(v, axis=1, sizes=(units,) * _GATES[kind])
+        return cache[v.name][k]
 
     rec = None if state is None else state[0] @ w_hh
     if kind == "rnn":
@@ -214,9 +219,10 @@ def _decompose(kind: str):
         # every step's input projection in one matmul: [N, T, F] @ [F, G*units]
         xw_all = b.matmul(x, w_ih) + bias
         state = None if states[0] is None else tuple(states)
+        per_step = b.split(xw_all, axis=1, sizes=(1,) * steps) if steps > 1 else (xw_all,)
         hs = []
         for t in range(steps):
-            xw = b.squeeze(b.slice(xw_all, starts=(t,), ends=(t + 1,), axes=(1,)), axes=(1,))
+            xw = b.squeeze(per_step[t], axes=(1,))
             if window and t and t % window == 0 and state is not None:
                 # truncated BPTT: the carried state is a constant to the backward pass
                 state = tuple(b.stop_gradient(s) for s in state)

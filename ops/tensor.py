@@ -160,6 +160,50 @@ defop("concat", inputs=("xs*",), attrs={"axis": axis_attr(1)}, infer=_concat_inf
             "grad": True})
 
 
+def _split_infer(ctx: InferCtx) -> list[TensorType]:
+    x = ctx.inputs[0]
+    axis = normalize_axis(ctx.attrs["axis"], x.rank)
+    if axis is None:
+        raise ctx.fail(f"axis {ctx.attrs['axis']} is out of range for {x}")
+    sizes = ctx.attrs["sizes"]
+    if not sizes or any(not isinstance(k, int) or k < 1 for k in sizes):
+        raise ctx.fail(f"sizes must be positive integers, got {sizes}")
+    if isinstance(x.shape[axis], int) and sum(sizes) != x.shape[axis]:
+        raise ctx.fail(f"sizes {list(sizes)} add up to {sum(sizes)}, but axis {axis} of {x} "
+                       f"has {x.shape[axis]}")
+    return [TensorType(x.dtype, x.shape[:axis] + (k,) + x.shape[axis + 1:]) for k in sizes]
+
+
+def _split_ref(x, axis, sizes):
+    return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
+
+
+def _split_lower(e, n, x):
+    sizes = n.attrs["sizes"]
+    if len(sizes) == 1:
+        return e.op("Identity", [x])
+    return e.op("Split", [x, e.ints(sizes)], outputs=len(sizes), axis=n.attrs["axis"])
+
+
+def _split_grad(c):
+    # one concat of the parts' gradients (zeros where a part got none): the gradient of T
+    # per-step slices as T pads summed together would cost O(T^2) memory traffic
+    parts = [g if g is not None else c.b.zeros_like(y) for g, y in zip(c.gy, c.y)]
+    return [parts[0] if len(parts) == 1 else c.b.concat(*parts, axis=c.attrs["axis"])]
+
+
+defop("split", inputs=("x",), attrs={"axis": axis_attr(1),
+                                    "sizes": Attr(tuple, doc="length of each part")},
+      n_outputs=lambda attrs: len(attrs["sizes"]), infer=_split_infer, reference=_split_ref,
+      lower=_split_lower, grad=_split_grad, category="tensor",
+      doc="cut a tensor into consecutive parts along an axis (the inverse of concat)",
+      key_attrs=("axis", "sizes"),
+      test={"cases": [{"shapes": [[4, 5]], "attrs": {"axis": 1, "sizes": (2, 3)}},
+                      {"shapes": [[3, 4, 2]], "attrs": {"axis": 1, "sizes": (1, 1, 2)}},
+                      {"shapes": [[2, 6]], "attrs": {"axis": -1, "sizes": (6,)}}],
+            "grad": True})
+
+
 def _slice_norm(ctx_or_rank, attrs, shape):
     rank = len(shape)
     axes = attrs["axes"] if attrs["axes"] is not None else tuple(range(len(attrs["starts"])))

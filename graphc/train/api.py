@@ -72,11 +72,14 @@ class Model:
 
     def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32, epochs: int = 1,
             validation_data: tuple[np.ndarray, np.ndarray] | None = None, *,
-            shuffle: bool = True, seed: int = 0, verbose: int = 1, **options: Any) -> History:
-        """Train; `options` are TrainConfig fields (schedule, warmup, patience, checkpoint, …)."""
+            shuffle: bool = True, seed: int = 0, verbose: int = 1, on_step=None, on_epoch=None,
+            **options: Any) -> History:
+        """Train; `options` are TrainConfig fields (schedule, warmup, patience, checkpoint, …);
+        `on_step`/`on_epoch` are callbacks (see Trainer.fit)."""
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
                           verbose=verbose, **options)
-        return History(self._need().fit(x, y, cfg, validation=validation_data))
+        return History(self._need().fit(x, y, cfg, validation=validation_data, on_step=on_step,
+                                        on_epoch=on_epoch))
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
         return self._need().evaluate(x, y, batch_size)

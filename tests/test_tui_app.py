@@ -219,8 +219,9 @@ async def test_views_summary_backward_and_help(tmp_path):
         # 2*4 + 4 + 4*2 + 2 parameters
         assert "fc1" in text and text.splitlines()[-3].split()[1] == "22"
         await pilot.press("escape", "2")
+        await app.workers.wait_for_complete()  # the backward graph is derived in a thread
         await pilot.pause()
-        assert app.view == "backward"
+        assert app.view == "backward" and app.shown_view == "backward"
         grads = [n for n in app.view_graph.nodes.values() if n.tags.get("grad_of") == "fc1"]
         assert grads and all(n.name in app.canvas.scene.boxes for n in grads)
         app.canvas.select("fc1")
@@ -344,8 +345,9 @@ async def test_optimized_and_memory_views_and_gradcheck(tmp_path):
     app = make_app(path)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("3")
+        await app.workers.wait_for_complete()
         await pilot.pause()
-        assert app.view == "optimized", app.message
+        assert app.shown_view == "optimized", app.message
         fused = [b for b in app.canvas.scene.boxes.values() if b.kind == "fused"]
         assert fused and any(app.view_graph.nodes[b.name].op == "softmax_cross_entropy"
                              for b in fused)

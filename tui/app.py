@@ -30,6 +30,8 @@ from textual.widgets import Footer, Static
 
 from graphc import Graph, GraphError
 
+FOLD_ABOVE = 400  # derived views bigger than this open with gradient clusters folded
+
 # (key, action, footer label, palette title, shown in footer)
 KEYS = [
     ("a", "add_op", "Add", "Add op", True),
@@ -101,6 +103,10 @@ class GraphApp(App):
         self.message = ""
         self.timings: dict[str, float] = {}
         self._asking_disk = False
+        self.shown_view = "forward"  # the view the canvas is drawing right now
+        self.prev_selection: str | None = None
+        self._derived: tuple | None = None  # (view, base graph, derived graph, fused nodes)
+        self._deriving: tuple | None = None
 
     # ------------------------------------------------------------- set-up
     def get_default_screen(self) -> Screen:
@@ -145,27 +151,28 @@ class GraphApp(App):
 
     # ------------------------------------------------------------ drawing
     def refresh_view(self) -> None:
-        """Rebuild the scene from the document (after every edit) and redraw."""
+        """Rebuild the scene from the document (after every edit) and redraw.
+
+        The backward and optimized graphs are derived in a worker thread (autodiff
+        of a big model takes seconds); until one is ready the canvas keeps what it
+        shows and the status line says so.
+        """
         t0 = time.perf_counter()
         g = self.doc.graph
         result = self.doc.result
         fused: set[str] = set()
         if self.view != "forward":
-            try:
-                base = self.doc.last_good or self.doc.graph
-                if self.view == "backward":
-                    g = actions.backward_graph(base)
-                else:
-                    g, fused = actions.optimized_graph(base)
-                    self.message = (f"optimized (-O2): {len(fused)} fused or rewritten node(s) "
-                                    "drawn heavy green")
-                result = None
-            except Exception as err:  # noqa: BLE001 - a pass failing here must not end the session
-                msg = err.message if isinstance(err, GraphError) else f"{type(err).__name__}: {err}"
-                self.say(f"{self.view} view: {msg}", error=True)
-                self.view = "forward"
-                g = self.doc.graph
+            base = self.doc.last_good or self.doc.graph
+            d = self._derived
+            if d is None or d[0] != self.view or d[1] is not base:
+                self._derive(self.view, base)
+                return
+            g, fused, result = d[2], d[3], None
+            if self.view == "optimized":
+                self.message = (f"optimized (-O2): {len(fused)} fused or rewritten node(s) "
+                                "drawn heavy green")
         self.view_graph = g
+        self.shown_view = self.view
         groups = [(k, v) for k, v in self.groups.items()]
         scene = build(g, result, groups, fused=fused)
         t1 = time.perf_counter()
@@ -173,10 +180,61 @@ class GraphApp(App):
         self.timings = {"scene": t1 - t0, **self.canvas.timings}
         self._update_side()
 
+    def _derive(self, view: str, base: Graph) -> None:
+        if self._deriving is not None and self._deriving[0] == view \
+                and self._deriving[1] is base:
+            return
+        self._deriving = (view, base)
+        self.say(f"computing the {view} graph…")
+
+        def work() -> None:
+            try:
+                if view == "backward":
+                    g, fused = actions.backward_graph(base), set()
+                else:
+                    g, fused = actions.optimized_graph(base)
+            except Exception as err:  # noqa: BLE001 - a pass failing must not end the session
+                self.call_from_thread(self._derived_done, view, base, None, set(), err)
+                return
+            self.call_from_thread(self._derived_done, view, base, g, fused, None)
+        self.run_worker(work, thread=True, group="derive", exclusive=True)
+
+    def _derived_done(self, view: str, base: Graph, g: Graph | None, fused: set,
+                      err: Exception | None) -> None:
+        if self._deriving is not None and self._deriving[1] is base:
+            self._deriving = None
+        if err is not None:
+            msg = err.message if isinstance(err, GraphError) else f"{type(err).__name__}: {err}"
+            if self.view == view:
+                self.view = "forward"
+                self.refresh_view()
+            self.say(f"{view} view: {msg}", error=True)
+            return
+        self._derived = (view, base, g, fused)
+        if self.view != view:
+            return
+        if not self.groups and len(g.nodes) > FOLD_ABOVE:
+            self.groups = fold_all_clusters(g)
+        changed = self.shown_view != view
+        self.refresh_view()
+        if changed:
+            self._show_new_view()
+        if self.groups and changed:
+            self.say(f"{len(g.nodes)} nodes: gradient clusters folded (Z unfolds)")
+
+    def _show_new_view(self) -> None:
+        sel = self.prev_selection
+        self.canvas.scroll_to(0, 0, animate=False)
+        self.canvas.select(sel if sel in self.canvas.scene.boxes else None)
+        if self.selected is None:
+            self.canvas.reveal_first()
+        self.say(f"{self.view} view" + (" — select a forward op to see its gradient nodes"
+                                        if self.view == "backward" else ""))
+
     def _update_side(self) -> None:
         sel = self.selected
-        prob = self.doc.result.problem_for(sel) if sel and self.view == "forward" else None
-        editable = self.view == "forward"
+        prob = self.doc.result.problem_for(sel) if sel and self.shown_view == "forward" else None
+        editable = self.shown_view == "forward"
         box = self.canvas.scene.boxes.get(sel) if sel and self.canvas.scene else None
         self.inspector.show(self.view_graph, sel if editable or sel in self.view_graph.nodes
                             or box is not None else None,
@@ -206,8 +264,9 @@ class GraphApp(App):
             self._update_status()
 
     def on_graph_canvas_selected(self, event: GraphCanvas.Selected) -> None:
-        self.message = ""
-        if self.view == "backward" and event.name:
+        if event.name is not None:
+            self.message = ""
+        if self.shown_view == "backward" and event.name:
             self._show_gradients(event.name)
         self._update_side()
 
@@ -500,17 +559,12 @@ class GraphApp(App):
 
     # -------------------------------------------------------------- views
     def action_view(self, view: str) -> None:
-        sel = self.selected
+        self.prev_selection = self.selected
         self.view = view
         self.groups.clear()
         self.refresh_view()
-        self.canvas.scroll_to(0, 0, animate=False)
-        self.canvas.select(sel if sel in self.canvas.scene.boxes else None)
-        if self.selected is None:
-            self.canvas.reveal_first()
-        if self.view == view:
-            self.say(f"{view} view" + (" — select a forward op to see its gradient nodes"
-                                       if view == "backward" else ""))
+        if self.shown_view == view:
+            self._show_new_view()
 
     def _show_gradients(self, name: str) -> None:
         g = self.view_graph

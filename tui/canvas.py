@@ -105,8 +105,12 @@ class GraphCanvas(ScrollView, can_focus=True):
         key = scene.key()
         if key != self._layout_key:
             sizes = {k: b.size for k, b in scene.boxes.items()}
-            if self.lay is not None and len(sizes) >= ASYNC_LAYOUT_MIN and self.is_mounted:
-                self.lay = patch(self.lay, sizes, scene.edges)
+            if len(sizes) >= ASYNC_LAYOUT_MIN and self.is_mounted and self.engine != "simple":
+                # Show a stand-in now: the old layout patched (an edit), or the quick
+                # built-in layout (a different graph, e.g. another view); dot follows.
+                kept = sum(k in self.lay.boxes for k in sizes) if self.lay else 0
+                self.lay = (patch(self.lay, sizes, scene.edges) if kept >= len(sizes) // 2
+                            else layout(sizes, scene.edges, "simple"))
                 self._layout_later(key, sizes, list(scene.edges))
             else:
                 self.lay = layout(sizes, scene.edges, self.engine)

@@ -14,6 +14,7 @@ sizes joined by edges.
 
 from __future__ import annotations
 
+import bisect
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -22,6 +23,11 @@ from dataclasses import dataclass, field
 # Inches per cell handed to dot: a terminal cell is about twice as tall as wide.
 _CX = 0.1
 _CY = 0.2
+# dot's crossing reduction grows fast with long edges: fine at 1,000 boxes (~0.5 s), over
+# a minute at 2,300 (a folded backward graph of a 1,000-node model). Above this, "auto"
+# uses the built-in layering.
+DOT_MAX_BOXES = 1200
+DOT_TIMEOUT_S = 30
 RANK_GAP = 3  # empty rows between ranks: room for an edge to turn and an arrowhead
 NODE_GAP = 3  # empty columns between neighbouring boxes
 
@@ -74,13 +80,14 @@ def layout(sizes: dict[str, tuple[int, int]], edges: Sequence[tuple[str, str]],
            engine: str = "auto") -> Layout:
     """Place boxes (name -> (width, height) in cells) and route edges (src, dst).
 
-    engine: "dot", "simple", or "auto" (dot when installed).
+    engine: "dot", "simple", or "auto" (dot when installed, up to DOT_MAX_BOXES boxes).
     """
     edges = [(a, b) for a, b in dict.fromkeys(edges) if a in sizes and b in sizes and a != b]
     if not sizes:
         return Layout({}, [], 0, 0, "empty")
     centres, waypoints, used = None, {}, "simple"
-    if engine in ("auto", "dot") and dot_available():
+    big = engine == "auto" and len(sizes) > DOT_MAX_BOXES
+    if engine in ("auto", "dot") and dot_available() and not big:
         try:
             centres, waypoints = _dot_positions(sizes, edges)
             used = "dot"
@@ -110,7 +117,7 @@ def _dot_positions(sizes, edges):
         lines.append(f"{ids[a]} -> {ids[b]};")
     lines.append("}")
     out = subprocess.run(["dot", "-Tplain"], input="\n".join(lines).encode(),
-                         capture_output=True, timeout=60, check=True).stdout.decode()
+                         capture_output=True, timeout=DOT_TIMEOUT_S, check=True).stdout.decode()
     back = {v: k for k, v in ids.items()}
     height = 0.0
     centres: dict[str, tuple[float, float]] = {}
@@ -210,17 +217,24 @@ def _finish(sizes, edges, centres, waypoints, engine) -> Layout:
     for a, b in edges:
         sa, sb = boxes[a], boxes[b]
         ia, ib = band_of[a], band_of[b]
-        xs = [sa.cx]
-        samples = [(x + dx, y + dy) for x, y in waypoints.get((a, b), [])]
-        if ib > ia:
+        samples = sorted((y + dy, x + dx) for x, y in waypoints.get((a, b), []))
+        if ib > ia and not samples:  # fallback layout: one jog, in the gap above the target
+            turn = _turn_row(bands, ib - 1)
+            if ib - ia == 1:
+                pts = [(sa.cx, sa.bottom + 1), (sa.cx, turn), (port[(a, b)], turn),
+                       (port[(a, b)], sb.y - 1)]
+            else:  # a long edge runs down a lane right of the drawing, clear of every box
+                first = _turn_row(bands, ia)
+                pts = [(sa.cx, sa.bottom + 1), (sa.cx, first), ("lane", first),
+                       ("lane", turn), (port[(a, b)], turn), (port[(a, b)], sb.y - 1)]
+        elif ib > ia:  # through the lane dot kept free at every rank the edge crosses
+            ys = [p[0] for p in samples]
+            xs = [sa.cx]
             for k in range(ia + 1, ib):
-                top, bottom, _ = bands[k]
-                mid = (top + bottom) / 2
-                if samples:
-                    x = min(samples, key=lambda p: abs(p[1] - mid))[0]
-                else:
-                    x = sa.cx + (port[(a, b)] - sa.cx) * (k - ia) / (ib - ia)
-                xs.append(round(x))
+                mid = (bands[k][0] + bands[k][1]) / 2
+                i = bisect.bisect_left(ys, mid)
+                near = min(samples[max(i - 1, 0):i + 1], key=lambda p: abs(p[0] - mid))
+                xs.append(round(near[1]))
             xs.append(port[(a, b)])
             pts = [(xs[0], sa.bottom + 1)]
             for j, k in enumerate(range(ia, ib)):
@@ -231,12 +245,36 @@ def _finish(sizes, edges, centres, waypoints, engine) -> Layout:
         else:  # back or flat edge (only on a cycle): go round the left side
             pts = [(sa.cx, sa.bottom + 1), (0, sa.bottom + 1), (0, sb.y - 1),
                    (port[(a, b)], sb.y - 1)]
-        routes.append(Route(a, b, _dedupe(pts)))
+        routes.append(Route(a, b, pts if pts[2][0] == "lane" else _dedupe(pts)))
     width = max(b.x + b.w for b in boxes.values()) + 2
+    width = _assign_lanes(routes, width)
     height = max(b.y + b.h for b in boxes.values()) + 1
     out = Layout(boxes, routes, width, height, engine)
     out.index_rows()
     return out
+
+
+def _turn_row(bands, k: int) -> int:
+    """The row in the middle of the gap below band k, where edges turn."""
+    gap = bands[k + 1][0] - bands[k][1] - 1
+    return bands[k][1] + 1 + max(gap - 1, 0) // 2
+
+
+def _assign_lanes(routes: list[Route], width: int) -> int:
+    """Give each long fallback edge a lane column right of the drawing; edges whose
+    vertical spans do not overlap share one. Returns the new drawing width."""
+    long_routes = [r for r in routes if any(p[0] == "lane" for p in r.points)]
+    ends: list[int] = []  # per lane, the last row used
+    for r in sorted(long_routes, key=lambda r: r.points[2][1]):
+        top, bottom = r.points[2][1], r.points[3][1]
+        lane = next((i for i, end in enumerate(ends) if end < top - 1), None)
+        if lane is None:
+            lane = len(ends)
+            ends.append(bottom)
+        ends[lane] = bottom
+        x = width + 1 + 2 * lane
+        r.points = _dedupe([(x if p[0] == "lane" else p[0], p[1]) for p in r.points])
+    return width + 2 * len(ends) + (2 if ends else 0)
 
 
 def _bands(boxes: dict[str, Box]) -> list[tuple[int, int, list[str]]]:
@@ -253,10 +291,15 @@ def _bands(boxes: dict[str, Box]) -> list[tuple[int, int, list[str]]]:
 
 
 def _dedupe(pts):
+    """Drop repeated points and the middle one of three on a straight line."""
     out = []
     for p in pts:
-        if not out or out[-1] != p:
-            out.append(p)
+        if out and out[-1] == p:
+            continue
+        if len(out) >= 2 and (out[-2][0] == out[-1][0] == p[0] or out[-2][1] == out[-1][1] == p[1]):
+            out[-1] = p
+            continue
+        out.append(p)
     return out
 
 

@@ -20,6 +20,7 @@ of symbolic dims come from `graph.meta["dim_sizes"]` (see passes.cost).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -237,31 +238,56 @@ def memory_order(graph: Graph) -> list[Node]:
     remaining = {v: len(u) for v, u in users.items()}
     nbytes = {o: cost.nbytes(graph.types[o], sizes) for n in nodes for o in n.outputs}
     indeg = {n.name: len({v for v in n.inputs if v in producers}) for n in nodes}
-    ready = {n.name for n in nodes if indeg[n.name] == 0}
-    order: list[Node] = []
+    done: set[str] = set()
 
-    def score(name: str) -> tuple[int, int]:
+    def gain(name: str) -> int:
+        """Bytes allocated minus bytes freed by running `name` now (negative: it frees)."""
         n = graph.nodes[name]
         freed = sum(nbytes[v] for v in set(n.inputs)
                     if v in remaining and remaining[v] == 1 and v not in keep)
-        made = sum(nbytes[o] for o in n.outputs)
-        # only a node that shrinks the live set jumps the queue; the rest keep their order
-        # (hoisting every small node to the front would stretch its output's life)
-        return (min(made - freed, 0), pos[name])
+        return sum(nbytes[o] for o in n.outputs) - freed
 
-    while ready:
-        name = min(ready, key=score)
-        ready.discard(name)
+    # two heaps with lazy deletion: ready nodes by position, and those that free memory
+    by_pos = [(pos[n.name], n.name) for n in nodes if indeg[n.name] == 0]
+    heapq.heapify(by_pos)
+    freeing: list[tuple[int, int, str]] = []
+    score: dict[str, int] = {}
+    for _, name in by_pos:
+        score[name] = gain(name)
+        if score[name] < 0:
+            heapq.heappush(freeing, (score[name], pos[name], name))
+    order: list[Node] = []
+    while len(order) < len(nodes):
+        name = None
+        while freeing:
+            sc, _, cand = heapq.heappop(freeing)
+            if cand not in done and score.get(cand) == sc:
+                name = cand
+                break
+        while name is None:
+            _, cand = heapq.heappop(by_pos)
+            if cand not in done:
+                name = cand
+        done.add(name)
         n = graph.nodes[name]
         order.append(n)
+        touched: set[str] = set()
         for v in set(n.inputs):
             if v in remaining:
                 remaining[v] -= 1
+                if remaining[v] == 1:  # its last reader now frees it: rescore that reader
+                    touched.update(u for u in users[v] if u not in done)
         for o in n.outputs:
             for u in users.get(o, ()):
                 indeg[u] -= 1
                 if indeg[u] == 0:
-                    ready.add(u)
+                    heapq.heappush(by_pos, (pos[u], u))
+                    touched.add(u)
+        for u in touched:
+            if indeg[u] == 0 and u not in done:
+                score[u] = gain(u)
+                if score[u] < 0:
+                    heapq.heappush(freeing, (score[u], pos[u], u))
     return order
 
 

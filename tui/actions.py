@@ -60,23 +60,23 @@ def gradcheck_report(graph: Graph, tol: float = 1e-6) -> str:
 def summary_report(graph: Graph) -> str:
     """Parameters and FLOPs per node, and the totals."""
     from graphc.summary import summarize
+    from graphc.tui.scene import type_text
 
     rows = summarize(graph)
-    w = max([len(r.name) for r in rows] + [4])
-    lines = [f"{'node':<{w}}  {'op':<14} {'output':<18} {'params':>10} {'FLOPs':>14}"]
-    tp = tf = 0
-    for r in rows:
-        from graphc.tui.scene import type_text
+    table = [(r.name, r.op, type_text(graph, r.name), f"{r.params:,}",
+              "-" if r.flops is None else f"{r.flops:,}") for r in rows]
+    total_p = sum(r.params for r in rows)
+    total_f = sum(r.flops or 0 for r in rows)
+    head = ("node", "op", "output", "params", "FLOPs")
+    foot = ("total", "", "", f"{total_p:,}", f"{total_f:,}")
+    w = [max(len(row[i]) for row in [head, *table, foot]) for i in range(5)]
 
-        tp += r.params
-        tf += r.flops or 0
-        flops = "-" if r.flops is None else f"{r.flops:,}"
-        lines.append(f"{r.name:<{w}}  {r.op:<14} {type_text(graph, r.name):<18} "
-                     f"{r.params:>10,} {flops:>14}")
-    lines.append(f"{'total':<{w}}  {'':<14} {'':<18} {tp:>10,} {tf:>14,}")
-    lines.append("")
-    lines.append("FLOPs count multiply-adds as 2 for one example where the batch is symbolic.")
-    return "\n".join(lines)
+    def line(row) -> str:
+        return (f"{row[0]:<{w[0]}}  {row[1]:<{w[1]}}  {row[2]:<{w[2]}}  "
+                f"{row[3]:>{w[3]}}  {row[4]:>{w[4]}}")
+    out = [line(head), *map(line, table), line(foot), "",
+           "FLOPs: a multiply-add is 2; one example when the batch is symbolic."]
+    return "\n".join(out)
 
 
 def backward_graph(graph: Graph) -> Graph:

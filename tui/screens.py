@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, ScrollableContainer, Vertical
 from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label, Static
@@ -81,8 +81,8 @@ class TextScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="page"):
             yield Label(self.title_text, classes="question")
-            with VerticalScroll():
-                yield Static(self.text, markup=False)
+            with ScrollableContainer(classes="report"):
+                yield Static(self.text, markup=False, classes="report-text")
             yield Label("esc: close", classes="hint")
 
     def action_close(self) -> None:

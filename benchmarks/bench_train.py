@@ -130,6 +130,7 @@ def median_time(fn, steps: int, warmup: int) -> float:
 
 
 def graphc_stepper(name, optimizer, threads, profile_dir=None, level=None):
+    """A function running one graphc training step, and its StepRunner."""
     from graphc.train.runner import StepRunner
     from graphc.train.step import StepConfig, build_step
 
@@ -243,6 +244,9 @@ def main(argv=None) -> int:
     ap.add_argument("-O", dest="levels", default="0,2",
                     help="graphc pass pipeline levels to time, comma-separated (default 0,2)")
     ap.add_argument("--json", default=None, help="also write the results as JSON")
+    ap.add_argument("--auto", action="store_true",
+                    help="also time graphc with threads='auto' (1 or --threads intra-op "
+                         "threads, whichever the first step measures faster)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     try:
@@ -259,8 +263,12 @@ def main(argv=None) -> int:
     for name in args.only.split(","):
         steps = args.steps if name != "large_mlp" else max(20, args.steps // 4)
         fns = {}
+        runners = {}
         for level in levels:
             fns[f"O{level}"], _ = graphc_stepper(name, args.optimizer, args.threads, None, level)
+        if args.auto:  # the runner picks 1 or all threads by timing the first step
+            fns["auto"], runners["auto"] = graphc_stepper(name, args.optimizer, "auto", None,
+                                                          levels[0])
         if have_torch:
             fns["torch"] = torch_stepper(name, args.optimizer, args.threads)
         t = interleaved(fns, steps, args.warmup)
@@ -272,22 +280,25 @@ def main(argv=None) -> int:
             for _ in range(args.warmup + 20):
                 step()
             kernels = top_kernels(runner.session.end_profiling())
-        for level in levels:
-            t_g, t_t = t[f"O{level}"], t.get("torch")
+        for key in [k for k in fns if k != "torch"]:
+            t_g, t_t = t[key], t.get("torch")
             gf = train_flops(name) / t_g / 1e9
+            level = key if key == "auto" else int(key[1:])
+            if key == "auto":
+                key = f"auto ({runners['auto'].threads} thr)"
             rows.append({"model": name, "batch": BATCH[name], "level": level,
                          "graphc_ms": t_g * 1e3, "torch_ms": None if t_t is None else t_t * 1e3,
                          "speedup": None if t_t is None else t_t / t_g, "gflops": gf,
                          "kernels": kernels})
             sp = "" if t_t is None else f"  torch {t_t * 1e3:8.3f} ms  speedup x{t_t / t_g:5.2f}"
-            print(f"{name:11s} batch {BATCH[name]:3d} -O{level}  graphc {t_g * 1e3:8.3f} ms{sp}"
+            print(f"{name:11s} batch {BATCH[name]:3d} {key:>14s}  graphc {t_g * 1e3:8.3f} ms{sp}"
                   f"  {gf:6.1f} GFLOP/s", flush=True)
         if kernels:
             print("    top kernels: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in kernels))
     print(f"NumPy float32 matmul peak (best of all measurements): {peak:.1f} GFLOP/s")
     for r in rows:
         r["peak_fraction"] = r["gflops"] / peak
-        print(f"  {r['model']:11s} -O{r['level']}: {100 * r['peak_fraction']:5.1f}% of peak")
+        print(f"  {r['model']:11s} {r['level']!s:>4s}: {100 * r['peak_fraction']:5.1f}% of peak")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peak_gflops": peak, "threads": args.threads,

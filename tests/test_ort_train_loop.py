@@ -473,3 +473,17 @@ def test_callbacks_report_progress_and_can_stop(tmp_path, digits):
                                          resume=True), validation=digits.val,
               on_step=lambda rec: rec["step"] == 15)
     assert r.stopped == "interrupted" and r.step == 15
+
+
+def test_auto_threads_picks_one_and_keeps_the_state(digits):
+    """threads='auto' times the first step both ways without changing the state."""
+    x, y = digits.train[0][:64], digits.train[1][:64]
+    ref = Trainer(build_step(mlp(), StepConfig("sgd", lr=0.1)), threads=2)
+    auto = Trainer(build_step(mlp(), StepConfig("sgd", lr=0.1)), threads="auto")
+    cfg = TrainConfig(epochs=2, batch_size=32, verbose=0, shuffle=False)
+    ref.fit(x, y, cfg)
+    auto.fit(x, y, cfg)
+    assert auto.runner.threads in (1, 2) and not auto.runner._candidates
+    a, b = ref.runner.state(), auto.runner.state()
+    for k in a:  # tuning ran the first step several times; the result is one step's
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -50,7 +51,9 @@ def add_parser(sub):
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many steps in all (checkpointed; resumable)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+                   help="ONNX Runtime intra-op threads (default: all cores); auto times the "
+                        "first step with all cores and with one and keeps the faster")
     p.add_argument("--report", default=None, metavar="FILE.json",
                    help="write final train/validation/test loss and metrics as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or epoch lines")
@@ -133,6 +136,18 @@ def run(args) -> int:
         atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.report}")
     return 0
+
+
+def _threads(text: str):
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("needs at least 1 thread")
+    return n
 
 
 def _count(ts, names) -> int:

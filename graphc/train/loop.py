@@ -62,7 +62,7 @@ class FitResult:
 class Trainer:
     """One training step's sessions plus the loop around them."""
 
-    def __init__(self, ts: TrainStep, device: str = "cpu", threads: int | None = None,
+    def __init__(self, ts: TrainStep, device: str = "cpu", threads: int | str | None = None,
                  profile: str | None = None) -> None:
         self.ts = ts
         self.runner = StepRunner(ts, device, threads, profile=profile)
@@ -142,6 +142,8 @@ class Trainer:
                     f"batch size {meta.get('batch_size')}; this run has {cfg.seed} and {bs}",
                     hint="resume with the same --seed and --batch-size")
             self.runner.set_state(carried)
+            if isinstance(meta.get("threads"), int):
+                self.runner.use_threads(meta["threads"])  # the same kernels' summation order
             for k in pos:
                 pos[k] = meta[k]
         progress = Progress(cfg.epochs, batches, cfg.verbose)
@@ -153,7 +155,8 @@ class Trainer:
             if cfg.checkpoint:
                 ckpt.save(cfg.checkpoint, self.runner.state(),
                           {**pos, "seed": cfg.seed, "batch_size": bs,
-                           "optimizer": self.ts.optimizer.name}, best_state)
+                           "optimizer": self.ts.optimizer.name,
+                           "threads": self.runner.threads}, best_state)
 
         with stop:
             while pos["epoch"] < cfg.epochs and stopped == "done":

@@ -93,16 +93,35 @@ def _ort_device(session) -> str:
 
 
 class StepRunner:
-    """The training step's session plus the double-buffered device state."""
+    """The training step's session plus the double-buffered device state.
 
-    def __init__(self, ts: TrainStep, device: str = "cpu", threads: int | None = None,
+    `threads="auto"` (CPU): ONNX Runtime's intra-op pool pays off for big
+    kernels (a 1024x1024 matmul) and costs more than it gains on graphs of
+    many tiny ones (an unrolled LSTM: ~1,000 nodes of a few microseconds).
+    The first step then times the step with all cores and with one thread, on
+    the real batch, and keeps the faster session (`self.threads` says which).
+    """
+
+    def __init__(self, ts: TrainStep, device: str = "cpu", threads: int | str | None = None,
                  profile: str | None = None) -> None:
+        import os
+
         from graphc.runtime import make_session
 
         self.ts = ts
-        self.session = make_session(ts.export(defaults=False), device, threads=threads,
-                                    profile=profile)
+        model = ts.export(defaults=False)
+        auto = threads == "auto"
+        if auto:
+            threads = os.cpu_count() or 1
+        elif threads is not None and not isinstance(threads, int):
+            raise GraphError(f"threads must be a number or 'auto', got {threads!r}")
+        self.threads = threads
+        self.session = make_session(model, device, threads=threads, profile=profile)
         self.device = _ort_device(self.session)
+        self._candidates: dict[int, object] = {}
+        if auto and self.device == "cpu" and threads > 1:
+            self._candidates = {threads: self.session,
+                                1: make_session(model, device, threads=1, profile=profile)}
         self.lr_dtype = np.dtype(ts.graph.type(LR).dtype)
         self.scalar_names = ["loss"] + ts.metrics
         self.buffers: list[dict] = [{}, {}]
@@ -131,23 +150,67 @@ class StepRunner:
         self.cur = 0
         self.scalars = {k: self._empty(self.ts.graph.type(k).shape, self.ts.graph.type(k).dtype)
                         for k in self.scalar_names}
-        self.bindings = []
+        self.bindings = self._bind(self.session)
+
+    def _bind(self, session) -> list:
+        """Two IOBindings over the buffers: A -> B and B -> A."""
+        carried = self.ts.carried
+        bindings = []
         for side in (0, 1):
-            io = self.session.io_binding()
+            io = session.io_binding()
             for k in carried:
                 io.bind_ortvalue_input(k, self.buffers[side][k])
                 io.bind_ortvalue_output(NEW + k, self.buffers[1 - side][k])
             for k, v in self.scalars.items():
                 io.bind_ortvalue_output(k, v)
-            self.bindings.append(io)
+            bindings.append(io)
+        return bindings
 
-    def step(self, feeds: Mapping[str, np.ndarray], lr: float, step: int) -> list[float]:
-        """Run one step; returns [loss, *metrics] as floats."""
-        io = self.bindings[self.cur]
+    def use_threads(self, threads: int) -> None:
+        """Settle an automatic thread choice (a resumed run reuses the original's)."""
+        if self._candidates:
+            if threads not in self._candidates:
+                raise GraphError(f"this runner can use {sorted(self._candidates)} threads, "
+                                 f"not {threads}")
+            self.session = self._candidates[threads]
+            self.bindings = self._bind(self.session)
+            self.threads = threads
+            self._candidates = {}
+
+    def _tune(self, feeds, lr, step, repeats: int = 7) -> None:
+        """Time the first step under each candidate session; keep the fastest.
+
+        The timed runs read the current buffers and write the other ones without
+        flipping, so they leave the state as it was.
+        """
+        import time
+
+        best = None
+        for n, session in self._candidates.items():
+            io = self._bind(session)[self.cur]
+            self._bind_batch(io, feeds, lr, step)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                session.run_with_iobinding(io)
+                times.append(time.perf_counter() - t0)
+            t = float(np.median(times[2:]))
+            if best is None or t < best[0]:
+                best = (t, n)
+        self.use_threads(best[1])
+
+    def _bind_batch(self, io, feeds, lr, step) -> None:
         for k, v in feeds.items():
             io.bind_cpu_input(k, v)
         io.bind_cpu_input(LR, np.asarray(lr, dtype=self.lr_dtype))
         io.bind_cpu_input(STEP, np.asarray(step, dtype=np.int64))
+
+    def step(self, feeds: Mapping[str, np.ndarray], lr: float, step: int) -> list[float]:
+        """Run one step; returns [loss, *metrics] as floats."""
+        if self._candidates:
+            self._tune(feeds, lr, step)
+        io = self.bindings[self.cur]
+        self._bind_batch(io, feeds, lr, step)
         self.session.run_with_iobinding(io)
         self.cur ^= 1
         return [float(self.scalars[k].numpy()) for k in self.scalar_names]

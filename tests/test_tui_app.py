@@ -96,6 +96,9 @@ async def test_build_mlp_from_empty_file_via_palette(tmp_path):
         assert app.selected == "x"
         await palette_add(pilot, "linear")
         assert app.selected == "linear" and app.doc.graph.nodes["linear"].inputs[0] == "x"
+        # The inspector opens on the required attribute, ready for typing.
+        await pilot.pause(0.1)
+        assert app.focused is not None and app.focused.id == "attr-units", app.focused
         await set_field(pilot, "units", "4")
         assert app.doc.graph.nodes["linear"].attrs["units"] == 4
         await palette_add(pilot, "tanh")

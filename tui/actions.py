@@ -59,8 +59,9 @@ def gradcheck_report(graph: Graph, tol: float = 1e-6) -> str:
 
 def summary_report(graph: Graph) -> str:
     """Parameters and FLOPs per node, and the totals."""
-    from graphc.summary import summarize
     from graphc.tui.scene import type_text
+
+    from graphc.summary import summarize
 
     rows = summarize(graph)
     table = [(r.name, r.op, type_text(graph, r.name), f"{r.params:,}",

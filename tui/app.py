@@ -446,13 +446,8 @@ class GraphApp(App):
     def action_edit(self) -> None:
         if self._need_selection() is None:
             return
-        from textual.widgets import Input
-
-        def focus() -> None:
-            fields = self.inspector.query(Input)
-            if fields:
-                fields.first().focus()
-        self.call_after_refresh(focus)
+        self.inspector.focus_next_show = True
+        self._update_side()
 
     def on_inspector_attrs_changed(self, event: Inspector.AttrsChanged) -> None:
         self._edit(self.doc.set_attrs, event.node, event.attrs, select=event.node)

@@ -103,7 +103,17 @@ def _fmt(v: Any) -> str:
     return repr(v)
 
 
-class Inspector(VerticalScroll):
+class FocusedInput(Input):
+    """An Input that takes the focus once mounted (the field `e` or a new node opens)."""
+
+    def on_mount(self) -> None:
+        self.focus()
+        for inspector in self.ancestors_with_self:
+            if isinstance(inspector, Inspector):
+                inspector.focus_next_show = False  # done: later redraws leave focus alone
+
+
+class Inspector(VerticalScroll, can_focus=False):
     """Shows and edits whatever the canvas has selected."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "leave", "Back to graph")]
@@ -124,10 +134,17 @@ class Inspector(VerticalScroll):
         self.target: str | None = None
         self.problem: str | None = None
         self.members: tuple[str, ...] = ()
+        self.focus_next_show = False  # focus the first field (a required one first) next time
+        self._focus = False
 
     def show(self, graph: Graph, target: str | None, problem: str | None = None,
              members: tuple[str, ...] = ()) -> None:
+        same = (graph is self.graph and target == self.target and problem == self.problem
+                and members == self.members)
+        if same and not self.focus_next_show:
+            return  # nothing new: keep the form (and the field being typed in) as it is
         self.graph, self.target, self.problem, self.members = graph, target, problem, members
+        self._focus = self.focus_next_show
         self.refresh(recompose=True)
 
     def compose(self) -> ComposeResult:
@@ -153,7 +170,8 @@ class Inspector(VerticalScroll):
                 yield Static("\n".join(f"# {c}" for c in g.comments[name]), markup=False,
                              classes="doc")
             yield Label("dtype", classes="field")
-            yield Input(t.dtype, id="f-dtype", validators=[DtypeValidator()],
+            field = FocusedInput if self._focus else Input
+            yield field(t.dtype, id="f-dtype", validators=[DtypeValidator()],
                         validate_on=["changed", "submitted"])
             yield Label("shape", classes="field")
             yield Input(", ".join(map(str, t.shape)), id="f-shape",
@@ -171,9 +189,11 @@ class Inspector(VerticalScroll):
             shown = escape(f"{v}: {type_text(g, v)}") if v else "[red]not connected[/]"
             yield Static(f"[dim]in[/] {slot} ← {shown}", markup=True)
         spec = attr_spec(node.op)
+        first = next((k for k, a in spec.items() if a.required), next(iter(spec), None))
         for key, a in spec.items():
             yield Label(f"{key}" + (" *" if a.required else ""), classes="field")
-            yield Input(_fmt(node.attrs.get(key)), id=f"attr-{key}",
+            field = FocusedInput if self._focus and key == first else Input
+            yield field(_fmt(node.attrs.get(key)), id=f"attr-{key}",
                         validators=[AttrValidator(node.op, key, node.attrs)],
                         validate_on=["changed", "submitted"], tooltip=a.doc or None)
         yield Static(f"[dim]out[/] {escape(type_text(g, node.outputs[0]))}", markup=True)

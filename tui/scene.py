@@ -178,3 +178,37 @@ def split_inputs_safe(node):
         return split_inputs(node)
     except GraphError:  # an unknown op: draw its inputs all the same
         return list(node.inputs), []
+
+
+def fold_all_blocks(g: Graph) -> dict[str, list[str]]:
+    """The outermost residual blocks, first fork first."""
+    groups: dict[str, list[str]] = {}
+    taken: set[str] = set()
+    for name in list(g.inputs) + [n.name for n in g.topo_order()]:
+        if name in taken:
+            continue
+        block = residual_block(g, name)
+        if block and not block & taken:
+            groups[f"{name}…"] = sorted(block, key=list(g.nodes).index)
+            taken |= block
+    return groups
+
+
+def fold_all_clusters(g: Graph) -> dict[str, list[str]]:
+    """One fold per forward node's gradient nodes, and one per expanded composite."""
+    composite = {n.name: n.tags["expanded_from"] for n in g.nodes.values()
+                 if n.tags.get("expanded_from")}
+    groups: dict[str, list[str]] = {}
+    for n in g.nodes.values():
+        of = n.tags.get("grad_of")
+        if of:
+            groups.setdefault(f"∇{composite.get(of, of)}", []).append(n.name)
+        elif n.name in composite and not n.tags.get("grad"):
+            groups.setdefault(f"{composite[n.name]}⋯", []).append(n.name)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def grad_nodes(g: Graph, name: str) -> list:
+    """The gradient nodes of forward node `name` (and of the primitives it expanded into)."""
+    mine = {name} | {n.name for n in g.nodes.values() if n.tags.get("expanded_from") == name}
+    return [n for n in g.nodes.values() if n.tags.get("grad_of") in mine]

@@ -373,3 +373,26 @@ def test_edit_command_reports_a_file_that_does_not_parse(tmp_path, capsys):
     assert main(["edit", str(bad)]) == 2  # reported before the editor would start
     err = capsys.readouterr().err
     assert "bad.gc:2" in err and "nope" in err
+
+
+@run_async
+async def test_new_file_from_the_palette(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    new = tmp_path / "sub" / "fresh.gc"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"New graph file")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await answer_prompt(pilot, str(new))
+        assert app.doc.path == new and not app.doc.graph.nodes
+        assert not app.canvas.scene.boxes
+        await pilot.press("i")
+        await answer_prompt(pilot, "z [N, 3]")
+        await pilot.press("s")
+        await pilot.pause()
+    assert parse(new.read_text()).inputs["z"].shape == ("N", 3)
+    assert path.read_text() == XOR

@@ -64,3 +64,15 @@ def test_help_screen(snap_compare, xor_app):
 
 def test_summary_screen(snap_compare, xor_app):
     assert snap_compare(xor_app, terminal_size=SIZE, press=["4"])
+
+
+def test_backward_view_folded(snap_compare, xor_app):
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        await pilot.press("2")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("Z")  # one box per gradient cluster
+        pilot.app.canvas.select("∇fc1")
+        await pilot.pause()
+    assert snap_compare(xor_app, terminal_size=SIZE, run_before=run_before)

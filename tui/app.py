@@ -250,6 +250,8 @@ class GraphApp(EditingMixin, App):
             parts.append(f"[b red]✗ {_esc(p.status(self.doc.graph))}[/]")
         elif self.message:
             parts.append(_esc(self.message))
+        elif self.shown_view != "forward":
+            parts.append(f"{len(self.view_graph.nodes)} nodes in the {self.shown_view} graph")
         else:
             n = len(self.doc.graph.nodes)
             parts.append(f"✓ {n} nodes, {len(self.doc.graph.params)} params")

@@ -83,3 +83,22 @@ def test_stop_key_stops_training(tmp_path):
             assert not isinstance(app.screen, TrainScreen)
 
     asyncio.run(session())
+
+
+def test_closing_while_training_stops_it_and_the_editor_lives_on(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+
+    async def session() -> None:
+        app = GraphApp(document=Document.open(path), engine="simple", autosave_s=0, watch_s=0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = await _start(pilot, "xor 100000 1 0.01")
+            await _wait(pilot, lambda: len(screen.losses) > 5)
+            await pilot.press("escape")
+            await _wait(pilot, lambda: not screen.running)
+            await pilot.pause(0.2)
+            assert app.is_running and not isinstance(app.screen, TrainScreen)
+            await pilot.press("down")  # still answers keys
+            assert app.selected is not None
+
+    asyncio.run(session())

@@ -102,6 +102,8 @@ class TrainScreen(ModalScreen[None]):
             self.app.call_from_thread(self._finished)
 
     def _finished(self) -> None:
+        if not self.is_attached:  # closed while the worker was finishing a step
+            return
         field = self.query_one("#train-args", Input)
         field.disabled = False
 
@@ -155,6 +157,8 @@ class TrainScreen(ModalScreen[None]):
 
     # ---------------------------------------------------------------- UI
     def _point(self, loss: float | None, acc: float | None) -> None:
+        if not self.is_attached:  # closed while the worker was finishing a step
+            return
         if loss is not None:
             # A running mean over the last steps: a readable curve, not minibatch noise.
             prev = self.losses[-1] if self.losses else loss
@@ -165,6 +169,8 @@ class TrainScreen(ModalScreen[None]):
             self.query_one("#acc-curve", Sparkline).data = self.accs
 
     def log_line(self, msg: str) -> None:
+        if not self.is_attached:  # closed while the worker was finishing a step
+            return
         self.log_lines.append(msg)
         self.query_one("#train-log", Static).update("\n".join(self.log_lines[-8:]))
 

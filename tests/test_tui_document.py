@@ -290,3 +290,18 @@ def test_file_with_a_shape_error_opens_with_the_error_on_its_node(tmp_path):
     assert doc.ok
     doc.save()
     assert parse(path.read_text()).nodes["loss"].inputs == ["logits", "y"]
+
+
+def test_save_keeps_the_file_permissions(xor_file, tmp_path):
+    os.chmod(xor_file, 0o644)
+    doc = Document.open(xor_file)
+    doc.set_attrs("fc1", {"units": 3})
+    doc.save()
+    assert (xor_file.stat().st_mode & 0o777) == 0o644
+    new = tmp_path / "new.gc"
+    doc2 = Document.open(new)
+    doc2.add_input("x", ("N", 2))
+    doc2.save()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (new.stat().st_mode & 0o777) == 0o666 & ~umask

@@ -109,6 +109,8 @@ def run(args) -> int:
         monitor=args.monitor, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
         resume=args.resume, max_steps=args.max_steps, verbose=0 if args.quiet else 1)
     result = trainer.fit(ds.train[0], ds.train[1], cfg, validation=ds.val)
+    if args.threads == "auto":
+        log(f"threads: auto chose {trainer.runner.threads}")
     if result.stopped == "interrupted":
         return 130
     report = {"model": args.file, "data": ds.name, "optimizer": ts.optimizer.name,

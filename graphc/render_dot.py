@@ -27,6 +27,7 @@ from graphc.render_style import (
     op_style,
 )
 
+LARGE = 300  # boxes; above this the layout trades curved edges for speed
 MODE_TITLES = {"forward": "forward graph", "backward": "forward + backward graph",
                "train": "training step"}
 
@@ -124,7 +125,7 @@ def _wire_label(view: View, w: Wire, values: Mapping[str, str], grads: Mapping[s
         parts.append(f'<font color="{color}">{h(values[w.value])}</font>')
     if w.value in grads and w.kind == "data":
         parts.append(f'<font color="{GRAD_INK}">\u2202L: {h(grads[w.value])}</font>')
-    if w.count > 1 and w.kind == "saved":
+    if w.count > 1:
         parts.append(f'<font color="{FAINT}">\u00d7{w.count}</font>')
     src_kind = view.boxes[w.src].kind
     show_shape = shapes and w.kind != "saved" and src_kind not in PARAM_KINDS
@@ -146,6 +147,10 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
         f"<b>{h(view.name)}</b>  <font color=\"{MUTED}\">{MODE_TITLES[view.mode]}"
         + (" (folded)" if view.collapsed else "") + "</font>")
     gattrs = dict(GRAPH_ATTRS, rankdir=direction, label=f"<{head}>" if head else None)
+    if len(view.boxes) > LARGE:
+        # curved routing and exact placement of a thousand boxes takes dot minutes;
+        # straight edges and a bounded network simplex take seconds
+        gattrs.update(splines="line", nslimit="0.05", nslimit1="0.05", mclimit="0.5")
     out.append(f"  graph{_attrs(gattrs)};")
     out.append(f"  node{_attrs(NODE_ATTRS)};")
     out.append(f"  edge{_attrs(EDGE_ATTRS)};")

@@ -543,6 +543,19 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
             continue
         if anchor is not None and k in ("grad", "param_grad"):
             group[n.name] = f"grad:{fwd_group(anchor)}"
+    # gradient nodes of no rule (autodiff's sums over fan-in) join the group all their
+    # gradient inputs come from, or else the group of the parameter gradient they feed
+    readers = graph.consumers()
+    for n in order:
+        if kinds[n.name] != "grad" or n.name in group:
+            continue
+        from_groups = {group.get(v) for v in n.inputs if v in group}
+        to_groups = {group.get(c.name) for o in n.outputs for c in readers.get(o, [])
+                     if kinds[c.name] == "param_grad"}
+        for cands in (from_groups, to_groups):
+            if len(cands) == 1 and None not in cands:
+                group[n.name] = cands.pop()
+                break
 
     boxes: dict[str, Box] = {}
     members: dict[str, list[str]] = {}
@@ -561,7 +574,7 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
         s, d = group.get(w.src, w.src), group.get(w.dst, w.dst)
         if s == d or s not in boxes or d not in boxes:
             continue
-        key = (s, d, w.kind) if w.kind == "saved" else (s, d, w.value)
+        key = (s, d, w.kind)  # one edge per pair of groups, counting what it carries
         if key in index:
             index[key].count += 1
             continue
@@ -602,7 +615,9 @@ def _group_box(gid: str, member_ids: list[str], view: View, graph: Graph) -> Box
         n = _param_count(graph, params)
         if params:
             lines.append((fmt_count(n) if n is not None else "?") + " params")
-        cats = [b.category for b in ops if b.category]
+        comp_ops = [graph.nodes[b.id].tags.get("expanded_op") for b in ops if b.id in graph.nodes]
+        cats = [get_op(o).category for o in comp_ops if o] + [b.category for b in ops
+                                                              if b.category]
         cat = next((c for c in cats if c not in ("math", "tensor")), cats[0] if cats else "")
         return Box(gid, "group", cluster.label, lines, category=cat, members=member_ids)
     if rest.startswith("group:"):

@@ -482,7 +482,7 @@ def test_auto_threads_picks_one_and_keeps_the_state(digits):
     auto = Trainer(build_step(mlp(), StepConfig("sgd", lr=0.1)), threads="auto")
     cfg = TrainConfig(epochs=2, batch_size=32, verbose=0, shuffle=False)
     ref.fit(x, y, cfg)
-    auto.fit(x, y, cfg)
+    auto.fit(x, y, cfg, validation=digits.val)  # evaluation sessions follow the choice
     assert auto.runner.threads in (1, 2) and not auto.runner._candidates
     a, b = ref.runner.state(), auto.runner.state()
     for k in a:  # tuning ran the first step several times; the result is one step's

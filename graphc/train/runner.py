@@ -250,7 +250,10 @@ class Evaluator:
 
             model = export(self.graph, outputs=list(outputs), params_as_inputs=True)
             drop_defaults(model)  # parameters are bound from the device buffers each time
-            self._sessions[outputs] = make_session(model, self.device, threads=self.threads)
+            threads = self.threads
+            if threads == "auto":  # what the step runner measured (all cores until it has)
+                threads = self.runner.threads if self.runner is not None else None
+            self._sessions[outputs] = make_session(model, self.device, threads=threads)
         return self._sessions[outputs]
 
     def run(self, outputs: tuple[str, ...], feeds: Mapping[str, np.ndarray],

@@ -337,6 +337,8 @@ def test_cli_resume_and_errors(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("train", "samples/xor.gc", "--data", "digits", "-q")
     assert r.returncode == 2 and "rows have 64 values" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("train", "samples/xor.gc", "--data", "xor", "--epochs", "1", "--threads", "auto")
+    assert r.returncode == 0 and "threads: auto chose" in r.stderr, r.stderr
 
 
 def test_cli_compile_train(tmp_path):

@@ -147,6 +147,6 @@ def render_file(dot_text: str, path: str | Path, fmt: str | None = None) -> Path
         raise GraphvizMissing(
             f"Graphviz's `dot` program is not installed; wrote {dot_path} instead of {path}",
             hint=INSTALL_HINT.replace("FILE.dot", str(dot_path)).replace(
-                f"FILE.svg", str(path)).replace("-Tsvg", f"-T{fmt}"))
+                "FILE.svg", str(path)).replace("-Tsvg", f"-T{fmt}"))
     atomic_write_bytes(path, run_dot(dot_text, fmt))
     return path

@@ -170,13 +170,15 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
             border, fill, style = CLUSTER_STYLES[c.kind]
             out.append(f"{indent}subgraph {q('cluster_' + child)} {{")
             label = f'<<font point-size="9" color="{MUTED}">{h(c.label)}</font>>'
-            out.append(f"{indent}  graph{_attrs(dict(label=label, color=border, fillcolor=fill, style=style + ',filled', labeljust='l', margin='10'))};")
+            frame = {"label": label, "color": border, "fillcolor": fill,
+                     "style": style + ",filled", "labeljust": "l", "margin": "10"}
+            out.append(f"{indent}  graph{_attrs(frame)};")
             emit(child, indent + "  ")
             out.append(f"{indent}}}")
 
     emit(None, "  ")
     for w in view.wires:
-        style, color, width, arrow, _ = EDGE_STYLES[w.kind]
+        style, color, width, _arrow, _ = EDGE_STYLES[w.kind]
         attrs: dict[str, object] = {"label": _wire_label(view, w, values, grads, shapes)}
         if w.kind == "data" and view.boxes[w.src].kind in ("op", "group") and \
                 view.boxes[w.dst].kind in ("op", "group"):

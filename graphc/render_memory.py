@@ -73,11 +73,11 @@ def timeline_svg(points: Sequence[tuple[int, int]], *, title: str = "live memory
     line = " ".join(path[1:]).replace("L", "M", 1)
     area = " ".join(path) + f" L{x(s1):.1f},{y(0):.1f} Z"
     ps, pb = peak_of(pts)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="{FONT}" font-size="11">',
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="{FONT}" font-size="11">'),
            f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{left}" y="20" font-size="13" font-weight="bold" fill="{INK}">'
-           f"{escape(title)}</text>"]
+           (f'<text x="{left}" y="20" font-size="13" font-weight="bold" fill="{INK}">'
+            f"{escape(title)}</text>")]
     for t in _nice_ticks(ymax):
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
                    f'stroke="#e2e8f0"/>')

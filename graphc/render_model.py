@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphc.infer import split_inputs
 from graphc.ir import Graph, Node
 from graphc.ops.registry import get_op
 from graphc.render_blocks import find_residual_blocks
@@ -206,7 +205,6 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
     # sources: inputs, parameters, constants (frozen parameters of a training step
     # are constants named like parameters: drawn as frozen parameters)
     used = {v for n in order for v in n.inputs if v}
-    new = _train_prefix()
     for name, t in graph.inputs.items():
         if name in used or name in graph.outputs:
             boxes[name] = Box(name, "input", name, [fmt_type(t)], value=name)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from graphc.ops.registry import get_op
 
 import graphc
 from graphc.infer import split_inputs
-from graphc.ops.registry import get_op
 from graphc.render import backward_graph, to_dot
 from graphc.render_memory import peak_of, timeline_svg, timeline_table
 from graphc.render_model import build_view
@@ -292,7 +292,7 @@ def test_collapse_folds_blocks_with_parameter_counts():
 def test_collapse_keeps_large_backward_graphs_small():
     bg = backward_graph(load("resnet_small.gc"))
     assert len(bg.nodes) > 300
-    nodes, edges, _, same = parse_dot(to_dot(bg, mode="backward", collapse=True))
+    nodes, _edges, _, same = parse_dot(to_dot(bg, mode="backward", collapse=True))
     assert len(nodes) < 45
     grads = [k for k in nodes if k.startswith("grad:")]
     for k in (1, 2, 3, 4):

@@ -105,7 +105,7 @@ def rewrite(g: Graph, m: Match) -> None:
 
 RULES = [Rule("softmax_cross_entropy", ("log_softmax",), check, rewrite,
               "log_softmax, one_hot, mul, sum, neg, mean and their gradients -> "
-              "softmax_cross_entropy + softmax_cross_entropy_grad")]
+              "softmax_cross_entropy + softmax_cross_entropy_grad", local=False)]
 
 
 @register("fuse_softmax_cross_entropy",

@@ -89,8 +89,13 @@ def _root(views: dict[str, str], v: str) -> str:
     return v
 
 
-def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None) -> MemoryPlan:
-    """Plan memory for `graph` executed in `schedule` (default: its topological order)."""
+def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None, *,
+                offsets: bool = True) -> MemoryPlan:
+    """Plan memory for `graph` executed in `schedule` (default: its topological order).
+
+    With `offsets=False` only liveness is computed (fast): the plan's `peak` is then
+    the lower bound, which is what schedule comparisons need.
+    """
     order = list(schedule) if schedule is not None else graph.topo_order()
     sizes = cost.dim_sizes(graph)
     keep = protected(graph)
@@ -120,6 +125,7 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None) -> MemoryP
     # in place: an output joins its input's slot when the op allows it and the input dies here
     slot_of = {v: v for v in roots}
     inplace_of: dict[str, str] = {}
+    taken: set[str] = set()
     for step, n in enumerate(order):
         op = get_op(n.op, n.loc)
         for i, j in op.inplace.items():
@@ -127,15 +133,18 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None) -> MemoryP
                 continue
             o, src = n.outputs[i], n.inputs[j]
             if (o in slot_of and src in slot_of and last[src] == step and src not in keep
-                    and size[o] <= size[src] and slot_of[src] == src
-                    and src not in inplace_of.values()):
+                    and size[o] <= size[src] and slot_of[src] == src and src not in taken):
                 slot_of[o] = slot_of[src]
                 inplace_of[o] = src
+                taken.add(src)
     slots: dict[str, list[str]] = {}
     for v in roots:
         slots.setdefault(_slot(slot_of, v), []).append(v)
-    offset = _assign_offsets({s: (max(size[m] for m in ms), min(first[m] for m in ms),
-                                  max(last[m] for m in ms)) for s, ms in slots.items()})
+    if offsets:
+        offset = _assign_offsets({s: (max(size[m] for m in ms), min(first[m] for m in ms),
+                                      max(last[m] for m in ms)) for s, ms in slots.items()})
+    else:
+        offset = dict.fromkeys(slots)
     tensors = []
     for v in size:
         if v in views:
@@ -155,9 +164,10 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None) -> MemoryP
     fixed = sum(cost.nbytes(graph.types[v], sizes)
                 for v in list(graph.inputs) + list(graph.params) + list(graph.constants)
                 if v in graph.types)
-    peak = max((offset[s] + max(size[m] for m in ms) for s, ms in slots.items()), default=0)
-    return MemoryPlan([n.name for n in order], tensors, peak,
-                      max((b for _, b in timeline), default=0), sum(size[v] for v in roots),
+    lower = max((b for _, b in timeline), default=0)
+    peak = max((offset[s] + max(size[m] for m in ms) for s, ms in slots.items()),
+               default=0) if offsets else lower
+    return MemoryPlan([n.name for n in order], tensors, peak, lower, sum(size[v] for v in roots),
                       fixed, timeline, len(inplace_of))
 
 
@@ -170,18 +180,21 @@ def _slot(slot_of: dict[str, str], v: str) -> str:
 def _assign_offsets(items: dict[str, tuple[int, int, int]]) -> dict[str, int]:
     """Offsets in one arena, largest first, each in the best-fitting gap among the
     already placed items whose lifetimes overlap it (greedy by size, as TFLite)."""
-    placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
+    import bisect
+
+    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last), by offset
     out: dict[str, int] = {}
     for name, (sz, lo, hi) in sorted(items.items(), key=lambda kv: (-kv[1][0], kv[1][1])):
-        busy = sorted((o, o + s) for o, s, f, la in placed if f <= hi and lo <= la)
         best, best_gap, at = None, None, 0
-        for a, b in busy:
+        for a, b, f, la in placed:
+            if f > hi or la < lo:
+                continue  # never alive at the same time: its memory is free for this one
             gap = a - at
             if gap >= sz and (best_gap is None or gap < best_gap):
                 best, best_gap = at, gap
             at = max(at, b)
         out[name] = best if best is not None else at
-        placed.append((out[name], sz, lo, hi))
+        bisect.insort(placed, (out[name], out[name] + sz, lo, hi))
     return out
 
 
@@ -293,10 +306,10 @@ def memory_order(graph: Graph) -> list[Node]:
 
 @register("order_for_memory", "reorder the schedule greedily to keep the live set small")
 def order_for_memory(g: Graph) -> Graph:
-    before = plan_memory(g).lower_bound
+    before = plan_memory(g, offsets=False).lower_bound
     order = memory_order(g)
     cand = {n.name: n for n in order}
-    after = plan_memory(g, order).lower_bound
+    after = plan_memory(g, order, offsets=False).lower_bound
     if after < before:
         g.nodes = cand
         g.meta["_pass_note"] = (f"live peak {cost.fmt_bytes(before)} -> "

@@ -203,14 +203,15 @@ def recompute_graph(g: Graph, segments: int, keep_expensive: bool = False
 def _choose(g: Graph, budget: int | str) -> tuple[Graph, str]:
     n_fwd = len(g.nodes) - len(backward_nodes(g, g.topo_order()))
     # ONNX Runtime runs its own (depth-first) order: plan what it will hold
-    base = plan_memory(g, ort_schedule(g)).peak
+    base = plan_memory(g, ort_schedule(g), offsets=False).peak
     root = max(int(math.sqrt(max(n_fwd, 1))), 2)
     tried = []
     for k in sorted({2, 3, 4, 6, root // 2, root, 3 * root // 2, 2 * root, 3 * root,
                      4 * root} - {0, 1}):
         for cheap in (False, True):
             cand, flops = recompute_graph(g, k, keep_expensive=cheap)
-            tried.append((k, plan_memory(cand, ort_schedule(cand)).peak, flops, cand, cheap))
+            tried.append((k, plan_memory(cand, ort_schedule(cand), offsets=False).peak, flops,
+                          cand, cheap))
     if budget == "auto":
         # near the smallest peak (within 5%), the candidate that recomputes least
         best = min(t[1] for t in tried)

@@ -253,7 +253,9 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
         if reserved != g.loss and reserved in bg.value_names():
             raise GraphError(f"the name '{reserved}' is reserved for a training-step output",
                              node=reserved, hint=f"rename the model's '{reserved}'")
-    outputs = [g.loss if g.loss == "loss" else b.identity(Tensor(b, g.loss), name="loss").name]
+    # outputs are named by identity nodes; export folds them into their producers
+    if g.loss != "loss":
+        b.identity(Tensor(b, g.loss), name="loss")
     if penalty is not None:
         metrics.append(b.identity(Tensor(b, penalty.name), name="penalty").name)
     if classification:
@@ -261,7 +263,6 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
                                   name="correct").name)
     if norm is not None:
         metrics.append(b.identity(norm, name="grad_norm").name)
-    outputs += metrics
 
     init: dict[str, np.ndarray] = {}
     slots: list[str] = []
@@ -279,26 +280,23 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
             init[sname] = zero
         b.prefix = f"opt_{name}_"
         new_p, new_s = opt.update(b, Tensor(b, name), grads[name], state, lr, t, hyper)
-        outputs.append(b.identity(new_p, name=NEW + name).name)
+        b.identity(new_p, name=NEW + name)
         for s in opt.slots:
-            outputs.append(b.identity(new_s[s], name=f"{NEW}{SLOT}{s}.{name}").name)
+            b.identity(new_s[s], name=f"{NEW}{SLOT}{s}.{name}")
     for _node, pairs in stat_updates:
         for stat, value in pairs:
-            outputs.append(b.identity(Tensor(b, value), name=NEW + stat).name)
+            b.identity(Tensor(b, value), name=NEW + stat)
     for name in params + stats:
         init[name] = bg.params[name].value
     for name in frozen:
         bg.constants[name] = bg.params.pop(name).value
-    bg.outputs = outputs
     bg.meta["train_step"] = True
-    # the new.* outputs in carried order: params, stats, slots
-    slot_order = slots
     ts = TrainStep(
         graph=bg, source=graph, config=cfg, optimizer=opt, hyper=hyper,
-        data_inputs=[k for k in data_inputs], params=params, stats=stats, slots=slot_order,
+        data_inputs=list(data_inputs), params=params, stats=stats, slots=slots,
         frozen=frozen, metrics=metrics, loss=g.loss, pred=pred, target=target,
         task="classification" if classification else "regression", init=init)
-    bg.outputs = ts.outputs
+    bg.outputs = ts.outputs  # loss, metrics, then new.* in carried order
     return ts
 
 

@@ -105,3 +105,37 @@ def test_without_graphviz_on_path_for_real(tmp_path):
     assert r.returncode == 2, r.stderr
     assert (tmp_path / "xor.dot").exists() and not out.exists()
     assert "Traceback" not in r.stderr and "Graphviz" in r.stderr
+
+
+def test_dot_text_is_the_same_in_every_process(tmp_path):
+    """No set or hash order leaks into the output: two interpreters with different hash
+    seeds write the same bytes."""
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"g{seed}.dot"
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-m", "graphc", "render",
+                            str(SAMPLES / "resnet_small.gc"), "--backward", "--collapse",
+                            "-o", str(out)], capture_output=True, text=True, env=env,
+                           timeout=120, check=False)
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_constants_flag_draws_scalar_constants(tmp_path):
+    out = tmp_path / "g.dot"
+    assert render(str(SAMPLES / "xor.gc"), "--backward", "-o", str(out)) == 0
+    folded = out.read_text()
+    assert "a=1" in folded and "shape=\"note\"" not in folded
+    assert render(str(SAMPLES / "xor.gc"), "--backward", "--constants", "-o", str(out)) == 0
+    assert "shape=\"note\"" in out.read_text()
+
+
+def test_large_graphs_switch_to_fast_layout(tmp_path):
+    out = tmp_path / "g.dot"
+    assert render(str(SAMPLES / "lstm_sequence.gc"), "--backward", "-o", str(out)) == 0
+    assert 'splines="line"' in out.read_text()
+    assert render(str(SAMPLES / "lstm_sequence.gc"), "--backward", "--collapse",
+                  "-o", str(out)) == 0
+    assert 'splines="line"' not in out.read_text()

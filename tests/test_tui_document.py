@@ -305,3 +305,12 @@ def test_save_keeps_the_file_permissions(xor_file, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (new.stat().st_mode & 0o777) == 0o666 & ~umask
+
+
+def test_layout_without_graphviz_falls_back(monkeypatch):
+    import graphc.tui.layout as lay_mod
+
+    monkeypatch.setattr(lay_mod.shutil, "which", lambda name: None)
+    sizes, edges = _residual_sizes_edges()
+    lay = layout(sizes, edges)  # "auto"
+    assert lay.engine == "simple" and set(lay.boxes) == set(sizes)

@@ -139,3 +139,15 @@ def test_large_graphs_switch_to_fast_layout(tmp_path):
     assert render(str(SAMPLES / "lstm_sequence.gc"), "--backward", "--collapse",
                   "-o", str(out)) == 0
     assert 'splines="line"' not in out.read_text()
+
+
+def test_freeze_dims_the_layer_and_drops_its_gradients(tmp_path):
+    from graphc.render_style import KIND_STYLES
+
+    out = tmp_path / "g.dot"
+    assert render(str(SAMPLES / "mlp_digits.gc"), "--backward", "--freeze", "fc1",
+                  "-o", str(out)) == 0
+    text = out.read_text()
+    assert "fc1.weight.grad" not in text and "fc2.weight.grad" in text
+    line = next(x for x in text.splitlines() if x.strip().startswith('"params:fc1"'))
+    assert f'fillcolor="{KIND_STYLES["frozen"].fill}"' in line

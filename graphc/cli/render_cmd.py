@@ -94,6 +94,12 @@ def build_graph(args: argparse.Namespace):
 
         extra = {LR: np.asarray(ts.config.learning_rate()), STEP: np.asarray(0)}
         return ts.graph, "train", extra
+    try:  # --weights (values to show) and --freeze (dimmed, not differentiated)
+        from graphc.train.cli_args import prepare_graph
+    except ImportError:
+        prepare_graph = None
+    if prepare_graph is not None:
+        prepare_graph(g, args)
     if args.backward:
         bg = backward_graph(g)
         return (opt(bg) if opt else bg), "backward", extra

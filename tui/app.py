@@ -70,8 +70,8 @@ KEYS = [
 
 
 class EditorScreen(Screen):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding(k, f"app.{a}", label, show=show, priority=False)
-                for k, a, label, _, show in KEYS]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(k, f"app.{a}", label, show=show) for k, a, label, _, show in KEYS]
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -82,6 +82,10 @@ class EditorScreen(Screen):
 
     def on_mount(self) -> None:
         self.app.start()
+
+    def on_resize(self, event) -> None:
+        # 30 columns keep the graph readable at 80x24; wide terminals give the form more.
+        self.query_one(Inspector).styles.width = max(30, min(48, event.size.width // 4))
 
 
 class GraphApp(EditingMixin, App):

@@ -18,9 +18,9 @@ from graphc.render_model import (
     Box,
     View,
     Wire,
+    fmt_count,
     param_count,
     train_prefix,
-    fmt_count,
 )
 
 

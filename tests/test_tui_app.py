@@ -402,3 +402,22 @@ async def test_new_file_from_the_palette(tmp_path):
         await pilot.pause()
     assert parse(new.read_text()).inputs["z"].shape == ("N", 3)
     assert path.read_text() == XOR
+
+
+@run_async
+async def test_insert_op_between_nodes(tmp_path):
+    path = tmp_path / "xor.gc"
+    path.write_text(XOR)
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.canvas.select("h")
+        await pilot.press("I")
+        await pilot.pause()
+        await pilot.press(*"dropout")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        new = app.selected
+        assert app.doc.graph.nodes[new].op == "dropout"
+        assert app.doc.graph.nodes["logits"].inputs[0] == new and app.doc.ok
+        assert ("h", new) in app.canvas.scene.edges and (new, "logits") in app.canvas.scene.edges

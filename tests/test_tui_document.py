@@ -314,3 +314,17 @@ def test_layout_without_graphviz_falls_back(monkeypatch):
     sizes, edges = _residual_sizes_edges()
     lay = layout(sizes, edges)  # "auto"
     assert lay.engine == "simple" and set(lay.boxes) == set(sizes)
+
+
+def test_insert_after_moves_the_readers(xor_file):
+    doc = Document.open(xor_file)
+    d = doc.insert_after("dropout", "h")
+    g = doc.graph
+    assert g.nodes[d].inputs[0] == "h" and g.nodes["logits"].inputs[0] == d
+    assert list(g.nodes).index(d) == list(g.nodes).index("h") + 1  # file order stays readable
+    assert doc.ok
+    l2 = doc.insert_after("relu", "logits")
+    assert doc.graph.outputs == [l2] and doc.graph.nodes["loss"].inputs[0] == l2
+    doc.undo()
+    doc.undo()
+    assert doc.text() == Document.open(xor_file).text()

@@ -43,6 +43,8 @@ KEYS = [
     ("slash", "find", "Find", "Find node by name or op", True),
     ("question_mark", "help", "Help", "Help: all keys", True),
     ("U,ctrl+y", "redo", "Redo", "Redo", False),
+    ("I", "insert_op", "Insert", "Insert op after the selection (its readers move to it)",
+     False),
     ("i", "add_input", "Input", "Add graph input", False),
     ("x", "disconnect", "Disconnect", "Disconnect an input", False),
     ("D", "delete_subtree", "Delete tree", "Delete node and everything after it", False),

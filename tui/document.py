@@ -165,6 +165,10 @@ class Document:
     def add_node(self, opname: str, inputs=None, attrs=None, name=None, after=None) -> str:
         return self.apply(f"add {opname}", edits.add_node, opname, inputs, attrs, name, after)
 
+    def insert_after(self, opname: str, value: str, attrs=None, name=None) -> str:
+        return self.apply(f"insert {opname} after {value}", edits.insert_after, opname, value,
+                          attrs, name)
+
     def add_input(self, name: str, shape: tuple, dtype: str = "float32") -> str:
         return self.apply(f"add input {name}", edits.add_input, name, shape, dtype)
 

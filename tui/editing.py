@@ -69,13 +69,24 @@ class EditingMixin:
                 for name, op in ops.items()]
         self.search_commands(cmds, placeholder="Add op… (type to search the op registry)")
 
-    def _add_op(self, opname: str) -> None:
+    def action_insert_op(self) -> None:
+        sel = self._need_selection()
+        if sel is None or sel in self.groups:
+            return
+        cmds = [(name, partial(self._add_op, name, True), f"{op.category}: {op.doc}")
+                for name, op in all_ops().items()]
+        self.search_commands(cmds, placeholder=f"Insert op after {sel} (its readers move to it)…")
+
+    def _add_op(self, opname: str, insert: bool = False) -> None:
         sel = self.selected
         inputs = []
         if sel is not None and (sel in self.doc.graph.nodes or sel in self.doc.graph.inputs):
             inputs = [sel]
-        name = self._edit(self.doc.add_node, opname, inputs, None, None,
-                          sel if sel in self.doc.graph.nodes else None)
+        if insert and inputs:
+            name = self._edit(self.doc.insert_after, opname, sel)
+        else:
+            name = self._edit(self.doc.add_node, opname, inputs, None, None,
+                              sel if sel in self.doc.graph.nodes else None)
         if name:
             self.canvas.select(name)
             if any(a.required for a in get_op(opname).attrs.values()):

@@ -85,6 +85,23 @@ def add_node(graph: Graph, opname: str, inputs: list[str] | None = None,
     return name
 
 
+def insert_after(graph: Graph, opname: str, value: str, attrs: dict[str, Any] | None = None,
+                 name: str | None = None) -> str:
+    """Add a node reading `value` and move every reader of `value` over to it (a layer
+    slipped into an existing chain: dropout after a dense layer)."""
+    readers = [n for n in graph.nodes.values() if value in split_inputs(n)[0]]
+    producer = graph.producers().get(value)
+    new = add_node(graph, opname, [value], attrs, name,
+                   after=producer.name if producer is not None else None)
+    for n in readers:
+        data, params = split_inputs(n)
+        n.inputs = [new if v == value else v for v in data] + params
+    graph.outputs = [new if o == value else o for o in graph.outputs]
+    if graph.loss == value:
+        graph.loss = new
+    return new
+
+
 def _move_after(graph: Graph, name: str, after: str) -> None:
     items = list(graph.nodes.items())
     moved = next(i for i in items if i[0] == name)

@@ -151,3 +151,14 @@ def test_freeze_dims_the_layer_and_drops_its_gradients(tmp_path):
     assert "fc1.weight.grad" not in text and "fc2.weight.grad" in text
     line = next(x for x in text.splitlines() if x.strip().startswith('"params:fc1"'))
     assert f'fillcolor="{KIND_STYLES["frozen"].fill}"' in line
+
+
+def test_optimized_without_the_optimizer_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "graphc.passes", None)  # as if not installed
+    rc = render(str(SAMPLES / "xor.gc"), "--optimized", "-o", str(tmp_path / "g.dot"))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--optimized needs the graph optimizer" in err and "Traceback" not in err
+    rc = render(str(SAMPLES / "xor.gc"), "--memory", "-o", str(tmp_path / "g.dot"))
+    assert rc == 2
+    assert "--memory needs the memory planner" in capsys.readouterr().err

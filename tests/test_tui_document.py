@@ -328,3 +328,15 @@ def test_insert_after_moves_the_readers(xor_file):
     doc.undo()
     doc.undo()
     assert doc.text() == Document.open(xor_file).text()
+
+
+def test_delete_takes_the_constants_only_it_read(tmp_path):
+    p = tmp_path / "c.gc"
+    p.write_text("x = input(float32, [N, 2])\nh = x * 2\ng = x * 3\no = relu(h + g)\n"
+                 "output(o)\n")
+    doc = Document.open(p)
+    (two,) = [c for c in doc.graph.constants if float(doc.graph.constants[c]) == 2.0]
+    doc.delete("h")
+    assert two not in doc.graph.constants and len(doc.graph.constants) == 1
+    doc.undo()
+    assert two in doc.graph.constants

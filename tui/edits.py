@@ -190,9 +190,11 @@ def descendants(graph: Graph, name: str) -> set[str]:
 def delete(graph: Graph, name: str, subtree: bool = False) -> list[str]:
     """Delete a node or graph input; with subtree, everything that depends on it too."""
     doomed = [name] + (sorted(descendants(graph, name)) if subtree else [])
+    read: set[str] = set()
     for d in doomed:
         if d in graph.nodes:
             n = graph.nodes.pop(d)
+            read.update(n.inputs)
             for v in n.outputs:
                 _drop_uses(graph, v)
             for p in split_inputs(n)[1]:
@@ -204,6 +206,10 @@ def delete(graph: Graph, name: str, subtree: bool = False) -> list[str]:
             _drop_uses(graph, d)
         else:
             raise GraphError(f"there is no node or input named '{d}'", node=d)
+    # Constants only the deleted nodes read (the 2 of `h = x * 2`) go with them.
+    still_read = {v for n in graph.nodes.values() for v in n.inputs}
+    for c in read & set(graph.constants) - still_read:
+        del graph.constants[c]
     return doomed
 
 

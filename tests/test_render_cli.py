@@ -153,12 +153,18 @@ def test_freeze_dims_the_layer_and_drops_its_gradients(tmp_path):
     assert f'fillcolor="{KIND_STYLES["frozen"].fill}"' in line
 
 
-def test_optimized_without_the_optimizer_is_a_clear_error(tmp_path, monkeypatch, capsys):
+def test_optimized_without_the_optimizer_is_a_clear_error(tmp_path, monkeypatch):
+    import argparse
+
+    from graphc.cli import render_cmd
+    from graphc.errors import GraphError
+
+    parser = argparse.ArgumentParser()
+    render_cmd.add_parser(parser.add_subparsers())
     monkeypatch.setitem(sys.modules, "graphc.passes", None)  # as if not installed
-    rc = render(str(SAMPLES / "xor.gc"), "--optimized", "-o", str(tmp_path / "g.dot"))
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert "--optimized needs the graph optimizer" in err and "Traceback" not in err
-    rc = render(str(SAMPLES / "xor.gc"), "--memory", "-o", str(tmp_path / "g.dot"))
-    assert rc == 2
-    assert "--memory needs the memory planner" in capsys.readouterr().err
+    for flag, message in (("--optimized", "--optimized needs the graph optimizer"),
+                          ("--memory", "--memory needs the memory planner")):
+        args = parser.parse_args(["render", str(SAMPLES / "xor.gc"), flag,
+                                  "-o", str(tmp_path / "g.dot")])
+        with pytest.raises(GraphError, match=message):
+            render_cmd.run(args)

@@ -78,13 +78,30 @@ class RuleReport:
         return ", ".join(parts)
 
 
+HUB = 8  # a value read this often is not walked through (see _near)
+
+
 def _near(ctx: dict, node: Node, hops: int) -> set[str]:
-    """Names of the nodes within `hops` edges of `node` (both directions) in the index."""
+    """Names of the nodes within `hops` edges of `node` (both directions) in the index.
+
+    The walk does not continue through a hub: a node whose output has more than
+    HUB readers (the transposed weight every time step of an unrolled LSTM
+    reads) or that has more than HUB inputs (the add_n summing those steps'
+    weight gradients). The only fact a rewrite next to a hub can change there
+    is its reader count, and checks only ask whether a value has exactly one
+    reader, which a value with more than HUB readers does not have before or
+    after; rules never rewrite a many-input node from a neighbour's match. Without this, one
+    rewrite would block every reader of the hub and the rounds would grow with
+    the graph.
+    """
     seen = {node.name}
     frontier = [node]
     for _ in range(hops):
         nxt = []
         for n in frontier:
+            if n is not node and (len(n.inputs) > HUB or any(
+                    len(ctx["consumers"].get(o, ())) > HUB for o in n.outputs)):
+                continue
             for v in n.inputs:
                 p = ctx["producers"].get(v)
                 if p is not None and p.name not in seen:

@@ -89,6 +89,11 @@ def to_dot(graph: Graph, *, mode: str = "forward", collapse: bool = False,
             if box.kind in ("param_grad", "new_param") and box.value in vtext:
                 color = GRAD_INK if box.kind == "param_grad" else VALUE_INK
                 notes[box.id] = [(vtext[box.value], color)]
+            for p, (short, _dims, _kind) in zip(box.params, box.rows):
+                if p in vtext:  # a layer's parameters: value and gradient under each row
+                    notes.setdefault(box.id, []).append((f"{short} {vtext[p]}", VALUE_INK))
+                if p in gtext:
+                    notes[box.id].append((f"\u2202L: {gtext[p]}", GRAD_INK))
     extra = timeline_dot_node(memory) if memory else ""
     return view_to_dot(view, direction=direction, legend=legend, shapes=shapes, title=title,
                        values=vtext, grads=gtext, box_notes=notes, extra=extra)

@@ -118,6 +118,8 @@ def _node_attrs(box: Box, extra: list[tuple[str, str]]) -> dict[str, object]:
 
 def _wire_label(view: View, w: Wire, values: Mapping[str, str], grads: Mapping[str, str],
                 shapes: bool) -> str | None:
+    if view.boxes[w.src].rows:
+        return None  # a layer's parameters: shapes and values are in the box, row by row
     parts = []
     grad_edge = w.kind == "grad" or view.boxes[w.src].kind in ("grad", "param_grad")
     if w.value in values and w.kind != "saved":  # a saved value is on its forward edge

@@ -368,3 +368,17 @@ def test_optimized_graph_fusions_are_found_by_comparison():
     assert "fused: transpose + matmul" in nodes[gemms[0]]["label"]
     # nothing fused: nothing tagged
     assert note_fusions(bg, bg.copy()) == 0
+
+
+def test_parameter_values_sit_in_the_layer_box():
+    g = load("xor.gc")
+    feeds = make_feeds(g, seed=1)
+    env = graphc.interp.evaluate(g, feeds)
+    grads = value_gradients(g, feeds, env)
+    nodes, edges, *_ = parse_dot(to_dot(g, values=env, grads=grads))
+    label = nodes["params:logits"]["label"]
+    w = env["logits.weight"].astype(np.float64)
+    assert f"weight μ {w.mean():.4g}  σ {w.std():.4g}" in label
+    assert "bias [0, 0]" in label  # zeros-initialized
+    assert fmt_value(grads["logits.bias"]) in label
+    assert "label" not in edge_between(edges, "params:logits", "logits")

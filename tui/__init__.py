@@ -1,0 +1,1 @@
+"""graphc.tui: the Textual graph editor behind `graphc edit` (see docs/editor.md)."""

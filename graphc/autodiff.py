@@ -82,6 +82,7 @@ def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None
                          + ("any parameter" if wrt is None else ", ".join(targets)),
                          node=loss)
     needed = _ancestors(g, loss)
+    target_set = set(targets)
     active = [n for n in order if any(o in depends and o in needed for o in n.outputs)]
     b = Builder(g, prefix="d_", tags={"grad": True})
     grads: dict[str, list[Tensor]] = {}
@@ -91,6 +92,9 @@ def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None
         grads[loss] = [Tensor(b, seed)]
     for node in reversed(active):
         gys = [_total(b, grads.pop(o, [])) for o in node.outputs]
+        for o, gy in zip(node.outputs, gys):
+            if o in target_set and gy is not None:
+                grads[o] = [gy]  # an intermediate value asked for as a target keeps its total
         if all(gy is None for gy in gys):
             continue
         op = get_op(node.op, node.loc)

@@ -19,6 +19,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, _mode_for(path))
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -27,6 +28,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except OSError as err:
         raise GraphError(f"cannot write '{path}': {err.strerror}",
                          hint="check that the folder exists and is writable") from err
+
+
+def _mode_for(path: Path) -> int:
+    """Keep an existing file's permissions; new files get the usual 0666 less the umask
+    (mkstemp's temporary file is 0600, which would leave outputs readable only by us)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -45,7 +45,8 @@ def _expand(g: Graph, node: Node) -> None:
     at = order.index(node.name)
     del g.nodes[node.name]
     before = set(g.nodes)
-    b = Builder(g, prefix=f"{node.name}__", tags=dict(node.tags, expanded_from=node.name))
+    b = Builder(g, prefix=f"{node.name}__",
+                tags=dict(node.tags, expanded_from=node.name, expanded_op=node.op))
     b.loc = node.loc
     ins = [Tensor(b, v) if v else None for v in node.inputs]
     outs = op.decompose(b, node, *ins)

@@ -118,3 +118,14 @@ def test_gradients_match_pytorch_when_installed():
     torch.nn.functional.cross_entropy(logits, torch.tensor(data["y"])).backward()
     for k in params:
         np.testing.assert_allclose(out[f"{k}.grad"], t[k].grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_with_respect_to_an_intermediate_value():
+    # the lecture example: z = w1 + w2, L = w3 * z; dL/dz = w3
+    g = graphc.parse("w1 = input(float32, [])\nw2 = input(float32, [])\n"
+                     "w3 = input(float32, [])\nz = w1 + w2\nL = w3 * z\nminimize(L)\n")
+    from graphc.interp import evaluate
+
+    bg = graphc.grad(g, wrt=["z", "w1", "w3"])
+    out = evaluate(bg, {"w1": -2.0, "w2": 5.0, "w3": -4.0}, outputs=bg.outputs)
+    assert (out["z.grad"], out["w1.grad"], out["w3.grad"]) == (-4.0, -4.0, 3.0)

@@ -8,6 +8,8 @@ combinations nobody wrote by hand.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -299,3 +301,19 @@ def test_parse_budget():
     assert parse_budget("1234") == 1234
     with pytest.raises(GraphError, match="memory budget"):
         parse_budget("lots")
+
+
+# ---------------------------------------------------------------------- graphc plan
+def test_plan_command_prints_the_table_and_the_peak(tmp_path):
+    from conftest import run_cli
+
+    svg = tmp_path / "timeline.svg"
+    r = run_cli("plan", "samples/mlp_digits.gc", "--train", "-O2", "--dim", "N=64",
+                "--limit", "5", "--timeline", str(svg), cwd=str(Path(__file__).parent.parent))
+    assert r.returncode == 0, r.stderr
+    assert "planned peak" in r.stdout and "lower bound" in r.stdout and "naive plan" in r.stdout
+    assert "fc1" in r.stdout and "more tensors" in r.stdout
+    assert svg.read_text().lstrip().startswith("<")
+    bad = run_cli("plan", "samples/mlp_digits.gc", "--dim", "N=lots",
+                  cwd=str(Path(__file__).parent.parent))
+    assert bad.returncode == 2 and "NAME=SIZE" in bad.stderr

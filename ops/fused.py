@@ -273,7 +273,7 @@ defop("unflatten", inputs=("x",), attrs={"shapes": Attr(tuple, doc="shape of eac
 
 def _barrier_lower(e, n, x, after=None):
     dt = e.type(n.inputs[0])
-    if after is None or dt.rank == 0:
+    if not after or dt.rank == 0:
         return e.op("Or" if dt.dtype == "bool" else "Max", [x, x])
     # Where(false, first element of `after`, x): x, but only once `after` exists
     first = e.op("Slice", [e.op("Reshape", [after, e.ints([-1])]), e.ints([0]), e.ints([1])])

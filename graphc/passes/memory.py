@@ -146,11 +146,11 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None, *,
     else:
         offset = dict.fromkeys(slots)
     tensors = []
-    for v in size:
+    for v, nb in size.items():
         if v in views:
-            tensors.append(Tensor(v, size[v], first[v], last[v], None, _root(views, v)))
+            tensors.append(Tensor(v, nb, first[v], last[v], None, _root(views, v)))
         else:
-            tensors.append(Tensor(v, size[v], first[v], last[v], offset[_slot(slot_of, v)],
+            tensors.append(Tensor(v, nb, first[v], last[v], offset[_slot(slot_of, v)],
                                   None, inplace_of.get(v)))
     diff = [0] * (end + 2)
     for ms in slots.values():

@@ -317,3 +317,23 @@ def test_plan_command_prints_the_table_and_the_peak(tmp_path):
     bad = run_cli("plan", "samples/mlp_digits.gc", "--dim", "N=lots",
                   cwd=str(Path(__file__).parent.parent))
     assert bad.returncode == 2 and "NAME=SIZE" in bad.stderr
+
+
+def test_ort_schedule_is_onnx_runtimes_depth_first_order():
+    # ORT runs a post-order DFS from the leaves, highest node index first among
+    # a node's producers: for d(b(a), c(a)) that is a, c, b, d, not the file order
+    b = Builder("diamond")
+    x = b.input("x", (4,))
+    a = b.exp(x, name="a")
+    bb = b.tanh(a, name="b")
+    c = b.neg(a, name="c")
+    b.output(b.add(bb, c, name="d"))
+    assert [n.name for n in ort_schedule(b.graph)] == ["a", "c", "b", "d"]
+    g = optimize(graphc.grad(mlp(depth=3)), 2)
+    order = ort_schedule(g)
+    assert sorted(n.name for n in order) == sorted(g.nodes)
+    seen = set()
+    producers = g.producers()
+    for n in order:  # a valid topological order
+        assert all(producers[v].name in seen for v in n.inputs if v in producers)
+        seen.add(n.name)

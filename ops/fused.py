@@ -296,3 +296,53 @@ defop("recompute_barrier", inputs=("x", "after?"), infer=lambda c: c.inputs[0],
       test={"cases": [{"shapes": [[3, 4]], "attrs": {}}, {"shapes": [[3, 4], [2, 5]],
                                                            "attrs": {}}],
             "batch": False, "grad": True})
+
+# ------------------------------------------- binary cross-entropy on logits, backward
+
+
+def _bce_grad_scale_np(g, z, reduction):
+    per = int(np.prod(z.shape[1:])) if z.ndim > 1 else 1
+    if reduction == "mean":
+        return g / (per * z.shape[0])
+    if reduction == "sum":
+        return g / per
+    return g.reshape((-1,) + (1,) * (z.ndim - 1)) / per
+
+
+def _bce_grad_ref(g, z, t, reduction):
+    s = 1.0 / (1.0 + np.exp(-z))
+    return ((s - t) * _bce_grad_scale_np(g, z, reduction)).astype(z.dtype)
+
+
+def _bce_grad_infer(ctx: InferCtx) -> TensorType:
+    g, z, t = ctx.inputs
+    want = z.shape[:1] if ctx.attrs["reduction"] == "none" else ()
+    if tuple(g.shape) != tuple(want) or z.shape != t.shape:
+        raise ctx.fail(f"expected dloss {fmt_shape(want)} and z, t of one shape; got {g}, {z}, {t}")
+    return z
+
+
+def _bce_grad_lower(e, n, g, z, t):
+    zt = e.type(n.inputs[1])
+    red = n.attrs["reduction"]
+    diff = e.op("Sub", [e.op("Sigmoid", [z]), t])
+    per = e.op("Cast", [e.op("Size", [z])], to=e.onnx_dtype(zt.dtype))  # N * M
+    if red == "mean":
+        return e.op("Mul", [diff, e.op("Div", [g, per])])
+    rows = e.op("Cast", [e.op("Shape", [z], start=0, end=1)], to=e.onnx_dtype(zt.dtype))
+    m = e.op("Div", [per, rows])  # elements per example
+    if red == "none":
+        g = e.op("Reshape", [g, e.ints([-1] + [1] * (zt.rank - 1))])
+    return e.op("Mul", [diff, e.op("Div", [g, m])])
+
+
+defop("binary_cross_entropy_logits_grad", inputs=("dloss", "z", "t"), attrs=dict(REDUCTION),
+      infer=_bce_grad_infer, reference=_bce_grad_ref, lower=_bce_grad_lower,
+      grad=NotDifferentiable("a backward kernel formed by fusion; differentiate the unfused "
+                             "graph for higher derivatives"),
+      category="losses",
+      doc="d(binary_cross_entropy(z, t, from_logits))/dz = (sigmoid(z) - t) * dloss / n",
+      test={"cases": [{"shapes": [[], [4, 3], [4, 3]], "attrs": {}},
+                      {"shapes": [[4], [4, 3], [4, 3]], "attrs": {"reduction": "none"}}],
+            "batch": False,
+            "grad": "a backward kernel formed by fusion; the unfused loss is gradient-checked"})

@@ -178,3 +178,25 @@ loss = cross_entropy(logits, y)
 minimize(loss)
 """), StepConfig(optimizer="sgd"))
     assert optimize(step.graph, passes=["fold_batch_norm"]).meta["pass_stats"][0].note == ""
+
+
+@pytest.mark.parametrize("call", ["binary_cross_entropy(sigmoid(z), t)",
+                                  "binary_cross_entropy(z, t, from_logits=True, reduction='sum')"])
+def test_binary_cross_entropy_backward_fuses_into_one_expression(call):
+    g = graphc.parse(f"""\
+x = input(float32, [N, 6])
+t = input(float32, [N, 3])
+z = linear(relu(linear(x, 8)), 3)
+loss = {call}
+minimize(loss)
+""")
+    ts = build_step(g, StepConfig(optimizer="adam"))
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.standard_normal((7, 6)).astype("float32"),
+             "t": rng.random((7, 3)).astype("float32")}
+    ref, _ = run_step(ts, ts.graph, feeds)
+    fused = optimize(ts.graph, 2)
+    assert "binary_cross_entropy_logits_grad" in {n.op for n in fused.nodes.values()}
+    assert len(fused.nodes) < len(optimize(ts.graph, 1).nodes) - 8
+    out, _ = run_step(ts, fused, feeds)
+    assert_close(ref, out)

@@ -18,6 +18,7 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     dce,
     fold,
     fold_batch_norm,
+    fuse_bce,
     fuse_gemm,
     fuse_optimizer,
     fuse_softmax_ce,

@@ -1,0 +1,89 @@
+"""fuse_binary_cross_entropy: the backward of binary cross-entropy on logits -> one expression.
+
+`binary_cross_entropy` decomposes (on logits z, target t) into the stable
+relu(z) - z*t + softplus(-|z|), averaged per example and over the batch; the
+forward is already stable. Its gradient as autodiff writes it is about fifteen
+nodes on z's shape (the relu mask, sign of z, softplus's sigmoid, three
+partial gradients and their sum). They are all one expression,
+(sigmoid(z) - t) * dloss / n, which this rule puts in their place.
+
+The loss's nodes are found by their tags (`expanded_from`, `expanded_op`),
+the gradient leaving them by the autodiff tags (`grad_of`). Like the
+softmax rule it must run before constant folding hides the loss's seed.
+"""
+
+from __future__ import annotations
+
+from graphc.ir import Graph, Node, TensorType
+from graphc.passes.manager import register
+from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses
+
+STABLE_FORM = {"relu", "mul", "sub", "abs", "neg", "softplus", "add"}
+
+
+def check(g: Graph, node: Node, ctx: dict) -> Match | str:
+    if node.tags.get("grad") or node.tags.get("expanded_op") != "binary_cross_entropy":
+        return "not the final node of a decomposed binary_cross_entropy"
+    if node.name != node.tags.get("expanded_from"):
+        return "not the node that produces the loss value"
+    region = [n for n in g.nodes.values()
+              if n.tags.get("expanded_from") == node.name and not n.tags.get("grad")]
+    ops = {n.op for n in region}
+    if not STABLE_FORM <= ops:
+        return "not the logits form relu(z) - z*t + softplus(-|z|)"
+    absn = next(n for n in region if n.op == "abs")
+    z = absn.inputs[0]
+    mul = next((n for n in region if n.op == "mul" and z in n.inputs), None)
+    if mul is None:
+        return "no z * t product"
+    t = mul.inputs[1] if mul.inputs[0] == z else mul.inputs[0]
+    if g.types[t] != g.types[z]:
+        return "the target does not have the logits' shape"
+    if node.op in ("reduce_mean", "reduce_sum") and node.attrs["axes"] is None:
+        reduction = "mean" if node.op == "reduce_mean" else "sum"
+    else:
+        reduction = "none"
+    if any(n.op == "binary_cross_entropy_logits_grad" and n.tags.get("grad_of") == node.name
+           for n in g.nodes.values()):
+        return "already fused"
+    names = {n.name for n in region}
+    made = {o for n in region for o in n.outputs}
+    group = [n for n in g.nodes.values() if n.tags.get("grad_of") in names]
+    if not group:
+        return "no backward pass"
+    gmade = {o for n in group for o in n.outputs}
+    seeds = {v for n in group for v in n.inputs
+             if v and v not in gmade and v not in made and v not in g.constants
+             and g.types[v].shape == g.types[node.outputs[0]].shape}
+    if len(seeds) != 1:
+        return "cannot tell the loss's incoming gradient (run before fold_constants)"
+    gnames = {n.name for n in group}
+    exits = {o for n in group for o in n.outputs
+             if any(c.name not in gnames for c in ctx["consumers"].get(o, ()))}
+    if len(exits) != 1 or g.types[next(iter(exits))] != g.types[z]:
+        return "the gradient leaves the loss in more than one value"
+    return Match(node, {"z": z, "t": t, "reduction": reduction, "seed": seeds.pop(),
+                        "dz": exits.pop()})
+
+
+def rewrite(g: Graph, m: Match) -> None:
+    v = m.values
+    name = g.unique_name(f"d_{m.node.name}_binary_cross_entropy_grad")
+    g.add_node(Node(name, "binary_cross_entropy_logits_grad", [v["seed"], v["z"], v["t"]],
+                    [name], {"reduction": v["reduction"]}, m.node.loc,
+                    tags={"grad": True, "grad_of": m.node.name}))
+    g.types[name] = TensorType(g.types[v["z"]].dtype, g.types[v["z"]].shape)
+    replace_uses(g, v["dz"], name)
+
+
+RULES = [Rule("binary_cross_entropy_logits", ("reduce_mean", "reduce_sum", "add"), check, rewrite,
+              "the gradient of relu(z) - z*t + softplus(-|z|) -> (sigmoid(z) - t) * g / n",
+              local=False)]
+
+
+@register("fuse_binary_cross_entropy",
+          "binary cross-entropy on logits: its backward as one (sigmoid(z) - t) * g / n")
+def fuse_binary_cross_entropy(g: Graph) -> Graph:
+    report = apply_rules(g, RULES)
+    g.meta["_pass_note"] = report.summary()
+    return g

@@ -18,6 +18,7 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     dce,
     fold,
     fold_batch_norm,
+    fuse_batch_norm_grad,
     fuse_bce,
     fuse_gemm,
     fuse_optimizer,

@@ -200,3 +200,26 @@ minimize(loss)
     assert len(fused.nodes) < len(optimize(ts.graph, 1).nodes) - 8
     out, _ = run_step(ts, fused, feeds)
     assert_close(ref, out)
+
+
+def test_batch_norm_backward_in_closed_form():
+    g = graphc.parse("""\
+x = input(float32, [N, 2, 6, 6])
+y = input(int64, [N])
+c = relu(batch_norm(conv2d(x, 4, 3, padding=1, bias=False)))
+f = flatten(max_pool2d(c, 2))
+h = relu(batch_norm(linear(f, 8), affine=False))
+logits = linear(h, 3)
+loss = cross_entropy(logits, y)
+minimize(loss)
+""")
+    ts = build_step(g, StepConfig(optimizer="momentum"))
+    feeds = random_feeds(g, batch=5, seed=7)
+    ref, _ = run_step(ts, ts.graph, feeds)
+    fused = optimize(ts.graph, passes=["fuse_batch_norm_grad", "eliminate_dead_code"])
+    assert fused.meta["pass_stats"][0].note == "batch_norm_backward x2"
+    assert len(fused.nodes) < len(ts.graph.nodes) - 15
+    out, _ = run_step(ts, fused, feeds)
+    assert_close(ref, out)
+    out2, _ = run_step(ts, optimize(ts.graph, 2), feeds)
+    assert_close(ref, out2)

@@ -47,9 +47,10 @@ CLEANUP = ["eliminate_dead_code", "fold_constants", "simplify",
 PIPELINES: dict[int, list[str]] = {
     0: [],
     1: list(CLEANUP),
+    # the fusions that read autodiff's structure run before the clean-up rewrites it
     2: ["fuse_softmax_cross_entropy", "fuse_binary_cross_entropy", "fuse_batch_norm_grad",
-        "fold_batch_norm", *CLEANUP, "fuse_gemm", "simplify", "eliminate_common_subexpressions", "eliminate_dead_code",
-        "order_for_memory"],
+        "fold_batch_norm", *CLEANUP, "fuse_gemm", "simplify",
+        "eliminate_common_subexpressions", "eliminate_dead_code", "order_for_memory"],
 }
 
 

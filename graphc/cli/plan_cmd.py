@@ -72,6 +72,12 @@ def run(args) -> int:
     dim_text = ", ".join(f"{k}={v}" for k, v in dims.items()) or "symbolic dims = 32"
     print(f"memory plan of {args.file} ({what}, -O{args.opt_level}, {dim_text})")
     print(plan.table(limit=args.limit or None))
+    from graphc.passes.cost import fmt_bytes
+    from graphc.passes.memory import ort_schedule
+
+    ort = plan_memory(graph, ort_schedule(graph), offsets=False)
+    print(f"ORT's order    {fmt_bytes(ort.peak)}  (live peak in the order ONNX Runtime runs "
+          "the exported model)")
     if args.timeline:
         from graphc.fileio import atomic_write_text
         from graphc.render_memory import timeline_svg

@@ -19,15 +19,14 @@ from __future__ import annotations
 from graphc.builder import Builder
 from graphc.ir import Graph, Node
 from graphc.passes.manager import register
-from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses
+from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses, tagged
 
 
 def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     if node.tags.get("grad") or node.tags.get("expanded_op") != "batch_norm" or \
             node.name != node.tags.get("expanded_from"):
         return "not the output node of a decomposed batch norm"
-    region = [n for n in g.nodes.values()
-              if n.tags.get("expanded_from") == node.name and not n.tags.get("grad")]
+    region = [n for n in tagged(g, ctx, "expanded_from", node.name) if not n.tags.get("grad")]
     made = {o for n in region for o in n.outputs}
     means = [n for n in region if n.op == "reduce_mean" and n.inputs[0] not in made]
     divs = [n for n in region if n.op == "div" and g.types[n.outputs[0]] == g.types[
@@ -40,10 +39,10 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     gamma = None
     if scale:
         gamma = scale[0].inputs[1] if scale[0].inputs[0] == xhat else scale[0].inputs[0]
-    if any(n.tags.get("bn_fused") == node.name for n in g.nodes.values()):
+    if tagged(g, ctx, "bn_fused", node.name):
         return "already fused"
     names = {n.name for n in region}
-    group = [n for n in g.nodes.values() if n.tags.get("grad_of") in names]
+    group = [n for name in names for n in tagged(g, ctx, "grad_of", name)]
     if not group:
         return "no backward pass"
     gmade = {o for n in group for o in n.outputs}

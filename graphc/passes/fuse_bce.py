@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from graphc.ir import Graph, Node, TensorType
 from graphc.passes.manager import register
-from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses
+from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses, tagged
 
 STABLE_FORM = {"relu", "mul", "sub", "abs", "neg", "softplus", "add"}
 
@@ -26,8 +26,7 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         return "not the final node of a decomposed binary_cross_entropy"
     if node.name != node.tags.get("expanded_from"):
         return "not the node that produces the loss value"
-    region = [n for n in g.nodes.values()
-              if n.tags.get("expanded_from") == node.name and not n.tags.get("grad")]
+    region = [n for n in tagged(g, ctx, "expanded_from", node.name) if not n.tags.get("grad")]
     ops = {n.op for n in region}
     if not STABLE_FORM <= ops:
         return "not the logits form relu(z) - z*t + softplus(-|z|)"
@@ -43,12 +42,12 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         reduction = "mean" if node.op == "reduce_mean" else "sum"
     else:
         reduction = "none"
-    if any(n.op == "binary_cross_entropy_logits_grad" and n.tags.get("grad_of") == node.name
-           for n in g.nodes.values()):
+    if any(n.op == "binary_cross_entropy_logits_grad"
+           for n in tagged(g, ctx, "grad_of", node.name)):
         return "already fused"
     names = {n.name for n in region}
     made = {o for n in region for o in n.outputs}
-    group = [n for n in g.nodes.values() if n.tags.get("grad_of") in names]
+    group = [n for name in names for n in tagged(g, ctx, "grad_of", name)]
     if not group:
         return "no backward pass"
     gmade = {o for n in group for o in n.outputs}

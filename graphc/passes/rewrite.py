@@ -50,6 +50,17 @@ def builder_for(g: Graph, near: Node, prefix: str | None = None) -> Builder:
     return b
 
 
+def tagged(g: Graph, ctx: dict, key: str, value) -> list[Node]:
+    """Nodes whose `tags[key] == value`, from an index built once per rule round."""
+    index = ctx.get(("tags", key))
+    if index is None:
+        index = ctx[("tags", key)] = {}
+        for n in g.nodes.values():
+            if key in n.tags:
+                index.setdefault(n.tags[key], []).append(n)
+    return index.get(value, [])
+
+
 @dataclass
 class Match:
     """What a rule's check found; `values` are whatever its rewrite needs."""

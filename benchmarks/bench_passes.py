@@ -16,10 +16,15 @@ compile    parse -> grad -> train step -> passes -> ONNX for ResNet-50-sized and
 
 Measured peak: each model runs in a fresh subprocess with ORT's CPU arena
 and memory patterns off, so every tensor is its own allocation, freed after
-its last use; the peak is the process's resident high-water mark (VmHWM,
-reset through /proc/self/clear_refs just before the step) minus the resident
-size at that moment (inputs and parameters already resident). It includes the
-step's outputs (new parameters and optimizer state) and allocator overhead.
+its last use, and glibc's mmap threshold fixed at 64 KiB, so big blocks go
+back to the system when freed. After one warm-up step, the peak of the
+second step is the process's resident high-water mark (VmHWM, reset through
+/proc/self/clear_refs just before it) minus the resident size at that moment
+(inputs, parameters and the session already resident). It includes ORT's
+kernel workspaces (im2col buffers of Conv, GEMM packing), which the plan does
+not model, the step's outputs (new parameters and optimizer state) and
+allocator rounding; blocks under 64 KiB come from the heap and are not seen
+reliably.
 """
 
 from __future__ import annotations
@@ -139,8 +144,12 @@ def measure_peak(model, feeds) -> int:
         mp, fp = Path(d) / "m.onnx", Path(d) / "f.npz"
         mp.write_bytes(model.SerializeToString())
         np.savez(fp, **feeds)
+        # a fixed mmap threshold: every block >= 64 KiB is its own mapping, returned to the
+        # system when freed, so the resident size follows what is live (glibc's dynamic
+        # threshold would serve big tensors from a heap that only grows)
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
         out = subprocess.run([sys.executable, __file__, "--measure-peak", str(mp), str(fp)],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True, check=True, env=env)
         return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
 
 
@@ -163,6 +172,7 @@ def _measure_peak_child(model_path: str, feeds_path: str) -> None:
                     return int(line.split()[1]) * 1024
         raise RuntimeError(key)
 
+    s.run(None, feeds)  # warm-up: one-time allocations (thread pool, kernel caches) first
     # reset the high-water mark (Linux >= 4.0), so it covers this one step only
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

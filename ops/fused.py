@@ -212,7 +212,8 @@ def _flatten_concat_infer(ctx: InferCtx) -> TensorType:
 
 
 def _flatten_concat_lower(e, n, *xs):
-    flat = [e.op("Reshape", [x, e.ints([-1])]) for x in xs]
+    flat = [x if e.type(v).rank == 1 else e.op("Reshape", [x, e.ints([-1])])
+            for x, v in zip(xs, n.inputs)]
     return flat[0] if len(flat) == 1 else e.op("Concat", flat, axis=0)
 
 
@@ -254,7 +255,8 @@ def _unflatten_lower(e, n, x):
     parts = [x] if len(shapes) == 1 else e.op("Split", [x, e.ints(sizes)], outputs=len(shapes),
                                               axis=0)
     parts = [parts] if isinstance(parts, str) else parts
-    return [e.op("Reshape", [p, e.ints(list(s))]) for p, s in zip(parts, shapes)]
+    return [p if len(s) == 1 else e.op("Reshape", [p, e.ints(list(s))])
+            for p, s in zip(parts, shapes)]
 
 
 def _unflatten_grad(c):

@@ -27,6 +27,7 @@ from graphc.passes.rewrite import sort_nodes
 
 NEW, SLOT = "new.", "opt."
 MAX_ELEMENTS = 1 << 16
+VECTORS_ONLY = False  # only biases and other 1-D parameters (no Reshape in or out)
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "sqrt", "square", "exp", "log", "abs", "sign",
                "reciprocal", "maximum", "minimum", "pow", "clip", "identity"}
 
@@ -119,6 +120,9 @@ def fuse_optimizer_update(g: Graph) -> Graph:
             continue
         if int(np.prod(g.types[param].shape)) > MAX_ELEMENTS:
             skipped.append(f"{param}: larger than {MAX_ELEMENTS} elements")
+            continue
+        if VECTORS_ONLY and g.types[param].rank != 1:
+            skipped.append(f"{param}: not a vector (its flat copy would cost a Reshape)")
             continue
         found = _region(g, param, outs, producers, consumers)
         if isinstance(found, str):

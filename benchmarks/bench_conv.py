@@ -46,6 +46,7 @@ def _timer(fn):
         t = time.perf_counter()
         fn()
         return time.perf_counter() - t
+
     return once
 
 
@@ -72,13 +73,24 @@ def _torch_step(torch, op, x, r, params, attrs):
     import torch.nn.functional as F
 
     if op == "conv2d":
-        y = F.conv2d(x, params["y.weight"], params["y.bias"], stride=attrs.get("stride", 1),
-                     padding=attrs.get("padding", 0), groups=attrs.get("groups", 1))
+        y = F.conv2d(
+            x,
+            params["y.weight"],
+            params["y.bias"],
+            stride=attrs.get("stride", 1),
+            padding=attrs.get("padding", 0),
+            groups=attrs.get("groups", 1),
+        )
     elif op == "max_pool2d":
         y = F.max_pool2d(x, attrs["kernel"], attrs.get("stride"), attrs.get("padding", 0))
     else:
-        y = F.avg_pool2d(x, attrs["kernel"], attrs.get("stride"), attrs.get("padding", 0),
-                         count_include_pad=False)
+        y = F.avg_pool2d(
+            x,
+            attrs["kernel"],
+            attrs.get("stride"),
+            attrs.get("padding", 0),
+            count_include_pad=False,
+        )
     (y * r).sum().backward()
 
 
@@ -98,14 +110,21 @@ def layers(rounds: int) -> None:
         fwd = make_session(export(g, outputs=["y"]), threads=1)
         x = rng.standard_normal(shape).astype(np.float32)
         r = rng.standard_normal((shape[0], *g.type("y").shape[1:])).astype(np.float32)
-        fns = [_timer(lambda f=fwd, x=x: run(f, {"x": x})),
-               _timer(lambda s=step, x=x, r=r: run(s, {"x": x, "r": r}))]
+        fns = [
+            _timer(lambda f=fwd, x=x: run(f, {"x": x})),
+            _timer(lambda s=step, x=x, r=r: run(s, {"x": x, "r": r})),
+        ]
         if torch is not None:
             tx = torch.tensor(x, requires_grad=True)
             tr = torch.tensor(r)
             tp = {k: torch.tensor(v, requires_grad=True) for k, v in g.param_values().items()}
-            fns.append(_timer(lambda op=op, tx=tx, tr=tr, tp=tp, a=attrs:
-                              _torch_step(torch, op, tx, tr, tp, a)))
+            fns.append(
+                _timer(
+                    lambda op=op, tx=tx, tr=tr, tp=tp, a=attrs: _torch_step(
+                        torch, op, tx, tr, tp, a
+                    )
+                )
+            )
         ms = _median_ms(fns, rounds) + ([] if torch is not None else [float("nan")])
         label = f"{op} {attrs}".replace("|", "/")
         print(f"| {label} | {shape} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} |")
@@ -125,20 +144,25 @@ def _op_session(op, shapes, attrs, einsum: bool):
 
 
 def lowering(rounds: int) -> None:
-    print("| conv (x, attrs) | weight grad: Conv trick ms | weight grad: Einsum ms "
-          "| input grad: ConvTranspose ms | input grad: Einsum ms |")
+    print(
+        "| conv (x, attrs) | weight grad: Conv trick ms | weight grad: Einsum ms "
+        "| input grad: ConvTranspose ms | input grad: Einsum ms |"
+    )
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(0)
-    for x, w, gy, a in [([32, 32, 32, 32], [64, 32, 3, 3], [32, 64, 32, 32], {"padding": 1}),
-                        ([32, 64, 16, 16], [64, 64, 3, 3], [32, 64, 8, 8],
-                         {"padding": 1, "stride": 2}),
-                        ([32, 64, 16, 16], [64, 1, 3, 3], [32, 64, 16, 16],
-                         {"padding": 1, "groups": 64})]:
+    for x, w, gy, a in [
+        ([32, 32, 32, 32], [64, 32, 3, 3], [32, 64, 32, 32], {"padding": 1}),
+        ([32, 64, 16, 16], [64, 64, 3, 3], [32, 64, 8, 8], {"padding": 1, "stride": 2}),
+        ([32, 64, 16, 16], [64, 1, 3, 3], [32, 64, 16, 16], {"padding": 1, "groups": 64}),
+    ]:
         fns = []
-        for op, shapes, attrs in (("conv_weight_grad", [x, gy], dict(a, kernel=3)),
-                                  ("conv_input_grad", [gy, w, x], a)):
-            feeds = {f"i{k}": rng.standard_normal(s).astype(np.float32)
-                     for k, s in enumerate(shapes)}
+        for op, shapes, attrs in (
+            ("conv_weight_grad", [x, gy], dict(a, kernel=3)),
+            ("conv_input_grad", [gy, w, x], a),
+        ):
+            feeds = {
+                f"i{k}": rng.standard_normal(s).astype(np.float32) for k, s in enumerate(shapes)
+            }
             for einsum in (False, True):
                 sess = _op_session(op, shapes, attrs, einsum)
                 names = {i.name for i in sess.get_inputs()}

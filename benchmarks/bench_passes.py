@@ -63,8 +63,7 @@ def session(model, threads=1):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def step_model(ts, graph):
@@ -87,8 +86,10 @@ def time_variants(sessions: dict, feeds, rounds: int, budget_s: float = 1.0) -> 
                 s.run(None, feeds)
             per[k].append((time.perf_counter() - t0) / reps)
     base = next(iter(per))
-    return {k: (statistics.median(v),
-                statistics.median(b / x for b, x in zip(per[base], v))) for k, v in per.items()}
+    return {
+        k: (statistics.median(v), statistics.median(b / x for b, x in zip(per[base], v)))
+        for k, v in per.items()
+    }
 
 
 def samples_with_loss():
@@ -110,29 +111,36 @@ def samples_with_loss():
 
 # ----------------------------------------------------------------------- step
 def bench_step(quick: bool) -> str:
-    rows = [("| sample | step nodes -O0 → -O2 | ONNX nodes -O0 → -O2 | -O0 ms | -O1 ms | -O2 ms "
-            "| -O1 speedup | -O2 speedup | -O2 + fuse_optimizer_update |"),
-            "|---|---|---|---|---|---|---|---|---|"]
-    o2opt = PIPELINES[2][:-1] + ["fuse_optimizer_update", "eliminate_dead_code",
-                                 "order_for_memory"]
+    rows = [
+        (
+            "| sample | step nodes -O0 → -O2 | ONNX nodes -O0 → -O2 | -O0 ms | -O1 ms | -O2 ms "
+            "| -O1 speedup | -O2 speedup | -O2 + fuse_optimizer_update |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    o2opt = PIPELINES[2][:-1] + ["fuse_optimizer_update", "eliminate_dead_code", "order_for_memory"]
     for name, g in samples_with_loss():
         ts = build_step(g, StepConfig(optimizer="adam"))
         feeds = random_feeds(g, batch=SAMPLE_BATCH, seed=0)
-        graphs = {"O0": ts.graph, "O1": optimize(ts.graph, 1), "O2": optimize(ts.graph, 2),
-                  "O2+opt": optimize(ts.graph, passes=o2opt)}
+        graphs = {
+            "O0": ts.graph,
+            "O1": optimize(ts.graph, 1),
+            "O2": optimize(ts.graph, 2),
+            "O2+opt": optimize(ts.graph, passes=o2opt),
+        }
         models = {k: step_model(ts, v) for k, v in graphs.items()}
         sess = {k: session(m) for k, m in models.items()}
         ref = sess["O0"].run(None, feeds)
         for k, s in sess.items():  # a benchmark of a wrong program is worthless
             for a, b in zip(ref, s.run(None, feeds)):
                 np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-4, err_msg=f"{name} {k}")
-        t = time_variants(sess, feeds, rounds=5 if quick else 11,
-                          budget_s=2.0 if quick else 8.0)
+        t = time_variants(sess, feeds, rounds=5 if quick else 11, budget_s=2.0 if quick else 8.0)
         rows.append(
             f"| {name} | {len(graphs['O0'].nodes)} → {len(graphs['O2'].nodes)} | "
             f"{len(models['O0'].graph.node)} → {len(models['O2'].graph.node)} | "
             f"{t['O0'][0] * 1e3:.2f} | {t['O1'][0] * 1e3:.2f} | {t['O2'][0] * 1e3:.2f} | "
-            f"{t['O1'][1]:.2f}× | {t['O2'][1]:.2f}× | {t['O2+opt'][1]:.2f}× |")
+            f"{t['O1'][1]:.2f}× | {t['O2'][1]:.2f}× | {t['O2+opt'][1]:.2f}× |"
+        )
         print(rows[-1], flush=True)
     return "\n".join(rows)
 
@@ -148,8 +156,13 @@ def measure_peak(model, feeds) -> int:
         # system when freed, so the resident size follows what is live (glibc's dynamic
         # threshold would serve big tensors from a heap that only grows)
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
-        out = subprocess.run([sys.executable, __file__, "--measure-peak", str(mp), str(fp)],
-                             capture_output=True, text=True, check=True, env=env)
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure-peak", str(mp), str(fp)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
         return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
 
 
@@ -183,22 +196,29 @@ def _measure_peak_child(model_path: str, feeds_path: str) -> None:
 
 
 def bench_memory(quick: bool) -> str:
-    rows = [("| sample (batch 256) | naive plan | planned peak | lower bound | planned / naive "
-            "| planned peak, ORT's order | measured ORT peak | ORT-order plan / measured |"),
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        (
+            "| sample (batch 256) | naive plan | planned peak | lower bound | planned / naive "
+            "| planned peak, ORT's order | measured ORT peak | ORT-order plan / measured |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, g in samples_with_loss():
         ts = build_step(g, StepConfig(optimizer="adam"))
-        ts.graph.meta["dim_sizes"] = {d: 256 for t in g.inputs.values() for d in t.shape
-                                      if isinstance(d, str)}
+        ts.graph.meta["dim_sizes"] = {
+            d: 256 for t in g.inputs.values() for d in t.shape if isinstance(d, str)
+        }
         graph = optimize(ts.graph, 2)
         plan = plan_memory(graph)
         ort_plan = plan_memory(graph, ort_schedule(graph))
         feeds = random_feeds(g, batch=256, seed=0)
         peak = measure_peak(step_model(ts, graph), feeds)
-        rows.append(f"| {name} | {fmt_bytes(plan.naive)} | {fmt_bytes(plan.peak)} | "
-                    f"{fmt_bytes(plan.lower_bound)} | {plan.peak / plan.naive:.2f} | "
-                    f"{fmt_bytes(ort_plan.peak)} | {fmt_bytes(peak)} | "
-                    f"{ort_plan.peak / max(peak, 1):.2f} |")
+        rows.append(
+            f"| {name} | {fmt_bytes(plan.naive)} | {fmt_bytes(plan.peak)} | "
+            f"{fmt_bytes(plan.lower_bound)} | {plan.peak / plan.naive:.2f} | "
+            f"{fmt_bytes(ort_plan.peak)} | {fmt_bytes(peak)} | "
+            f"{ort_plan.peak / max(peak, 1):.2f} |"
+        )
         print(rows[-1], flush=True)
     return "\n".join(rows)
 
@@ -224,33 +244,50 @@ def bench_recompute(quick: bool) -> str:
     rc = optimize(ts.graph, 2, memory_budget="auto")
     feeds = random_feeds(g, batch=batch, seed=0)
     models = {"-O2": step_model(ts, base), "-O2 --memory-budget auto": step_model(ts, rc)}
-    peaks = {k: statistics.median(measure_peak(m, feeds) for _ in range(3))
-             for k, m in models.items()}
+    peaks = {
+        k: statistics.median(measure_peak(m, feeds) for _ in range(3)) for k, m in models.items()
+    }
     sess = {k: session(m) for k, m in models.items()}
     t = time_variants(sess, feeds, rounds=5 if quick else 9, budget_s=3.0 if quick else 12.0)
-    plans = {"-O2": plan_memory(base, ort_schedule(base)),
-             "-O2 --memory-budget auto": plan_memory(rc, ort_schedule(rc))}
-    rows = [(f"Residual MLP, {depth} blocks of linear({width}) + relu + skip, batch {batch}, "
-            f"SGD; {rc.meta.get('recompute_segments')} segments."), "",
-            ("| variant | planned peak (ORT's order) | measured ORT peak | step ms "
-            "| step time vs -O2 |"),
-            "|---|---|---|---|---|"]
+    plans = {
+        "-O2": plan_memory(base, ort_schedule(base)),
+        "-O2 --memory-budget auto": plan_memory(rc, ort_schedule(rc)),
+    }
+    rows = [
+        (
+            f"Residual MLP, {depth} blocks of linear({width}) + relu + skip, batch {batch}, "
+            f"SGD; {rc.meta.get('recompute_segments')} segments."
+        ),
+        "",
+        (
+            "| variant | planned peak (ORT's order) | measured ORT peak | step ms "
+            "| step time vs -O2 |"
+        ),
+        "|---|---|---|---|---|",
+    ]
     for k in models:
-        rows.append(f"| {k} | {fmt_bytes(plans[k].peak)} | {fmt_bytes(peaks[k])} | "
-                    f"{t[k][0] * 1e3:.1f} | {1 / t[k][1]:.2f}× |")
+        rows.append(
+            f"| {k} | {fmt_bytes(plans[k].peak)} | {fmt_bytes(peaks[k])} | "
+            f"{t[k][0] * 1e3:.1f} | {1 / t[k][1]:.2f}× |"
+        )
     a, b = peaks["-O2"], peaks["-O2 --memory-budget auto"]
     rows.append("")
-    rows.append(f"Measured peak reduced by {100 * (1 - b / a):.0f}% at "
-                f"{100 * (1 / t['-O2 --memory-budget auto'][1] - 1):+.0f}% step time.")
+    rows.append(
+        f"Measured peak reduced by {100 * (1 - b / a):.0f}% at "
+        f"{100 * (1 / t['-O2 --memory-budget auto'][1] - 1):+.0f}% step time."
+    )
     return "\n".join(rows)
 
 
 # -------------------------------------------------------------------- compile
 def resnet_text(blocks=(3, 4, 6, 3), size=64) -> str:
     """ResNet-50's bottleneck layout (He et al. 2016) as model-file text."""
-    lines = [f"x = input(float32, [N, 3, {size}, {size}])", "y = input(int64, [N])",
-             "s = relu(batch_norm(conv2d(x, 64, 7, stride=2, padding=3, bias=False)))",
-             "h0 = max_pool2d(s, 3, stride=2, padding=1)"]
+    lines = [
+        f"x = input(float32, [N, 3, {size}, {size}])",
+        "y = input(int64, [N])",
+        "s = relu(batch_norm(conv2d(x, 64, 7, stride=2, padding=3, bias=False)))",
+        "h0 = max_pool2d(s, 3, stride=2, padding=1)",
+    ]
     h, k, width = "h0", 0, 64
     for stage, n in enumerate(blocks):
         for i in range(n):
@@ -258,26 +295,36 @@ def resnet_text(blocks=(3, 4, 6, 3), size=64) -> str:
             k += 1
             lines += [
                 f"a{k} = relu(batch_norm(conv2d({h}, {width}, 1, bias=False)))",
-                (f"b{k} = relu(batch_norm(conv2d(a{k}, {width}, 3, stride={stride}, padding=1, "
-                "bias=False)))"),
-                f"c{k} = batch_norm(conv2d(b{k}, {width * 4}, 1, bias=False))"]
+                (
+                    f"b{k} = relu(batch_norm(conv2d(a{k}, {width}, 3, stride={stride}, padding=1, "
+                    "bias=False)))"
+                ),
+                f"c{k} = batch_norm(conv2d(b{k}, {width * 4}, 1, bias=False))",
+            ]
             if i == 0:
-                lines.append(f"p{k} = batch_norm(conv2d({h}, {width * 4}, 1, stride={stride}, "
-                             "bias=False))")
+                lines.append(
+                    f"p{k} = batch_norm(conv2d({h}, {width * 4}, 1, stride={stride}, bias=False))"
+                )
                 lines.append(f"h{k} = relu(residual(p{k}, c{k}))")
             else:
                 lines.append(f"h{k} = relu(residual({h}, c{k}))")
             h = f"h{k}"
         width *= 2
-    lines += [f"logits = linear(global_avg_pool({h}), 1000)", "loss = cross_entropy(logits, y)",
-              "output(logits)", "minimize(loss)"]
+    lines += [
+        f"logits = linear(global_avg_pool({h}), 1000)",
+        "loss = cross_entropy(logits, y)",
+        "output(logits)",
+        "minimize(loss)",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def lstm_text(steps: int) -> str:
-    return (f"x = input(float32, [N, {steps}, 16])\ntarget = input(float32, [N, 1])\n"
-            "h = lstm(x, 64)\nprediction = linear(h, 1)\nloss = mse(prediction, target)\n"
-            "output(prediction)\nminimize(loss)\n")
+    return (
+        f"x = input(float32, [N, {steps}, 16])\ntarget = input(float32, [N, 1])\n"
+        "h = lstm(x, 64)\nprediction = linear(h, 1)\nloss = mse(prediction, target)\n"
+        "output(prediction)\nminimize(loss)\n"
+    )
 
 
 def compile_times(text: str) -> dict:
@@ -302,18 +349,24 @@ def compile_times(text: str) -> dict:
 
 
 def bench_compile(quick: bool) -> str:
-    cases = [("ResNet (2,2,2,2)", resnet_text((1, 1, 1, 1) if quick else (2, 2, 2, 2))),
-             ("ResNet-50 (3,4,6,3)", resnet_text((3, 4, 6, 3)))]
+    cases = [
+        ("ResNet (2,2,2,2)", resnet_text((1, 1, 1, 1) if quick else (2, 2, 2, 2))),
+        ("ResNet-50 (3,4,6,3)", resnet_text((3, 4, 6, 3))),
+    ]
     cases += [(f"LSTM, {t} steps", lstm_text(t)) for t in ((25, 50) if quick else (50, 100, 200))]
     if quick:
         cases = cases[:1] + cases[2:]
     cols = ["nodes", "onnx nodes", "parse", "grad + step", "passes -O2", "ONNX", "total"]
-    rows = ["| training graph | " + " | ".join(cols) + " | s per 1000 nodes |",
-            "|---" * (len(cols) + 2) + "|"]
+    rows = [
+        "| training graph | " + " | ".join(cols) + " | s per 1000 nodes |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
     for name, text in cases:
         t = compile_times(text)
         cells = [str(t[c]) if "nodes" in c else f"{t[c]:.2f} s" for c in cols]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {t['total'] / t['nodes'] * 1e3:.2f} |")
+        rows.append(
+            f"| {name} | " + " | ".join(cells) + f" | {t['total'] / t['nodes'] * 1e3:.2f} |"
+        )
         print(rows[-1], flush=True)
     return "\n".join(rows)
 
@@ -328,10 +381,16 @@ def main() -> None:
     args = ap.parse_args()
     import onnxruntime
 
-    print(f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
-    for name, fn in (("step", bench_step), ("memory", bench_memory),
-                     ("recompute", bench_recompute), ("compile", bench_compile)):
+    print(
+        f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    for name, fn in (
+        ("step", bench_step),
+        ("memory", bench_memory),
+        ("recompute", bench_recompute),
+        ("compile", bench_compile),
+    ):
         if args.only and name not in args.only:
             continue
         print(f"\n## {name}\n", flush=True)

@@ -64,8 +64,7 @@ def batch_of(name: str, rng):
     if name == "lenet5":
         return {"x": rng.random((n, 1, 32, 32), np.float32), "y": rng.integers(0, 10, n)}
     if name == "lstm":
-        return {"x": rng.random((n, 20, 2), np.float32),
-                "target": rng.random((n, 1), np.float32)}
+        return {"x": rng.random((n, 20, 2), np.float32), "target": rng.random((n, 1), np.float32)}
     raise KeyError(name)
 
 
@@ -77,7 +76,7 @@ def train_flops(name: str) -> float:
     elif name == "large_mlp":
         macs = 784 * 1024 + 1024 * 1024 + 1024 * 10
     elif name == "lenet5":
-        macs = (6 * 28 * 28 * 25 + 16 * 10 * 10 * 6 * 25 + 120 * 16 * 25 + 120 * 84 + 84 * 10)
+        macs = 6 * 28 * 28 * 25 + 16 * 10 * 10 * 6 * 25 + 120 * 16 * 25 + 120 * 84 + 84 * 10
     elif name == "lstm":
         macs = 20 * (2 * 128 + 32 * 128) + 32
     else:
@@ -90,17 +89,30 @@ def torch_model(name: str):
     from torch import nn
 
     if name == "digits_mlp":
-        return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
-                             nn.Linear(64, 10)), nn.CrossEntropyLoss()
+        return nn.Sequential(
+            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+        ), nn.CrossEntropyLoss()
     if name == "large_mlp":
-        return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                             nn.Linear(1024, 10)), nn.CrossEntropyLoss()
+        return nn.Sequential(
+            nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+        ), nn.CrossEntropyLoss()
     if name == "lenet5":
-        return nn.Sequential(nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5),
-                             nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(16, 120, 5), nn.Tanh(),
-                             nn.Flatten(), nn.Linear(120, 84), nn.Tanh(),
-                             nn.Linear(84, 10)), nn.CrossEntropyLoss()
+        return nn.Sequential(
+            nn.Conv2d(1, 6, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(16, 120, 5),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(120, 84),
+            nn.Tanh(),
+            nn.Linear(84, 10),
+        ), nn.CrossEntropyLoss()
     if name == "lstm":
+
         class Net(nn.Module):
             def __init__(self):
                 super().__init__()
@@ -155,10 +167,11 @@ def torch_stepper(name, optimizer, threads):
 
     torch.set_num_threads(threads)
     model, loss_fn = torch_model(name)
-    opt = {"sgd": lambda p: torch.optim.SGD(p, lr=1e-3),
-           "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
-           "momentum": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9)}[optimizer](
-        model.parameters())
+    opt = {
+        "sgd": lambda p: torch.optim.SGD(p, lr=1e-3),
+        "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
+        "momentum": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9),
+    }[optimizer](model.parameters())
     feeds = batch_of(name, np.random.default_rng(0))
     x = torch.from_numpy(feeds["x"])
     y = torch.from_numpy(feeds["y"] if "y" in feeds else feeds["target"])
@@ -221,7 +234,7 @@ def numpy_peak(threads: int, repeats: int = 3) -> float:
                 a = np.random.default_rng(0).random((n, n), np.float32)
                 b = np.random.default_rng(1).random((n, n), np.float32)
                 t = median_time(lambda a=a, b=b: a @ b, 5 if n == 2048 else 20, 2)
-                best = max(best, 2 * n ** 3 / t / 1e9)
+                best = max(best, 2 * n**3 / t / 1e9)
     return best
 
 
@@ -241,16 +254,24 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizer", default="sgd", choices=("sgd", "momentum", "adam"))
     ap.add_argument("--only", default="digits_mlp,large_mlp,lenet5,lstm")
     ap.add_argument("--profile", action="store_true", help="list the top ORT kernels")
-    ap.add_argument("-O", dest="levels", default="0,2",
-                    help="graphc pass pipeline levels to time, comma-separated (default 0,2)")
+    ap.add_argument(
+        "-O",
+        dest="levels",
+        default="0,2",
+        help="graphc pass pipeline levels to time, comma-separated (default 0,2)",
+    )
     ap.add_argument("--json", default=None, help="also write the results as JSON")
-    ap.add_argument("--auto", action="store_true",
-                    help="also time graphc with threads='auto' (1 or --threads intra-op "
-                         "threads, whichever the first step measures faster)")
+    ap.add_argument(
+        "--auto",
+        action="store_true",
+        help="also time graphc with threads='auto' (1 or --threads intra-op "
+        "threads, whichever the first step measures faster)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     try:
         import torch  # noqa: F401
+
         have_torch = True
     except ImportError:
         have_torch = False
@@ -267,16 +288,18 @@ def main(argv=None) -> int:
         for level in levels:
             fns[f"O{level}"], _ = graphc_stepper(name, args.optimizer, args.threads, None, level)
         if args.auto:  # the runner picks 1 or all threads by timing the first step
-            fns["auto"], runners["auto"] = graphc_stepper(name, args.optimizer, "auto", None,
-                                                          levels[0])
+            fns["auto"], runners["auto"] = graphc_stepper(
+                name, args.optimizer, "auto", None, levels[0]
+            )
         if have_torch:
             fns["torch"] = torch_stepper(name, args.optimizer, args.threads)
         t = interleaved(fns, steps, args.warmup)
         peak = max(peak, numpy_peak(args.threads, 1))  # re-measured: the load drifts
         kernels = None
         if args.profile:
-            step, runner = graphc_stepper(name, args.optimizer, args.threads,
-                                          os.path.join("/tmp", f"ort_{name}"), levels[-1])
+            step, runner = graphc_stepper(
+                name, args.optimizer, args.threads, os.path.join("/tmp", f"ort_{name}"), levels[-1]
+            )
             for _ in range(args.warmup + 20):
                 step()
             kernels = top_kernels(runner.session.end_profiling())
@@ -286,13 +309,24 @@ def main(argv=None) -> int:
             level = key if key == "auto" else int(key[1:])
             if key == "auto":
                 key = f"auto ({runners['auto'].threads} thr)"
-            rows.append({"model": name, "batch": BATCH[name], "level": level,
-                         "graphc_ms": t_g * 1e3, "torch_ms": None if t_t is None else t_t * 1e3,
-                         "speedup": None if t_t is None else t_t / t_g, "gflops": gf,
-                         "kernels": kernels})
+            rows.append(
+                {
+                    "model": name,
+                    "batch": BATCH[name],
+                    "level": level,
+                    "graphc_ms": t_g * 1e3,
+                    "torch_ms": None if t_t is None else t_t * 1e3,
+                    "speedup": None if t_t is None else t_t / t_g,
+                    "gflops": gf,
+                    "kernels": kernels,
+                }
+            )
             sp = "" if t_t is None else f"  torch {t_t * 1e3:8.3f} ms  speedup x{t_t / t_g:5.2f}"
-            print(f"{name:11s} batch {BATCH[name]:3d} {key:>14s}  graphc {t_g * 1e3:8.3f} ms{sp}"
-                  f"  {gf:6.1f} GFLOP/s", flush=True)
+            print(
+                f"{name:11s} batch {BATCH[name]:3d} {key:>14s}  graphc {t_g * 1e3:8.3f} ms{sp}"
+                f"  {gf:6.1f} GFLOP/s",
+                flush=True,
+            )
         if kernels:
             print("    top kernels: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in kernels))
     print(f"NumPy float32 matmul peak (best of all measurements): {peak:.1f} GFLOP/s")
@@ -301,8 +335,16 @@ def main(argv=None) -> int:
         print(f"  {r['model']:11s} {r['level']!s:>4s}: {100 * r['peak_fraction']:5.1f}% of peak")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"peak_gflops": peak, "threads": args.threads,
-                       "optimizer": args.optimizer, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "peak_gflops": peak,
+                    "threads": args.threads,
+                    "optimizer": args.optimizer,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 

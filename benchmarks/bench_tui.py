@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import platform
 import statistics
 import time
 
+from graphc import parse
 from graphc.tui.app import GraphApp
 from graphc.tui.document import Document
 from graphc.tui.layout import dot_available
-
-from graphc import parse
 
 
 def residual_mlp(n_nodes: int, width: int = 64) -> str:
@@ -28,8 +28,11 @@ def residual_mlp(n_nodes: int, width: int = 64) -> str:
     lines = [f"x = input(float32, [N, {width}])"]
     prev = "x"
     for i in range(n_nodes // 3):
-        lines += [f"a{i} = linear({prev}, {width})", f"r{i} = relu(a{i})",
-                  f"h{i} = add({prev}, r{i})"]
+        lines += [
+            f"a{i} = linear({prev}, {width})",
+            f"r{i} = relu(a{i})",
+            f"h{i} = add({prev}, r{i})",
+        ]
         prev = f"h{i}"
     lines.append(f"output({prev})")
     return "\n".join(lines) + "\n"
@@ -40,10 +43,8 @@ async def settle(app, pilot) -> None:
     from textual.worker import WorkerCancelled
 
     while any(w.is_running for w in app.workers):
-        try:
+        with contextlib.suppress(WorkerCancelled):
             await app.workers.wait_for_complete()
-        except WorkerCancelled:
-            pass
     await pilot.pause()
 
 
@@ -97,8 +98,13 @@ async def measure(n: int, engine: str, repeat: int) -> dict:
         out["attr_edit_cached_ms"] = 1000 * (time.perf_counter() - t0)
         await pilot.pause()
     ms = lambda xs: 1000 * statistics.median(xs)
-    out.update(edit_infer_ms=ms(edit), scene_layout_ms=ms(relayout), paint_ms=ms(draw),
-               total_edit_ms=ms(total), exact_layout_ms=ms(landed))
+    out.update(
+        edit_infer_ms=ms(edit),
+        scene_layout_ms=ms(relayout),
+        paint_ms=ms(draw),
+        total_edit_ms=ms(total),
+        exact_layout_ms=ms(landed),
+    )
     return out
 
 
@@ -108,20 +114,28 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     engines = (["dot"] if dot_available() else []) + ["simple"]
-    print(f"# graphc edit benchmark ({platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()})")
-    head = ("| nodes | layout | open: first picture ms | open: exact layout ms | edit+infer ms | scene+layout ms | paint ms "
-            "| total per edit ms | exact layout on screen ms | attr edit (layout cached) ms |")
+    print(
+        f"# graphc edit benchmark ({platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()})"
+    )
+    head = (
+        "| nodes | layout | open: first picture ms | open: exact layout ms | edit+infer ms "
+        "| scene+layout ms | paint ms "
+        "| total per edit ms | exact layout on screen ms | attr edit (layout cached) ms |"
+    )
     print(head)
     print("|" + "---|" * 10)
     for n in args.sizes:
         for engine in engines:
             r = asyncio.run(measure(n, engine, args.repeat))
-            print(f"| {r['nodes']} | {r['engine']} | {r['first_picture_ms']:.0f} | "
-                  f"{r['first_layout_ms']:.0f} | "
-                  f"{r['edit_infer_ms']:.1f} | {r['scene_layout_ms']:.0f} | {r['paint_ms']:.1f} | "
-                  f"{r['total_edit_ms']:.0f} | {r['exact_layout_ms']:.0f} | "
-                  f"{r['attr_edit_cached_ms']:.0f} |", flush=True)
+            print(
+                f"| {r['nodes']} | {r['engine']} | {r['first_picture_ms']:.0f} | "
+                f"{r['first_layout_ms']:.0f} | "
+                f"{r['edit_infer_ms']:.1f} | {r['scene_layout_ms']:.0f} | {r['paint_ms']:.1f} | "
+                f"{r['total_edit_ms']:.0f} | {r['exact_layout_ms']:.0f} | "
+                f"{r['attr_edit_cached_ms']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """graphc: a static computation-graph compiler for neural networks.
 
-    import graphc
-    g = graphc.load("samples/xor.gc")          # parse + infer
-    model = graphc.to_onnx(g)                  # onnx.ModelProto (inference)
-    bg = graphc.grad(g)                        # forward + backward graph
+import graphc
+g = graphc.load("samples/xor.gc")          # parse + infer
+model = graphc.to_onnx(g)                  # onnx.ModelProto (inference)
+bg = graphc.grad(g)                        # forward + backward graph
 """
 
 from graphc.autodiff import grad
@@ -42,7 +42,19 @@ def to_onnx(graph: Graph, **kwargs):
 
 
 __all__ = [
-    "Builder", "Graph", "GraphError", "Node", "Param", "SourceLoc", "Tensor", "TensorType",
-    "grad", "infer", "load", "parse", "to_onnx", "to_text",
+    "Builder",
+    "Graph",
+    "GraphError",
+    "Node",
+    "Param",
+    "SourceLoc",
+    "Tensor",
+    "TensorType",
+    "grad",
+    "infer",
+    "load",
+    "parse",
+    "to_onnx",
+    "to_text",
 ]
 __version__ = "0.1.0"

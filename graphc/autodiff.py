@@ -52,8 +52,14 @@ def default_targets(graph: Graph) -> list[str]:
     return [p.name for p in graph.params.values() if not p.frozen]
 
 
-def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None, *,
-         seed: str | None = None, suffix: str = ".grad") -> Graph:
+def grad(
+    graph: Graph,
+    loss: str | None = None,
+    wrt: Sequence[str] | None = None,
+    *,
+    seed: str | None = None,
+    suffix: str = ".grad",
+) -> Graph:
     """Forward graph plus gradient nodes for d(loss)/d(each target).
 
     Targets default to every parameter that is not frozen; any float input or
@@ -65,8 +71,9 @@ def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None
     """
     loss = loss or graph.loss
     if loss is None:
-        raise GraphError("no loss to differentiate",
-                         hint="add `minimize(loss)` to the model file, or pass loss=")
+        raise GraphError(
+            "no loss to differentiate", hint="add `minimize(loss)` to the model file, or pass loss="
+        )
     g = expand_composites(graph, keep_differentiable=True)
     if g is graph:
         g = graph.copy()
@@ -78,9 +85,11 @@ def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None
         if any(v in depends for v in n.inputs if v):
             depends.update(n.outputs)
     if loss not in depends:
-        raise GraphError(f"the loss '{loss}' does not depend on "
-                         + ("any parameter" if wrt is None else ", ".join(targets)),
-                         node=loss)
+        raise GraphError(
+            f"the loss '{loss}' does not depend on "
+            + ("any parameter" if wrt is None else ", ".join(targets)),
+            node=loss,
+        )
     needed = _ancestors(g, loss)
     target_set = set(targets)
     active = [n for n in order if any(o in depends and o in needed for o in n.outputs)]
@@ -102,13 +111,21 @@ def grad(graph: Graph, loss: str | None = None, wrt: Sequence[str] | None = None
             why = op.grad.why if isinstance(op.grad, NotDifferentiable) else "no gradient rule"
             raise GraphError(
                 f"cannot differentiate through {node.op} '{node.name}': {why}",
-                loc=node.loc, node=node.name,
+                loc=node.loc,
+                node=node.name,
                 hint="wrap its input in stop_gradient(...) or use a differentiable op "
-                     "(e.g. sigmoid instead of step)")
+                "(e.g. sigmoid instead of step)",
+            )
         b.prefix = f"d_{node.name}_"
         b.tags = {"grad": True, "grad_of": node.name}
-        ctx = GradCtx(b, node, [Tensor(b, v) if v else None for v in node.inputs],
-                      [Tensor(b, o) for o in node.outputs], gys, node.attrs)
+        ctx = GradCtx(
+            b,
+            node,
+            [Tensor(b, v) if v else None for v in node.inputs],
+            [Tensor(b, o) for o in node.outputs],
+            gys,
+            node.attrs,
+        )
         ctx._wanted = frozenset(v for v in node.inputs if v in depends)
         try:
             gxs = op.grad(ctx)
@@ -142,13 +159,18 @@ def _check_targets(g: Graph, targets: Sequence[str]) -> None:
             from graphc.errors import closest
 
             near = closest(t, known)
-            raise GraphError(f"cannot take a gradient with respect to '{t}': no such value",
-                             node=t, hint=f"did you mean '{near}'?" if near else None)
+            raise GraphError(
+                f"cannot take a gradient with respect to '{t}': no such value",
+                node=t,
+                hint=f"did you mean '{near}'?" if near else None,
+            )
         dtype = g.type(t).dtype
         if dtype not in FLOAT_DTYPES:
             raise GraphError(
                 f"cannot take a gradient with respect to '{t}': it is {dtype}, not a float tensor",
-                node=t, hint="gradients exist only for float values (labels and indices have none)")
+                node=t,
+                hint="gradients exist only for float values (labels and indices have none)",
+            )
 
 
 def _ancestors(g: Graph, value: str) -> set[str]:

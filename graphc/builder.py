@@ -55,17 +55,38 @@ class Tensor:
     def _lift(self, other: Any) -> Tensor:
         return other if isinstance(other, Tensor) else self.b.scalar(other, like=self)
 
-    def __add__(self, o): return self.b.add(self, self._lift(o))
-    def __radd__(self, o): return self.b.add(self._lift(o), self)
-    def __sub__(self, o): return self.b.sub(self, self._lift(o))
-    def __rsub__(self, o): return self.b.sub(self._lift(o), self)
-    def __mul__(self, o): return self.b.mul(self, self._lift(o))
-    def __rmul__(self, o): return self.b.mul(self._lift(o), self)
-    def __truediv__(self, o): return self.b.div(self, self._lift(o))
-    def __rtruediv__(self, o): return self.b.div(self._lift(o), self)
-    def __neg__(self): return self.b.neg(self)
-    def __matmul__(self, o): return self.b.matmul(self, o)
-    def __pow__(self, k): return self.b.pow(self, self._lift(k))
+    def __add__(self, o):
+        return self.b.add(self, self._lift(o))
+
+    def __radd__(self, o):
+        return self.b.add(self._lift(o), self)
+
+    def __sub__(self, o):
+        return self.b.sub(self, self._lift(o))
+
+    def __rsub__(self, o):
+        return self.b.sub(self._lift(o), self)
+
+    def __mul__(self, o):
+        return self.b.mul(self, self._lift(o))
+
+    def __rmul__(self, o):
+        return self.b.mul(self._lift(o), self)
+
+    def __truediv__(self, o):
+        return self.b.div(self, self._lift(o))
+
+    def __rtruediv__(self, o):
+        return self.b.div(self._lift(o), self)
+
+    def __neg__(self):
+        return self.b.neg(self)
+
+    def __matmul__(self, o):
+        return self.b.matmul(self, o)
+
+    def __pow__(self, k):
+        return self.b.pow(self, self._lift(k))
 
     def __repr__(self) -> str:
         t = self.b.graph.types.get(self.name)
@@ -75,8 +96,9 @@ class Tensor:
 class Builder:
     """Adds nodes to a Graph; ops are methods (`b.relu(x)`), looked up in the registry."""
 
-    def __init__(self, graph: Graph | str | None = None, *, prefix: str = "",
-                 tags: dict | None = None) -> None:
+    def __init__(
+        self, graph: Graph | str | None = None, *, prefix: str = "", tags: dict | None = None
+    ) -> None:
         self.graph = graph if isinstance(graph, Graph) else Graph(graph or "model")
         self.prefix = prefix
         self.tags = dict(tags or {})
@@ -112,8 +134,9 @@ class Builder:
         cache = self.graph.meta.setdefault("_scalar_cache", {})
         name = cache.get(key)
         if name is None or name not in self.graph.constants:
-            name = self.const(np.asarray(value, dtype=dtype), dtype=dtype,
-                              name=f"{self.prefix}c").name
+            name = self.const(
+                np.asarray(value, dtype=dtype), dtype=dtype, name=f"{self.prefix}c"
+            ).name
             cache[key] = name
         return Tensor(self, name)
 
@@ -129,32 +152,59 @@ class Builder:
         """Add a node of `opname`; positional tensors then literal attributes, as in files."""
         op = get_op(opname, self.loc)
         pos = [(isinstance(a, Tensor), a.name if isinstance(a, Tensor) else a) for a in args]
-        kw = {k: (v.name if isinstance(v, Tensor) else
-                  [t.name for t in v] if isinstance(v, list) and v and isinstance(v[0], Tensor)
-                  else v) for k, v in kwargs.items()}
+        kw = {
+            k: (
+                v.name
+                if isinstance(v, Tensor)
+                else [t.name for t in v]
+                if isinstance(v, list) and v and isinstance(v[0], Tensor)
+                else v
+            )
+            for k, v in kwargs.items()
+        }
         tensor_kw = {k for k, v in kwargs.items() if isinstance(v, Tensor)}
         inputs, attrs = bind_args(op, pos, kw, is_tensor_kw=lambda v: False, where=self.loc)
         for k in attrs:
             if k in tensor_kw:
-                raise GraphError(f"{opname}() attribute '{k}' must be a literal, not a tensor",
-                                 loc=self.loc)
+                raise GraphError(
+                    f"{opname}() attribute '{k}' must be a literal, not a tensor", loc=self.loc
+                )
         return self.emit(opname, inputs, attrs, name=name)
 
-    def emit(self, opname: str, inputs: Sequence[str], attrs: dict, *, name: str | None = None,
-            comment: Sequence[str] = ()):
+    def emit(
+        self,
+        opname: str,
+        inputs: Sequence[str],
+        attrs: dict,
+        *,
+        name: str | None = None,
+        comment: Sequence[str] = (),
+    ):
         """Add a node from already-bound inputs and attributes (the parser's entry point)."""
         op = get_op(opname, self.loc)
         attrs = op.check_attrs(attrs, where=self.loc)
         if name is None:
             name = self.graph.unique_name(f"{self.prefix}{opname}")
         elif name in self.graph.nodes or name in self.graph.value_names():
-            raise GraphError(f"duplicate name '{name}'", loc=self.loc, node=name,
-                             hint="every assignment needs a new name")
+            raise GraphError(
+                f"duplicate name '{name}'",
+                loc=self.loc,
+                node=name,
+                hint="every assignment needs a new name",
+            )
         n_out = op.num_outputs(attrs)
         outputs = [name] + [f"{name}:{i}" for i in range(1, n_out)]
         params = [f"{name}.{p.name}" for p in op.active_params(attrs)]
-        node = Node(name, opname, list(inputs) + params, outputs, attrs, self.loc, list(comment),
-                    dict(self.tags))
+        node = Node(
+            name,
+            opname,
+            list(inputs) + params,
+            outputs,
+            attrs,
+            self.loc,
+            list(comment),
+            dict(self.tags),
+        )
         self.graph.add_node(node)
         try:
             infer_node(self.graph, node)

@@ -15,7 +15,12 @@ OPSET = 21
 IR_VERSION = 10
 
 _ONNX_DTYPES = {
-    "float32": 1, "float64": 11, "float16": 10, "int64": 7, "int32": 6, "bool": 9,
+    "float32": 1,
+    "float64": 11,
+    "float16": 10,
+    "int64": 7,
+    "int32": 6,
+    "bool": 9,
 }
 
 
@@ -54,8 +59,11 @@ class Emitter:
         stem = self.node.name if self.node is not None else op_type.lower()
         outs = [self.fresh(f"{stem}/{op_type}") for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(self._helper.make_node(
-            op_type, list(inputs), outs, name=self.fresh(f"{stem}/{op_type}#node"), **attrs))
+        self.nodes.append(
+            self._helper.make_node(
+                op_type, list(inputs), outs, name=self.fresh(f"{stem}/{op_type}#node"), **attrs
+            )
+        )
         return outs[0] if outputs == 1 else outs
 
     def const(self, value: Any, dtype: str | None = None, hint: str = "const") -> str:
@@ -111,10 +119,17 @@ def value_info(name: str, t: TensorType):
     return helper.make_tensor_value_info(name, onnx_dtype(t.dtype), dims)
 
 
-def export(graph: Graph, *, outputs: Sequence[str] | None = None,
-           params_as_inputs: bool = False, input_order: Sequence[str] | None = None,
-           extra_inputs: Sequence[str] = (), doc: str = "", keep_inputs: bool = False,
-           check: bool = True):
+def export(
+    graph: Graph,
+    *,
+    outputs: Sequence[str] | None = None,
+    params_as_inputs: bool = False,
+    input_order: Sequence[str] | None = None,
+    extra_inputs: Sequence[str] = (),
+    doc: str = "",
+    keep_inputs: bool = False,
+    check: bool = True,
+):
     """Lower a typed Graph to an onnx.ModelProto.
 
     Parameters become initializers (or, with `params_as_inputs`, graph inputs
@@ -129,8 +144,9 @@ def export(graph: Graph, *, outputs: Sequence[str] | None = None,
     graph = expand_composites(graph, keep_lowerable=True)
     outputs = list(outputs if outputs is not None else graph.outputs)
     if not outputs:
-        raise GraphError("the graph has no outputs to export",
-                         hint="add `output(name)` to the model file")
+        raise GraphError(
+            "the graph has no outputs to export", hint="add `output(name)` to the model file"
+        )
     nodes = prune(graph, outputs)
     e = Emitter(graph)
     alias: dict[str, str] = {}
@@ -172,8 +188,9 @@ def export(graph: Graph, *, outputs: Sequence[str] | None = None,
             e.nodes.append(helper.make_node("Identity", [real], [out], name=f"{out}#out"))
         g_outputs.append(value_info(out, graph.type(out)))
     g = helper.make_graph(e.nodes, graph.name, g_inputs, g_outputs, initializer=inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="graphc", doc_string=doc)
+    model = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="graphc", doc_string=doc
+    )
     model.ir_version = IR_VERSION
     if check:
         check_model(model)
@@ -188,8 +205,10 @@ def check_model(model) -> None:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise GraphError(f"the exported ONNX model is invalid: {err}",
-                         hint="this is a graphc bug; please report it with the model file") from err
+        raise GraphError(
+            f"the exported ONNX model is invalid: {err}",
+            hint="this is a graphc bug; please report it with the model file",
+        ) from err
 
 
 def save(model, path: str) -> None:

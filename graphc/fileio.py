@@ -26,8 +26,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 os.unlink(tmp)
             raise
     except OSError as err:
-        raise GraphError(f"cannot write '{path}': {err.strerror}",
-                         hint="check that the folder exists and is writable") from err
+        raise GraphError(
+            f"cannot write '{path}': {err.strerror}",
+            hint="check that the folder exists and is writable",
+        ) from err
 
 
 def _mode_for(path: Path) -> int:

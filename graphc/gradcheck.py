@@ -38,10 +38,13 @@ def to_float64(graph: Graph) -> Graph:
     g = graph.copy()
     g.dtype = "float64"
     g.meta.pop("_scalar_cache", None)
-    g.inputs = {k: TensorType("float64", t.shape) if t.dtype.startswith("float") else t
-                for k, t in g.inputs.items()}
-    g.constants = {k: v.astype("float64") if v.dtype.kind == "f" else v
-                   for k, v in g.constants.items()}
+    g.inputs = {
+        k: TensorType("float64", t.shape) if t.dtype.startswith("float") else t
+        for k, t in g.inputs.items()
+    }
+    g.constants = {
+        k: v.astype("float64") if v.dtype.kind == "f" else v for k, v in g.constants.items()
+    }
     values = graph.param_values()
     for name, p in g.params.items():
         p.dtype = "float64"
@@ -54,18 +57,28 @@ def to_float64(graph: Graph) -> Graph:
     return infer(g)
 
 
-def gradcheck(graph: Graph, feeds: dict[str, np.ndarray] | None = None, *,
-              wrt: list[str] | None = None, batch: int = 3, coords: int = 20,
-              h: float = 1e-6, seed: int = 0) -> list[GradCheck]:
+def gradcheck(
+    graph: Graph,
+    feeds: dict[str, np.ndarray] | None = None,
+    *,
+    wrt: list[str] | None = None,
+    batch: int = 3,
+    coords: int = 20,
+    h: float = 1e-6,
+    seed: int = 0,
+) -> list[GradCheck]:
     """Check every target's symbolic gradient against central differences."""
     from graphc.autodiff import grad
     from graphc.cli.common import random_feeds
     from graphc.errors import GraphError
+
     if graph.loss is None:
         raise GraphError("gradcheck needs a loss", hint="add `minimize(loss)` to the model file")
     g = to_float64(graph)
-    feeds = {k: (np.asarray(v, dtype="float64") if np.asarray(v).dtype.kind == "f" else v)
-             for k, v in (feeds or random_feeds(g, batch, seed)).items()}
+    feeds = {
+        k: (np.asarray(v, dtype="float64") if np.asarray(v).dtype.kind == "f" else v)
+        for k, v in (feeds or random_feeds(g, batch, seed)).items()
+    }
     if wrt is None and not any(not p.frozen for p in g.params.values()):
         # a graph of inputs only (the lecture example L = w3 * (w1 + w2)): check those
         wrt = [k for k, t in g.inputs.items() if t.dtype == "float64"]
@@ -92,8 +105,9 @@ def gradcheck(graph: Graph, feeds: dict[str, np.ndarray] | None = None, *,
         s = np.asarray(sym[bg.meta["grads"][t]]).reshape(-1)[idx]
         scale = max(np.abs(num).max(initial=0.0), np.abs(s).max(initial=0.0), 1e-300)
         err = np.abs(num - s).max(initial=0.0)
-        results.append(GradCheck(t, tuple(base.shape), float(err / scale), float(err), len(idx),
-                                 backend))
+        results.append(
+            GradCheck(t, tuple(base.shape), float(err / scale), float(err), len(idx), backend)
+        )
     return results
 
 
@@ -136,4 +150,5 @@ def _evaluators(g: Graph, bg: Graph):
 def _feedable(session) -> set[str]:
     """Inputs plus overridable initializers (parameters exported as defaulted inputs)."""
     return {i.name for i in session.get_inputs()} | {
-        i.name for i in session.get_overridable_initializers()}
+        i.name for i in session.get_overridable_initializers()
+    }

@@ -22,8 +22,11 @@ def split_inputs(node: Node) -> tuple[list[str], list[str]]:
     """(data inputs, parameter inputs) of a node."""
     op = get_op(node.op, node.loc)
     k = len(op.active_params(node.attrs))
-    return (node.inputs[: len(node.inputs) - k], node.inputs[len(node.inputs) - k:]) if k else (
-        list(node.inputs), [])
+    return (
+        (node.inputs[: len(node.inputs) - k], node.inputs[len(node.inputs) - k :])
+        if k
+        else (list(node.inputs), [])
+    )
 
 
 def _fans(spec: ParamSpec, shape) -> tuple[int, int]:
@@ -56,12 +59,21 @@ def infer_node(graph: Graph, node: Node) -> list[TensorType]:
         init = spec.init
         if node.attrs.get("init") and spec.layout != "vec":
             init = node.attrs["init"]
-        dtype = next((t.dtype for t in types if t is not None and t.dtype.startswith("float")),
-                     graph.dtype)
+        dtype = next(
+            (t.dtype for t in types if t is not None and t.dtype.startswith("float")), graph.dtype
+        )
         old = graph.params.get(pname)
         keep = old is not None and old.shape == shape and old.value is not None
-        p = Param(pname, shape, dtype, init, bool(node.attrs.get("frozen", False)) or spec.state,
-                  _fans(spec, shape), old.value if keep else None, spec.state)
+        p = Param(
+            pname,
+            shape,
+            dtype,
+            init,
+            bool(node.attrs.get("frozen", False)) or spec.state,
+            _fans(spec, shape),
+            old.value if keep else None,
+            spec.state,
+        )
         if keep and old.value.dtype != dtype:
             p.value = old.value.astype(dtype)
         graph.params[pname] = p
@@ -73,8 +85,11 @@ def infer_node(graph: Graph, node: Node) -> list[TensorType]:
         raise e.with_context(loc=node.loc, node=node.name) from None
     outs = [out] if isinstance(out, TensorType) else list(out)
     if len(outs) != len(node.outputs):
-        raise GraphError(f"{op.name} produces {len(outs)} outputs, node '{node.name}' names "
-                         f"{len(node.outputs)}", loc=node.loc, node=node.name)
+        raise GraphError(
+            f"{op.name} produces {len(outs)} outputs, node '{node.name}' names {len(node.outputs)}",
+            loc=node.loc,
+            node=node.name,
+        )
     for name, t in zip(node.outputs, outs):
         graph.types[name] = t
     return outs
@@ -102,6 +117,8 @@ def infer(graph: Graph) -> Graph:
         t = known[graph.loss]
         if t.shape not in ((), (1,)):
             raise GraphError(
-                f"the loss '{graph.loss}' must be a scalar, got {t}", node=graph.loss,
-                hint="losses reduce over the batch by default; check reduction='none'")
+                f"the loss '{graph.loss}' must be a scalar, got {t}",
+                node=graph.loss,
+                hint="losses reduce over the batch by default; check reduction='none'",
+            )
     return graph

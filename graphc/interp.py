@@ -26,9 +26,14 @@ def reference_call(node: Node, arrays: Sequence[np.ndarray | None], rng=None):
     return out if isinstance(out, tuple) else (out,)
 
 
-def evaluate(graph: Graph, feeds: Mapping[str, np.ndarray], *,
-             outputs: Sequence[str] | None = None, params: Mapping[str, np.ndarray] | None = None,
-             rng=None) -> dict[str, np.ndarray]:
+def evaluate(
+    graph: Graph,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    outputs: Sequence[str] | None = None,
+    params: Mapping[str, np.ndarray] | None = None,
+    rng=None,
+) -> dict[str, np.ndarray]:
     """Every value of the graph (or just `outputs`) for the given input arrays."""
     env: dict[str, np.ndarray] = {}
     env.update(graph.param_values())
@@ -48,8 +53,11 @@ def evaluate(graph: Graph, feeds: Mapping[str, np.ndarray], *,
         return env
     for k in outputs:
         if k not in env:
-            raise GraphError(f"cannot compute '{k}' from the given inputs", node=k,
-                             hint="feed every graph input it depends on")
+            raise GraphError(
+                f"cannot compute '{k}' from the given inputs",
+                node=k,
+                hint="feed every graph input it depends on",
+            )
     return {k: env[k] for k in outputs}
 
 

@@ -220,8 +220,12 @@ class Graph:
         return name
 
     def _uses_name(self, name: str) -> bool:
-        return (name in self.nodes or name in self.inputs or name in self.params
-                or name in self.constants)
+        return (
+            name in self.nodes
+            or name in self.inputs
+            or name in self.params
+            or name in self.constants
+        )
 
     def _taken_names(self) -> set[str]:
         # Rebuilding the set for every new node made graph construction quadratic. The
@@ -252,8 +256,16 @@ class Graph:
         g.params = {k: copy.copy(p) for k, p in self.params.items()}
         g.constants = dict(self.constants)
         g.nodes = {
-            k: Node(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs), n.loc,
-                    list(n.comment), dict(n.tags))
+            k: Node(
+                n.name,
+                n.op,
+                list(n.inputs),
+                list(n.outputs),
+                dict(n.attrs),
+                n.loc,
+                list(n.comment),
+                dict(n.tags),
+            )
             for k, n in self.nodes.items()
         }
         g.outputs = list(self.outputs)

@@ -13,29 +13,30 @@ def _needs_expansion(node: Node, keep_lowerable: bool, keep_differentiable: bool
         return False
     if keep_lowerable and op.lower is not None:
         return False
-    if keep_differentiable and op.differentiable:
-        return False
-    return True
+    return not (keep_differentiable and op.differentiable)
 
 
-def expand_composites(graph: Graph, *, keep_lowerable: bool = False,
-                      keep_differentiable: bool = False) -> Graph:
+def expand_composites(
+    graph: Graph, *, keep_lowerable: bool = False, keep_differentiable: bool = False
+) -> Graph:
     """A copy of the graph where composite nodes are replaced by their decomposition.
 
     With `keep_lowerable`, composites that have their own ONNX lowering stay
     (inference export); with `keep_differentiable`, those with their own
     gradient rule stay (autodiff). Expansion repeats until nothing is left.
     """
-    todo = [n for n in graph.nodes.values()
-            if _needs_expansion(n, keep_lowerable, keep_differentiable)]
+    todo = [
+        n for n in graph.nodes.values() if _needs_expansion(n, keep_lowerable, keep_differentiable)
+    ]
     if not todo:
         return graph
     g = graph.copy()
     while todo:
         for node in todo:
             _expand(g, node)
-        todo = [n for n in g.nodes.values()
-                if _needs_expansion(n, keep_lowerable, keep_differentiable)]
+        todo = [
+            n for n in g.nodes.values() if _needs_expansion(n, keep_lowerable, keep_differentiable)
+        ]
     return g
 
 
@@ -45,8 +46,11 @@ def _expand(g: Graph, node: Node) -> None:
     at = order.index(node.name)
     del g.nodes[node.name]
     before = set(g.nodes)
-    b = Builder(g, prefix=f"{node.name}__",
-                tags=dict(node.tags, expanded_from=node.name, expanded_op=node.op))
+    b = Builder(
+        g,
+        prefix=f"{node.name}__",
+        tags=dict(node.tags, expanded_from=node.name, expanded_op=node.op),
+    )
     b.loc = node.loc
     ins = [Tensor(b, v) if v else None for v in node.inputs]
     outs = op.decompose(b, node, *ins)
@@ -69,6 +73,6 @@ def _expand(g: Graph, node: Node) -> None:
             b.prefix = ""
             ident = b.emit("identity", [got.name], {}, name=want)
             new.append(ident.name)
-    rest = [k for k in order[at + 1:] if k in g.nodes]
+    rest = [k for k in order[at + 1 :] if k in g.nodes]
     head = order[:at]
     g.nodes = {k: g.nodes[k] for k in head + new + rest}

@@ -37,11 +37,22 @@ from graphc.shapes import DTYPES
 DIRECTIVES = ("input", "constant", "output", "minimize", "seed")
 BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
 _FORBIDDEN = {
-    ast.Import: "imports", ast.ImportFrom: "imports", ast.Lambda: "lambdas",
-    ast.For: "loops", ast.While: "loops", ast.If: "if statements", ast.FunctionDef: "functions",
-    ast.ClassDef: "classes", ast.With: "with blocks", ast.Attribute: "attribute access",
-    ast.Subscript: "subscripts", ast.ListComp: "comprehensions", ast.JoinedStr: "f-strings",
-    ast.AugAssign: "augmented assignment", ast.Delete: "del", ast.Global: "global",
+    ast.Import: "imports",
+    ast.ImportFrom: "imports",
+    ast.Lambda: "lambdas",
+    ast.For: "loops",
+    ast.While: "loops",
+    ast.If: "if statements",
+    ast.FunctionDef: "functions",
+    ast.ClassDef: "classes",
+    ast.With: "with blocks",
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscripts",
+    ast.ListComp: "comprehensions",
+    ast.JoinedStr: "f-strings",
+    ast.AugAssign: "augmented assignment",
+    ast.Delete: "del",
+    ast.Global: "global",
 }
 
 
@@ -87,8 +98,11 @@ class _Parser:
     def define(self, name: str, n: ast.AST) -> None:
         if name in self.defined:
             first = self.defined[name]
-            raise self.error(n, f"duplicate name '{name}' (first defined at line {first.line})",
-                             hint="every assignment needs a new name")
+            raise self.error(
+                n,
+                f"duplicate name '{name}' (first defined at line {first.line})",
+                hint="every assignment needs a new name",
+            )
         if name in DIRECTIVES or name in DTYPES:
             raise self.error(n, f"'{name}' is reserved and cannot name a value")
         self.defined[name] = self.loc(n)
@@ -108,16 +122,17 @@ class _Parser:
         except SyntaxError as err:
             line = err.lineno or 1
             text = self.lines[line - 1] if 0 < line <= len(self.lines) else None
-            raise GraphError(f"syntax error: {err.msg}",
-                             loc=SourceLoc(self.file, line, max((err.offset or 1) - 1, 0), None,
-                                           text),
-                             hint="model files use Python syntax: `name = op(args)`") from None
+            raise GraphError(
+                f"syntax error: {err.msg}",
+                loc=SourceLoc(self.file, line, max((err.offset or 1) - 1, 0), None, text),
+                hint="model files use Python syntax: `name = op(args)`",
+            ) from None
         self._check_forbidden(tree)
         comments = _comments(self.text)
         for stmt in tree.body:
             if isinstance(stmt, ast.Assign):
                 for t in stmt.targets:
-                    for e in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                    for e in t.elts if isinstance(t, ast.Tuple) else [t]:
                         if isinstance(e, ast.Name):
                             self.targets.add(e.id)
         first_line = tree.body[0].lineno if tree.body else 10**9
@@ -132,12 +147,18 @@ class _Parser:
         for n in ast.walk(tree):
             kind = _FORBIDDEN.get(type(n))
             if kind:
-                raise self.error(n, f"not part of the model-file language: {kind}",
-                                 hint="model files are parsed, never executed: write "
-                                      "`name = op(args)` statements only")
+                raise self.error(
+                    n,
+                    f"not part of the model-file language: {kind}",
+                    hint="model files are parsed, never executed: write "
+                    "`name = op(args)` statements only",
+                )
             if isinstance(n, ast.Name) and n.id.startswith("__"):
-                raise self.error(n, f"'{n.id}' is not allowed in a model file",
-                                 hint="model files are parsed, never executed")
+                raise self.error(
+                    n,
+                    f"'{n.id}' is not allowed in a model file",
+                    hint="model files are parsed, never executed",
+                )
 
     def statement(self, stmt: ast.stmt, comment: list[str]) -> None:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
@@ -147,8 +168,7 @@ class _Parser:
                 self.graph.comments.setdefault("__output__", []).extend(comment)
                 for a in call.args:
                     if not isinstance(a, ast.Name):
-                        raise self.error(a, "output() takes value names",
-                                         hint="output(logits)")
+                        raise self.error(a, "output() takes value names", hint="output(logits)")
                     self.outputs.append((a.id, self.loc(a)))
                 return
             if fname == "minimize":
@@ -158,17 +178,25 @@ class _Parser:
                 self.loss = (call.args[0].id, self.loc(call.args[0]))
                 return
             if fname == "seed":
-                if len(call.args) != 1 or not isinstance(call.args[0], ast.Constant) or \
-                        not isinstance(call.args[0].value, int):
+                if (
+                    len(call.args) != 1
+                    or not isinstance(call.args[0], ast.Constant)
+                    or not isinstance(call.args[0].value, int)
+                ):
                     raise self.error(call, "seed() takes one integer: seed(0)")
                 self.graph.seed = call.args[0].value
                 return
-            raise self.error(stmt, "a call whose result is not assigned does nothing",
-                             hint="assign it: `h = op(...)`; or use output(...)/minimize(...)")
+            raise self.error(
+                stmt,
+                "a call whose result is not assigned does nothing",
+                hint="assign it: `h = op(...)`; or use output(...)/minimize(...)",
+            )
         if not isinstance(stmt, ast.Assign):
-            raise self.error(stmt, f"{type(stmt).__name__.lower()} statements are not part of "
-                                   "the model-file language",
-                             hint="write `name = op(args)`")
+            raise self.error(
+                stmt,
+                f"{type(stmt).__name__.lower()} statements are not part of the model-file language",
+                hint="write `name = op(args)`",
+            )
         if len(stmt.targets) != 1:
             raise self.error(stmt, "chained assignment is not allowed; give each value one name")
         target = stmt.targets[0]
@@ -178,8 +206,11 @@ class _Parser:
                 raise self.error(t, "the left side must be a name (or names: a, b = op(...))")
         value = stmt.value
         head = names[0].id
-        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and \
-                value.func.id in ("input", "constant"):
+        if (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Name)
+            and value.func.id in ("input", "constant")
+        ):
             if len(names) != 1:
                 raise self.error(stmt, f"{value.func.id}() defines one value")
             self.define(head, names[0])
@@ -189,8 +220,11 @@ class _Parser:
                 self.constant_decl(head, value, comment)
             return
         if not isinstance(value, (ast.Call, ast.BinOp, ast.UnaryOp)):
-            raise self.error(value, "the right side must be an op call, e.g. relu(x)",
-                             hint="to alias a value, use identity(x)")
+            raise self.error(
+                value,
+                "the right side must be an op call, e.g. relu(x)",
+                hint="to alias a value, use identity(x)",
+            )
         for t in names:
             self.define(t.id, t)
         start = len(self.pending)
@@ -201,8 +235,9 @@ class _Parser:
     def input_decl(self, name: str, call: ast.Call, comment: list[str]) -> None:
         args = list(call.args)
         kw = {k.arg: k.value for k in call.keywords}
-        dtype_node = kw.pop("dtype", None) or (args.pop(0) if args and not isinstance(
-            args[0], (ast.List, ast.Tuple)) else None)
+        dtype_node = kw.pop("dtype", None) or (
+            args.pop(0) if args and not isinstance(args[0], (ast.List, ast.Tuple)) else None
+        )
         shape_node = kw.pop("shape", None) or (args.pop(0) if args else None)
         if args or kw:
             raise self.error(call, "input() takes a dtype and a shape: input(float32, [N, 784])")
@@ -211,12 +246,17 @@ class _Parser:
             dtype = _name_or_str(dtype_node)
             if dtype not in DTYPES:
                 near = closest(str(dtype), DTYPES)
-                raise self.error(dtype_node, f"unknown dtype '{dtype}'",
-                                 hint=f"did you mean '{near}'?" if near else
-                                 "use one of: " + ", ".join(DTYPES))
+                raise self.error(
+                    dtype_node,
+                    f"unknown dtype '{dtype}'",
+                    hint=f"did you mean '{near}'?" if near else "use one of: " + ", ".join(DTYPES),
+                )
         if not isinstance(shape_node, (ast.List, ast.Tuple)):
-            raise self.error(shape_node or call, "input() needs a shape list, e.g. [N, 784]",
-                             hint="named dims like N (batch) or T (time) stay symbolic")
+            raise self.error(
+                shape_node or call,
+                "input() needs a shape list, e.g. [N, 784]",
+                hint="named dims like N (batch) or T (time) stay symbolic",
+            )
         shape = []
         for d in shape_node.elts:
             if isinstance(d, ast.Constant) and isinstance(d.value, int) and d.value > 0:
@@ -234,8 +274,11 @@ class _Parser:
     def constant_decl(self, name: str, call: ast.Call, comment: list[str]) -> None:
         kw = {k.arg: k.value for k in call.keywords}
         if len(call.args) != 1 or set(kw) - {"dtype"}:
-            raise self.error(call, "constant() takes a value and an optional dtype: "
-                                   "constant(0.5) or constant([1, 2], dtype=int64)")
+            raise self.error(
+                call,
+                "constant() takes a value and an optional dtype: "
+                "constant(0.5) or constant([1, 2], dtype=int64)",
+            )
         value = self.literal(call.args[0])
         dtype = _name_or_str(kw["dtype"]) if "dtype" in kw else None
         if dtype is not None and dtype not in DTYPES:
@@ -250,11 +293,16 @@ class _Parser:
             self.graph.comments[name] = comment
 
     def literal(self, n: ast.AST) -> Any:
-        if isinstance(n, ast.Constant) and isinstance(n.value, (int, float, str, bool)) or \
-                isinstance(n, ast.Constant) and n.value is None:
+        if (isinstance(n, ast.Constant) and isinstance(n.value, (int, float, str, bool))) or (
+            isinstance(n, ast.Constant) and n.value is None
+        ):
             return n.value
-        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)) and \
-                isinstance(n.operand, ast.Constant) and isinstance(n.operand.value, (int, float)):
+        if (
+            isinstance(n, ast.UnaryOp)
+            and isinstance(n.op, (ast.USub, ast.UAdd))
+            and isinstance(n.operand, ast.Constant)
+            and isinstance(n.operand.value, (int, float))
+        ):
             return -n.operand.value if isinstance(n.op, ast.USub) else n.operand.value
         if isinstance(n, (ast.List, ast.Tuple)):
             return [self.literal(e) for e in n.elts]
@@ -268,7 +316,8 @@ class _Parser:
             self.refs.append((n.id, self.loc(n)))
             return ("ref", n.id, n)
         if isinstance(n, (ast.Call, ast.BinOp)) or (
-                isinstance(n, ast.UnaryOp) and not isinstance(n.operand, ast.Constant)):
+            isinstance(n, ast.UnaryOp) and not isinstance(n.operand, ast.Constant)
+        ):
             op = _op_name(n)
             name = self.fresh(f"{owner}_{op}")
             self.expr(n, [name], [])
@@ -280,23 +329,32 @@ class _Parser:
         if isinstance(n, ast.BinOp):
             op = BINOPS.get(type(n.op))
             if op is None:
-                raise self.error(n, f"the operator {type(n.op).__name__} is not supported",
-                                 hint="use + - * / @ or an op call")
+                raise self.error(
+                    n,
+                    f"the operator {type(n.op).__name__} is not supported",
+                    hint="use + - * / @ or an op call",
+                )
             args = [self.operand(n.left, name), self.operand(n.right, name)]
             self.pending.append(_Pending(name, op, args, {}, self.loc(n), outputs, comment))
             return
         if isinstance(n, ast.UnaryOp):
             if not isinstance(n.op, ast.USub):
                 raise self.error(n, "only unary minus is supported")
-            self.pending.append(_Pending(name, "neg", [self.operand(n.operand, name)], {},
-                                         self.loc(n), outputs, comment))
+            self.pending.append(
+                _Pending(
+                    name, "neg", [self.operand(n.operand, name)], {}, self.loc(n), outputs, comment
+                )
+            )
             return
         if not isinstance(n, ast.Call) or not isinstance(n.func, ast.Name):
             raise self.error(n, "expected an op call such as relu(x)")
         opname = n.func.id
         if opname in DIRECTIVES:
-            raise self.error(n, f"{opname}() cannot be nested inside an expression",
-                             hint=f"write it as its own statement: name = {opname}(...)")
+            raise self.error(
+                n,
+                f"{opname}() cannot be nested inside an expression",
+                hint=f"write it as its own statement: name = {opname}(...)",
+            )
         get_op(opname, self.loc(n.func))
         for a in n.args:
             if isinstance(a, ast.Starred):
@@ -327,23 +385,33 @@ class _Parser:
         for name, loc in self.refs:
             if name not in known:
                 near = closest(name, known)
-                raise GraphError(f"undefined name '{name}'", loc=loc,
-                                 hint=f"did you mean '{near}'?" if near else
-                                 "define it first: name = input(float32, [N, ...])")
+                raise GraphError(
+                    f"undefined name '{name}'",
+                    loc=loc,
+                    hint=f"did you mean '{near}'?"
+                    if near
+                    else "define it first: name = input(float32, [N, ...])",
+                )
         for p in self.pending:
             g.add_node(self.node(p))
         for name, loc in self.outputs:
             if name not in known:
                 near = closest(name, known)
-                raise GraphError(f"output '{name}' is not defined", loc=loc,
-                                 hint=f"did you mean '{near}'?" if near else None)
+                raise GraphError(
+                    f"output '{name}' is not defined",
+                    loc=loc,
+                    hint=f"did you mean '{near}'?" if near else None,
+                )
             g.outputs.append(name)
         if self.loss is not None:
             name, loc = self.loss
             if name not in known:
                 near = closest(name, known)
-                raise GraphError(f"minimize: '{name}' is not defined", loc=loc,
-                                 hint=f"did you mean '{near}'?" if near else None)
+                raise GraphError(
+                    f"minimize: '{name}' is not defined",
+                    loc=loc,
+                    hint=f"did you mean '{near}'?" if near else None,
+                )
             g.loss = name
         if self.check:
             infer(g)
@@ -360,8 +428,11 @@ class _Parser:
             raise
         for key in attrs:
             if key in refs_kw:
-                raise GraphError(f"{op.name}() attribute '{key}' must be a literal, not a tensor",
-                                 loc=self._arg_loc(p, key), hint=op.signature())
+                raise GraphError(
+                    f"{op.name}() attribute '{key}' must be a literal, not a tensor",
+                    loc=self._arg_loc(p, key),
+                    hint=op.signature(),
+                )
         spec = dict(op.attrs)
         for key, value in attrs.items():
             if key in spec:
@@ -369,11 +440,14 @@ class _Parser:
         attrs = op.check_attrs(attrs, where=p.loc)
         n_out = op.num_outputs(attrs)
         if len(p.outputs) != n_out:
-            raise GraphError(f"{op.name}() gives {n_out} output(s) but {len(p.outputs)} "
-                             "name(s) are assigned", loc=p.loc)
+            raise GraphError(
+                f"{op.name}() gives {n_out} output(s) but {len(p.outputs)} name(s) are assigned",
+                loc=p.loc,
+            )
         params = [f"{p.name}.{s.name}" for s in op.active_params(attrs)]
-        return Node(p.name, p.op, list(inputs) + params, list(p.outputs), attrs, p.loc,
-                    list(p.comment))
+        return Node(
+            p.name, p.op, list(inputs) + params, list(p.outputs), attrs, p.loc, list(p.comment)
+        )
 
     def _arg_loc(self, p: _Pending, key: str) -> SourceLoc:
         if key in p.kwargs:
@@ -426,8 +500,9 @@ def _comments(text: str) -> dict[int, str]:
     return out
 
 
-def _attach_comments(comments: dict[int, str], stmt_lines: list[int], first: int
-                     ) -> dict[Any, list[str]]:
+def _attach_comments(
+    comments: dict[int, str], stmt_lines: list[int], first: int
+) -> dict[Any, list[str]]:
     """Group comments: a header block, blocks above statements, inline ones, a footer."""
     out: dict[Any, list[str]] = {}
     starts = sorted(stmt_lines)

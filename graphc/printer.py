@@ -76,17 +76,23 @@ def _call(graph: Graph, node: Node) -> str:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return list(a) == list(b)
-    return a == b and type(a) is type(b) or (a is None and b is None)
+    return (a == b and type(a) is type(b)) or (a is None and b is None)
 
 
 def _constant(name: str, arr: np.ndarray) -> str:
     if arr.size > MAX_CONSTANT:
-        raise GraphError(f"constant '{name}' has {arr.size} elements; too large to print",
-                         hint="make it a parameter or feed it as an input")
+        raise GraphError(
+            f"constant '{name}' has {arr.size} elements; too large to print",
+            hint="make it a parameter or feed it as an input",
+        )
     body = _literal(arr.tolist())
     default = "float32" if arr.dtype.kind == "f" else "int64" if arr.dtype.kind in "iu" else None
-    if arr.dtype.kind == "f" and not isinstance(arr.tolist(), list) and "." not in body \
-            and "e" not in body:
+    if (
+        arr.dtype.kind == "f"
+        and not isinstance(arr.tolist(), list)
+        and "." not in body
+        and "e" not in body
+    ):
         body += ".0"
     suffix = "" if str(arr.dtype) == default else f", dtype={arr.dtype}"
     return f"{name} = constant({body}{suffix})"
@@ -116,8 +122,11 @@ def print_graph(graph: Graph) -> str:
         targets = ", ".join(node.outputs)
         for o in node.outputs:
             if not o.isidentifier():
-                raise GraphError(f"value '{o}' has no printable name", node=node.name,
-                                 hint="model files name values with identifiers")
+                raise GraphError(
+                    f"value '{o}' has no printable name",
+                    node=node.name,
+                    hint="model files name values with identifiers",
+                )
         out.append(f"{targets} = {_call(graph, node)}")
     tail: list[str] = []
     if graph.outputs:

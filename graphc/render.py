@@ -28,9 +28,11 @@ from graphc.render_model import build_view
 from graphc.render_values import fmt_value
 
 FORMATS = ("svg", "png", "pdf", "dot")
-INSTALL_HINT = ("install Graphviz: `sudo apt-get install graphviz` (Debian/Ubuntu), "
-                "`brew install graphviz` (macOS), `conda install graphviz`, or "
-                "https://graphviz.org/download/; then run `dot -Tsvg FILE.dot -o FILE.svg`")
+INSTALL_HINT = (
+    "install Graphviz: `sudo apt-get install graphviz` (Debian/Ubuntu), "
+    "`brew install graphviz` (macOS), `conda install graphviz`, or "
+    "https://graphviz.org/download/; then run `dot -Tsvg FILE.dot -o FILE.svg`"
+)
 
 
 class GraphvizMissing(GraphError):
@@ -62,11 +64,20 @@ def note_composite_ops(source: Graph, expanded: Graph) -> None:
             n.tags["expanded_op"] = source.nodes[comp].op
 
 
-def to_dot(graph: Graph, *, mode: str = "forward", collapse: bool = False,
-           direction: str = "TB", legend: bool = True, shapes: bool = True,
-           show_constants: bool = False, values: Mapping[str, np.ndarray] | None = None,
-           grads: Mapping[str, np.ndarray] | None = None,
-           memory: Sequence[tuple[int, int]] | None = None, title: str | None = None) -> str:
+def to_dot(
+    graph: Graph,
+    *,
+    mode: str = "forward",
+    collapse: bool = False,
+    direction: str = "TB",
+    legend: bool = True,
+    shapes: bool = True,
+    show_constants: bool = False,
+    values: Mapping[str, np.ndarray] | None = None,
+    grads: Mapping[str, np.ndarray] | None = None,
+    memory: Sequence[tuple[int, int]] | None = None,
+    title: str | None = None,
+) -> str:
     """DOT text for `graph` as it is (differentiate or build the step first).
 
     `mode` names the picture ("forward", "backward", "train"); `values` and
@@ -95,8 +106,17 @@ def to_dot(graph: Graph, *, mode: str = "forward", collapse: bool = False,
                 if p in gtext:
                     notes[box.id].append((f"\u2202L: {gtext[p]}", GRAD_INK))
     extra = timeline_dot_node(memory) if memory else ""
-    return view_to_dot(view, direction=direction, legend=legend, shapes=shapes, title=title,
-                       values=vtext, grads=gtext, box_notes=notes, extra=extra)
+    return view_to_dot(
+        view,
+        direction=direction,
+        legend=legend,
+        shapes=shapes,
+        title=title,
+        values=vtext,
+        grads=gtext,
+        box_notes=notes,
+        extra=extra,
+    )
 
 
 def dot_binary() -> str | None:
@@ -115,23 +135,30 @@ def run_dot(dot_text: str, fmt: str, *, timeout: float = 120.0) -> bytes:
     device = {"svg": "svg", "png": "png:cairo", "pdf": "pdf:cairo"}[fmt]
     args = [exe, f"-T{device}"] + (["-Gdpi=144"] if fmt == "png" else [])
     try:
-        proc = subprocess.run(args, input=dot_text.encode("utf-8"), capture_output=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            args, input=dot_text.encode("utf-8"), capture_output=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
-        raise GraphError(f"Graphviz took more than {timeout:.0f} s to lay out the graph",
-                         hint="fold it with --collapse, or write --format dot") from None
+        raise GraphError(
+            f"Graphviz took more than {timeout:.0f} s to lay out the graph",
+            hint="fold it with --collapse, or write --format dot",
+        ) from None
     if proc.returncode != 0:
         msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GraphError("Graphviz failed: " + (msg[-1] if msg else f"exit {proc.returncode}"),
-                         hint="this is a graphc bug if the .dot file is ours; please report it")
+        raise GraphError(
+            "Graphviz failed: " + (msg[-1] if msg else f"exit {proc.returncode}"),
+            hint="this is a graphc bug if the .dot file is ours; please report it",
+        )
     return proc.stdout
 
 
 def format_of(path: str | Path, fmt: str | None = None) -> str:
     fmt = (fmt or Path(path).suffix.lstrip(".")).lower()
     if fmt not in FORMATS:
-        raise GraphError(f"cannot tell the picture format of '{path}'",
-                         hint="name the file .svg, .png, .pdf or .dot (or pass --format)")
+        raise GraphError(
+            f"cannot tell the picture format of '{path}'",
+            hint="name the file .svg, .png, .pdf or .dot (or pass --format)",
+        )
     return fmt
 
 
@@ -151,7 +178,9 @@ def render_file(dot_text: str, path: str | Path, fmt: str | None = None) -> Path
         atomic_write_text(dot_path, dot_text)
         raise GraphvizMissing(
             f"Graphviz's `dot` program is not installed; wrote {dot_path} instead of {path}",
-            hint=INSTALL_HINT.replace("FILE.dot", str(dot_path)).replace(
-                "FILE.svg", str(path)).replace("-Tsvg", f"-T{fmt}"))
+            hint=INSTALL_HINT.replace("FILE.dot", str(dot_path))
+            .replace("FILE.svg", str(path))
+            .replace("-Tsvg", f"-T{fmt}"),
+        )
     atomic_write_bytes(path, run_dot(dot_text, fmt))
     return path

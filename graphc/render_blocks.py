@@ -81,9 +81,13 @@ def find_residual_blocks(graph: Graph, nodes: list[Node]) -> list[Block]:
         if short > MAX_SHORTCUT or long_ < 1:
             continue
         upstream = _upstream(j, producers, graph)
-        members = [n.name for n in nodes
-                   if (n is j or n.name in upstream) and n.outputs[0] != fork
-                   and fork in dist.get(n.outputs[0], {})]
+        members = [
+            n.name
+            for n in nodes
+            if (n is j or n.name in upstream)
+            and n.outputs[0] != fork
+            and fork in dist.get(n.outputs[0], {})
+        ]
         if len(members) < 2:
             continue
         members += _activation_tail(j, nodes, graph)

@@ -24,14 +24,16 @@ from graphc.render_model import (
 )
 
 
-def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, str],
-                  targets: dict[str, str]) -> View:
+def collapse_view(
+    view: View, graph: Graph, order: list[Node], kinds: dict[str, str], targets: dict[str, str]
+) -> View:
     """Fold each top-level cluster (block, composite, layer) into one box.
 
     Gradient nodes fold into one "∇ <group>" box per forward group (parameter
     gradients join the box of the layer owning the parameter), optimizer
     nodes into one "update <group>" box.
     """
+
     def top(cid: str | None) -> str | None:
         while cid is not None and view.clusters[cid].parent is not None:
             cid = view.clusters[cid].parent
@@ -42,7 +44,7 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
     for bid, box in view.boxes.items():
         t = top(box.cluster)
         if t is not None and view.clusters[t].kind == "update":
-            updates[bid] = t[len("update:"):]
+            updates[bid] = t[len("update:") :]
         elif t is not None:
             group[bid] = f"group:{t}"
     owner_of_param: dict[str, str] = {}
@@ -67,13 +69,12 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
         if k == "grad":
             anchor = n.tags.get("grad_of")
             if anchor not in graph.nodes:
-                anchor = next((i for i in n.inputs if i in graph.nodes and kinds[i] == "op"),
-                              None)
+                anchor = next((i for i in n.inputs if i in graph.nodes and kinds[i] == "op"), None)
         elif k == "param_grad":
             anchor = owner_of_param.get(targets[n.name])
         elif k in ("update", "new_param"):
             p = next((i for i in n.inputs if i in graph.params), None)
-            p = p or (n.name[len(train_prefix()):] if k == "new_param" else None)
+            p = p or (n.name[len(train_prefix()) :] if k == "new_param" else None)
             anchor = owner_of_param.get(p) if p else None
             if anchor is not None:
                 group[n.name] = f"upd:{fwd_group(anchor)}"
@@ -87,8 +88,12 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
         if kinds[n.name] != "grad" or n.name in group:
             continue
         from_groups = {group.get(v) for v in n.inputs if v in group}
-        to_groups = {group.get(c.name) for o in n.outputs for c in readers.get(o, [])
-                     if kinds[c.name] == "param_grad"}
+        to_groups = {
+            group.get(c.name)
+            for o in n.outputs
+            for c in readers.get(o, [])
+            if kinds[c.name] == "param_grad"
+        }
         for cands in (from_groups, to_groups):
             if len(cands) == 1 and None not in cands:
                 group[n.name] = cands.pop()
@@ -121,7 +126,7 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
     beside = []
     for gid in boxes:
         if gid.startswith("grad:"):
-            fwd = gid[len("grad:"):]
+            fwd = gid[len("grad:") :]
             if fwd in boxes:
                 beside.append((fwd, gid))
     return View(view.name, view.mode, boxes, wires, {}, beside, view.types, collapsed=True)
@@ -129,8 +134,9 @@ def collapse_view(view: View, graph: Graph, order: list[Node], kinds: dict[str, 
 
 def _group_box(gid: str, member_ids: list[str], view: View, graph: Graph) -> Box:
     kind_of, _, rest = gid.partition(":")
-    ops = [view.boxes[m] for m in member_ids
-           if view.boxes[m].kind not in SOURCE_KINDS + ("output",)]
+    ops = [
+        view.boxes[m] for m in member_ids if view.boxes[m].kind not in SOURCE_KINDS + ("output",)
+    ]
     counts: Counter = Counter()
     seen_composites: set[str] = set()
     for b in ops:
@@ -153,14 +159,10 @@ def _group_box(gid: str, member_ids: list[str], view: View, graph: Graph) -> Box
         if params:
             lines.append((fmt_count(n) if n is not None else "?") + " params")
         comp_ops = [graph.nodes[b.id].tags.get("expanded_op") for b in ops if b.id in graph.nodes]
-        cats = [get_op(o).category for o in comp_ops if o] + [b.category for b in ops
-                                                              if b.category]
+        cats = [get_op(o).category for o in comp_ops if o] + [b.category for b in ops if b.category]
         cat = next((c for c in cats if c not in ("math", "tensor")), cats[0] if cats else "")
         return Box(gid, "group", cluster.label, lines, category=cat, members=member_ids)
-    if rest.startswith("group:"):
-        label = view.clusters[rest[len("group:"):]].label
-    else:
-        label = rest
+    label = view.clusters[rest[len("group:") :]].label if rest.startswith("group:") else rest
     if kind_of == "grad":
         n_grads = sum(1 for m in member_ids if view.boxes[m].kind == "param_grad")
         k = len(ops) - n_grads

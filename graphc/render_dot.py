@@ -28,8 +28,11 @@ from graphc.render_style import (
 )
 
 LARGE = 300  # boxes; above this the layout trades curved edges for speed
-MODE_TITLES = {"forward": "forward graph", "backward": "forward + backward graph",
-               "train": "training step"}
+MODE_TITLES = {
+    "forward": "forward graph",
+    "backward": "forward + backward graph",
+    "train": "training step",
+}
 
 
 def q(s: str) -> str:
@@ -61,8 +64,12 @@ def box_style(box: Box) -> BoxStyle:
 
 
 def _box_label(box: Box, style: BoxStyle, extra: list[tuple[str, str]]) -> str:
-    small = [f'<font point-size="9" color="{MUTED if box.kind != "grad" else "#991b1b"}">'
-             f"{h(line)}</font>" for line in box.lines if line]
+    small = [
+        f'<font point-size="9" color="{MUTED if box.kind != "grad" else "#991b1b"}">'
+        f"{h(line)}</font>"
+        for line in box.lines
+        if line
+    ]
     small += [f'<font point-size="9" color="{color}">{h(text)}</font>' for text, color in extra]
     if box.symbol:
         head = f'<font point-size="15">{h(box.symbol)}</font>'
@@ -85,22 +92,32 @@ def _param_table(rows: list[tuple[str, str, str]], extra: list[tuple[str, str]])
         ink, ink2 = ROW_INK.get(kind, (INK, MUTED))
         label = f"<i>{h(name)}</i>" if kind == "state" else h(name)
         note = " (frozen)" if kind == "frozen" else ""
-        cells.append(f'<tr><td align="left"><font point-size="10" color="{ink}">{label}</font>'
-                     f'</td><td align="right"><font point-size="9" color="{ink2}">{h(dims)}'
-                     f"{note}</font></td></tr>")
+        cells.append(
+            f'<tr><td align="left"><font point-size="10" color="{ink}">{label}</font>'
+            f'</td><td align="right"><font point-size="9" color="{ink2}">{h(dims)}'
+            f"{note}</font></td></tr>"
+        )
     for text, color in extra:
-        cells.append(f'<tr><td colspan="2"><font point-size="9" color="{color}">{h(text)}'
-                     "</font></td></tr>")
-    return ('<table border="0" cellborder="0" cellspacing="0" cellpadding="1">'
-            + "".join(cells) + "</table>")
+        cells.append(
+            f'<tr><td colspan="2"><font point-size="9" color="{color}">{h(text)}</font></td></tr>'
+        )
+    return (
+        '<table border="0" cellborder="0" cellspacing="0" cellpadding="1">'
+        + "".join(cells)
+        + "</table>"
+    )
 
 
 def _node_attrs(box: Box, extra: list[tuple[str, str]]) -> dict[str, object]:
     s = box_style(box)
     attrs: dict[str, object] = {
-        "label": _box_label(box, s, extra), "shape": "circle" if box.symbol else s.shape,
-        "style": s.style if not box.symbol else "filled", "fillcolor": s.fill,
-        "color": s.border, "fontcolor": s.ink, "penwidth": f"{s.penwidth:g}",
+        "label": _box_label(box, s, extra),
+        "shape": "circle" if box.symbol else s.shape,
+        "style": s.style if not box.symbol else "filled",
+        "fillcolor": s.fill,
+        "color": s.border,
+        "fontcolor": s.ink,
+        "penwidth": f"{s.penwidth:g}",
     }
     if box.symbol:
         attrs.update(margin="0.02", width="0.42")
@@ -116,8 +133,9 @@ def _node_attrs(box: Box, extra: list[tuple[str, str]]) -> dict[str, object]:
     return attrs
 
 
-def _wire_label(view: View, w: Wire, values: Mapping[str, str], grads: Mapping[str, str],
-                shapes: bool) -> str | None:
+def _wire_label(
+    view: View, w: Wire, values: Mapping[str, str], grads: Mapping[str, str], shapes: bool
+) -> str | None:
     if view.boxes[w.src].rows:
         return None  # a layer's parameters: shapes and values are in the box, row by row
     parts = []
@@ -137,17 +155,30 @@ def _wire_label(view: View, w: Wire, values: Mapping[str, str], grads: Mapping[s
     return "<" + "<br/>".join(parts) + ">" if parts else None
 
 
-def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shapes: bool = True,
-                title: str | None = None, values: Mapping[str, str] | None = None,
-                grads: Mapping[str, str] | None = None,
-                box_notes: Mapping[str, list[tuple[str, str]]] | None = None,
-                extra: str = "") -> str:
+def view_to_dot(
+    view: View,
+    *,
+    direction: str = "TB",
+    legend: bool = True,
+    shapes: bool = True,
+    title: str | None = None,
+    values: Mapping[str, str] | None = None,
+    grads: Mapping[str, str] | None = None,
+    box_notes: Mapping[str, list[tuple[str, str]]] | None = None,
+    extra: str = "",
+) -> str:
     """The DOT text of a view. `values`/`grads` map value names to edge annotations."""
     values, grads, box_notes = values or {}, grads or {}, box_notes or {}
     out: list[str] = [f"digraph {q(view.name)} {{"]
-    head = title if title is not None else (
-        f"<b>{h(view.name)}</b>  <font color=\"{MUTED}\">{MODE_TITLES[view.mode]}"
-        + (" (folded)" if view.collapsed else "") + "</font>")
+    head = (
+        title
+        if title is not None
+        else (
+            f'<b>{h(view.name)}</b>  <font color="{MUTED}">{MODE_TITLES[view.mode]}'
+            + (" (folded)" if view.collapsed else "")
+            + "</font>"
+        )
+    )
     gattrs = dict(GRAPH_ATTRS, rankdir=direction, label=f"<{head}>" if head else None)
     if len(view.boxes) > LARGE:
         # curved routing and exact placement of a thousand boxes takes dot minutes;
@@ -172,8 +203,14 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
             border, fill, style = CLUSTER_STYLES[c.kind]
             out.append(f"{indent}subgraph {q('cluster_' + child)} {{")
             label = f'<<font point-size="9" color="{MUTED}">{h(c.label)}</font>>'
-            frame = {"label": label, "color": border, "fillcolor": fill,
-                     "style": style + ",filled", "labeljust": "l", "margin": "10"}
+            frame = {
+                "label": label,
+                "color": border,
+                "fillcolor": fill,
+                "style": style + ",filled",
+                "labeljust": "l",
+                "margin": "10",
+            }
             out.append(f"{indent}  graph{_attrs(frame)};")
             emit(child, indent + "  ")
             out.append(f"{indent}}}")
@@ -182,8 +219,11 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
     for w in view.wires:
         style, color, width, _arrow, _ = EDGE_STYLES[w.kind]
         attrs: dict[str, object] = {"label": _wire_label(view, w, values, grads, shapes)}
-        if w.kind == "data" and view.boxes[w.src].kind in ("op", "group") and \
-                view.boxes[w.dst].kind in ("op", "group"):
+        if (
+            w.kind == "data"
+            and view.boxes[w.src].kind in ("op", "group")
+            and view.boxes[w.dst].kind in ("op", "group")
+        ):
             attrs["weight"] = "3"  # keep the main path straight; inputs and params bend
         if w.kind != "data":
             attrs.update(style=style, color=color, penwidth=f"{width:g}")
@@ -197,8 +237,8 @@ def view_to_dot(view: View, *, direction: str = "TB", legend: bool = True, shape
             out.append(f"  {q(w.src)} -> {q(w.dst)}{_attrs(attrs)};")
     # a layer's parameter box sits level with the layer, so the main path stays straight
     for box in view.boxes.values():
-        if box.id.startswith("params:") and box.id[len("params:"):] in view.boxes:
-            out.append(f"  {{ rank=same; {q(box.id)}; {q(box.id[len('params:'):])}; }}")
+        if box.id.startswith("params:") and box.id[len("params:") :] in view.boxes:
+            out.append(f"  {{ rank=same; {q(box.id)}; {q(box.id[len('params:') :])}; }}")
     for a, b in view.beside:
         if a in view.boxes and b in view.boxes:
             out.append(f"  {{ rank=same; {q(a)}; {q(b)}; }}")
@@ -234,24 +274,42 @@ def legend_node(view: View) -> str:
     cells = []
     for _, name, s in rows:
         dashed = ' style="dashed"' if "dashed" in s.style else ""
-        cells.append(f'<tr><td width="22" height="12" fixedsize="true" bgcolor="{s.fill}" '
-                     f'color="{s.border}" border="1"{dashed}></td>'
-                     f'<td align="left"><font point-size="9">{h(name)}</font></td></tr>')
+        cells.append(
+            f'<tr><td width="22" height="12" fixedsize="true" bgcolor="{s.fill}" '
+            f'color="{s.border}" border="1"{dashed}></td>'
+            f'<td align="left"><font point-size="9">{h(name)}</font></td></tr>'
+        )
     kinds = list(dict.fromkeys(w.kind for w in view.wires))
     for k in ("data", "grad", "saved", "update"):
         if k not in kinds:
             continue
         style, color, _, _, text = EDGE_STYLES[k]
         glyph = "\u2013 \u2013 \u25b8" if style == "dashed" else "\u2014\u2014\u25b8"
-        cells.append(f'<tr><td><font color="{color}" point-size="9">{glyph}</font></td>'
-                     f'<td align="left"><font point-size="9">{h(text)}</font></td></tr>')
-    table = ('<<table border="0" cellborder="0" cellspacing="3" cellpadding="1">'
-             f'<tr><td colspan="2" align="left"><font point-size="9" color="{MUTED}">'
-             '<b>legend</b></font></td></tr>' + "".join(cells) + "</table>>")
-    return (f"  {q('legend')} [shape=box, style=\"rounded\", color=\"#e2e8f0\", "
-            f"margin=\"0.1,0.05\", label={table}];")
+        cells.append(
+            f'<tr><td><font color="{color}" point-size="9">{glyph}</font></td>'
+            f'<td align="left"><font point-size="9">{h(text)}</font></td></tr>'
+        )
+    table = (
+        '<<table border="0" cellborder="0" cellspacing="3" cellpadding="1">'
+        f'<tr><td colspan="2" align="left"><font point-size="9" color="{MUTED}">'
+        "<b>legend</b></font></td></tr>" + "".join(cells) + "</table>>"
+    )
+    return (
+        f'  {q("legend")} [shape=box, style="rounded", color="#e2e8f0", '
+        f'margin="0.1,0.05", label={table}];'
+    )
 
 
-_KIND_ORDER = {"graph input": 0, "parameter": 1, "frozen parameter": 2, "running statistic": 3,
-               "constant": 4, "graph output": 5, "folded group": 6, "gradient op": 7,
-               "parameter gradient": 8, "optimizer update": 9, "updated parameter": 10}
+_KIND_ORDER = {
+    "graph input": 0,
+    "parameter": 1,
+    "frozen parameter": 2,
+    "running statistic": 3,
+    "constant": 4,
+    "graph output": 5,
+    "folded group": 6,
+    "gradient op": 7,
+    "parameter gradient": 8,
+    "optimizer update": 9,
+    "updated parameter": 10,
+}

@@ -13,8 +13,13 @@ from __future__ import annotations
 from graphc.ir import Graph, Node
 
 
-def _roots(f: Node, before: Graph, after_readers: dict[str, list[Node]],
-           before_producers: dict[str, Node], removed: set[str]) -> list[str]:
+def _roots(
+    f: Node,
+    before: Graph,
+    after_readers: dict[str, list[Node]],
+    before_producers: dict[str, Node],
+    removed: set[str],
+) -> list[str]:
     """Nodes of `before` that `f` took the place of."""
     old = before.nodes.get(f.name)
     if old is not None:

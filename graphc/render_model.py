@@ -26,8 +26,15 @@ PARAM_KINDS = ("param", "frozen", "state", "slot")
 SCALAR_CONST_MAX = 1  # constants with at most this many elements are folded into their reader
 
 # Arithmetic ops drawn as small circles with their symbol, as in lecture figures.
-SYMBOLS = {"add": "+", "sub": "\u2212", "mul": "\u00d7", "div": "\u00f7", "neg": "\u2212x",
-           "matmul": "@", "add_n": "\u03a3"}
+SYMBOLS = {
+    "add": "+",
+    "sub": "\u2212",
+    "mul": "\u00d7",
+    "div": "\u00f7",
+    "neg": "\u2212x",
+    "matmul": "@",
+    "add_n": "\u03a3",
+}
 
 
 @dataclass
@@ -115,8 +122,9 @@ def node_kinds(graph: Graph) -> dict[str, str]:
     kinds: dict[str, str] = {}
     # values computed from a gradient, an optimizer slot or the step's lr / step inputs
     from_step: set[str] = {k for k in graph.params if is_slot(k)}
-    from_step.update(k for k in ("lr", "step") if k in graph.inputs and graph.meta.get(
-        "train_step"))
+    from_step.update(
+        k for k in ("lr", "step") if k in graph.inputs and graph.meta.get("train_step")
+    )
     for n in graph.topo_order():
         if is_grad_node(n):
             kinds[n.name] = "param_grad" if n.name in targets else "grad"
@@ -126,7 +134,7 @@ def node_kinds(graph: Graph) -> dict[str, str]:
         reads = any(v in from_step for v in n.inputs)
         if trains and n.name.startswith(new):
             kinds[n.name] = "new_param"
-        elif trains and reads or n.tags.get("optimizer"):
+        elif (trains and reads) or n.tags.get("optimizer"):
             kinds[n.name] = "update"
         else:
             kinds[n.name] = "op"
@@ -157,8 +165,11 @@ def fmt_type(t) -> str:
 
 def _fmt_attr(v) -> str:
     if isinstance(v, (tuple, list)):
-        return "\u00d7".join(map(str, v)) if v and len(set(v)) == 1 and len(v) <= 3 else (
-            "(" + ", ".join(map(str, v)) + ")")
+        return (
+            "\u00d7".join(map(str, v))
+            if v and len(set(v)) == 1 and len(v) <= 3
+            else ("(" + ", ".join(map(str, v)) + ")")
+        )
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
@@ -191,8 +202,9 @@ def fmt_count(n: int) -> str:
 
 
 # ------------------------------------------------------------------ building
-def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
-               show_constants: bool = False) -> View:
+def build_view(
+    graph: Graph, *, mode: str = "forward", collapse: bool = False, show_constants: bool = False
+) -> View:
     """Classify, cluster and connect every node and value of `graph`."""
     order = graph.topo_order()
     kinds = node_kinds(graph)
@@ -214,15 +226,18 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
     for name, p in graph.params.items():
         if name not in used:
             continue
-        kind = "slot" if is_slot(name) else (
-            "state" if p.state else ("frozen" if p.frozen else "param"))
+        kind = (
+            "slot"
+            if is_slot(name)
+            else ("state" if p.state else ("frozen" if p.frozen else "param"))
+        )
         layer = owner.get(name)
         if layer is None:
             boxes[name] = Box(name, kind, name, [fmt_type(p.type)], value=name, params=[name])
             continue
         bid = f"params:{layer}"
         box = boxes.setdefault(bid, Box(bid, kind, layer, value=None))
-        short = name[len(layer) + 1:] if name.startswith(layer + ".") else name
+        short = name[len(layer) + 1 :] if name.startswith(layer + ".") else name
         box.rows.append((short, fmt_dims(p.shape), kind))
         box.params.append(name)
         # the box looks trainable if any row is, else frozen, else a statistic
@@ -237,9 +252,13 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
         elif arr.size <= SCALAR_CONST_MAX and not show_constants:
             continue  # folded into the reader's label below
         else:
-            boxes[name] = Box(name, "const", name if not name.startswith("d_") else "const",
-                              [fmt_dims(arr.shape) if arr.size > 1 else _fmt_const(arr)],
-                              value=name)
+            boxes[name] = Box(
+                name,
+                "const",
+                name if not name.startswith("d_") else "const",
+                [fmt_dims(arr.shape) if arr.size > 1 else _fmt_const(arr)],
+                value=name,
+            )
 
     for n in order:
         op = get_op(n.op, n.loc)
@@ -248,8 +267,11 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
         shown = _display_name(n) if kind == "op" else None
         if shown:
             lines.append(shown)
-        keys = [f"{k}={_fmt_attr(n.attrs[k])}" for k in op.key_attrs
-                if k in n.attrs and n.attrs[k] is not None]
+        keys = [
+            f"{k}={_fmt_attr(n.attrs[k])}"
+            for k in op.key_attrs
+            if k in n.attrs and n.attrs[k] is not None
+        ]
         if keys:
             lines.append(", ".join(keys))
         names = op.input_names()
@@ -262,22 +284,38 @@ def build_view(graph: Graph, *, mode: str = "forward", collapse: bool = False,
         if fused:
             parts = _fused_summary(fused).split(" + ")
             lines += ["fused: " + " + ".join(parts[:3])] + [
-                "+ " + " + ".join(parts[i:i + 3]) for i in range(3, len(parts), 3)]
+                "+ " + " + ".join(parts[i : i + 3]) for i in range(3, len(parts), 3)
+            ]
         title = n.op
         if kind == "param_grad":
             title, lines = f"\u2202L/\u2202{targets[n.name]}", [fmt_type(graph.type(n.name))]
         elif kind == "new_param":
             title, lines = n.name, [fmt_type(graph.type(n.name))]
-        symbol = SYMBOLS.get(n.op) if kind in ("op", "grad", "update") and not keys \
-            and n.name not in folded and not fused and len(shown or "") <= 3 else None
-        boxes[n.name] = Box(n.name, kind, title, lines, category=op.category, symbol=symbol,
-                            fused=bool(fused), value=n.name if kind != "op" else None)
+        symbol = (
+            SYMBOLS.get(n.op)
+            if kind in ("op", "grad", "update")
+            and not keys
+            and n.name not in folded
+            and not fused
+            and len(shown or "") <= 3
+            else None
+        )
+        boxes[n.name] = Box(
+            n.name,
+            kind,
+            title,
+            lines,
+            category=op.category,
+            symbol=symbol,
+            fused=bool(fused),
+            value=n.name if kind != "op" else None,
+        )
 
     for n in order:
         seen: set[str] = set()
         for v in dict.fromkeys(x for x in n.inputs if x):
             src = producers[v].name if v in producers else box_of.get(v, v)
-            if src not in boxes or src in seen and src.startswith("params:"):
+            if src not in boxes or (src in seen and src.startswith("params:")):
                 continue
             seen.add(src)
             wires.append(Wire(src, n.name, v, _wire_kind(boxes[src].kind, kinds[n.name])))
@@ -310,7 +348,7 @@ def _display_name(n: Node) -> str | None:
     name = n.name
     comp = n.tags.get("expanded_from")
     if comp and name.startswith(comp + "__"):
-        name = name[len(comp) + 2:]
+        name = name[len(comp) + 2 :]
     base = name.rstrip("0123456789").rstrip("_")
     if base == n.op or base.endswith("_" + n.op):
         return None
@@ -347,8 +385,9 @@ def _fused_from(n: Node) -> list[str]:
 
 
 # ------------------------------------------------------------------ clusters
-def _clusters(graph: Graph, order: list[Node], kinds: dict[str, str],
-              boxes: dict[str, Box]) -> dict[str, Cluster]:
+def _clusters(
+    graph: Graph, order: list[Node], kinds: dict[str, str], boxes: dict[str, Box]
+) -> dict[str, Cluster]:
     """Residual blocks contain composites, which contain layers (a node and its params)."""
     clusters: dict[str, Cluster] = {}
     forward = [n for n in order if kinds[n.name] == "op"]
@@ -373,8 +412,9 @@ def _clusters(graph: Graph, order: list[Node], kinds: dict[str, str],
             cid = f"composite:{comp}"
             if cid not in clusters:
                 src_op = n.tags.get("expanded_op")
-                clusters[cid] = Cluster(cid, "composite", f"{comp}" + (
-                    f" \u00b7 {src_op}" if src_op else ""), where)
+                clusters[cid] = Cluster(
+                    cid, "composite", f"{comp}" + (f" \u00b7 {src_op}" if src_op else ""), where
+                )
             where = cid
         if comp and f"params:{comp}" in boxes:
             boxes[f"params:{comp}"].cluster = where
@@ -443,8 +483,9 @@ def _update_owner(graph: Graph, order: list[Node], kinds: dict[str, str]) -> dic
             mine |= owners.get(v, set())
         if not mine:
             for p in by_length:
-                if n.name.startswith(f"opt_{p}_") or n.name.endswith("." + p) and (
-                        n.name.startswith(train_prefix())):
+                if n.name.startswith(f"opt_{p}_") or (
+                    n.name.endswith("." + p) and (n.name.startswith(train_prefix()))
+                ):
                     mine = {p}
                     break
         for o in n.outputs:
@@ -454,8 +495,9 @@ def _update_owner(graph: Graph, order: list[Node], kinds: dict[str, str]) -> dic
     return out
 
 
-def _beside(graph: Graph, order: list[Node], kinds: dict[str, str],
-            producers: dict[str, Node]) -> list[tuple[str, str]]:
+def _beside(
+    graph: Graph, order: list[Node], kinds: dict[str, str], producers: dict[str, Node]
+) -> list[tuple[str, str]]:
     """For each forward node, the gradient node drawn on its rank.
 
     That is the node of its gradient rule whose result leaves the rule (the

@@ -34,23 +34,39 @@ class BoxStyle:
 KIND_STYLES: dict[str, BoxStyle] = {
     "input": BoxStyle("ellipse", "#e0f2fe", "#0284c7", legend="graph input"),
     "param": BoxStyle("box", "#ffedd5", "#ea580c", "filled", legend="parameter"),
-    "frozen": BoxStyle("box", "#f5f5f4", "#a8a29e", "filled,dashed", ink=MUTED,
-                       legend="frozen parameter"),
-    "state": BoxStyle("box", "#f5f5f4", "#78716c", "filled", ink=MUTED,
-                      legend="running statistic"),
-    "slot": BoxStyle("box", "#faf5ff", "#a78bfa", "filled", ink="#5b21b6",
-                     legend="optimizer slot"),
+    "frozen": BoxStyle(
+        "box", "#f5f5f4", "#a8a29e", "filled,dashed", ink=MUTED, legend="frozen parameter"
+    ),
+    "state": BoxStyle("box", "#f5f5f4", "#78716c", "filled", ink=MUTED, legend="running statistic"),
+    "slot": BoxStyle("box", "#faf5ff", "#a78bfa", "filled", ink="#5b21b6", legend="optimizer slot"),
     "const": BoxStyle("note", "#f8fafc", "#cbd5e1", ink=MUTED, penwidth=1.0, legend="constant"),
-    "output": BoxStyle("ellipse", "#ffffff", "#334155", "filled,bold", penwidth=1.6,
-                       legend="graph output"),
-    "grad": BoxStyle("box", "#fee2e2", "#dc2626", "rounded,filled", ink="#7f1d1d",
-                     legend="gradient op"),
-    "param_grad": BoxStyle("box", "#fecaca", "#b91c1c", "filled,bold", ink="#7f1d1d",
-                           penwidth=1.6, legend="parameter gradient"),
-    "update": BoxStyle("box", "#ede9fe", "#7c3aed", "rounded,filled", ink="#4c1d95",
-                       legend="optimizer update"),
-    "new_param": BoxStyle("box", "#ede9fe", "#6d28d9", "filled,bold", ink="#4c1d95",
-                          penwidth=1.6, legend="updated parameter"),
+    "output": BoxStyle(
+        "ellipse", "#ffffff", "#334155", "filled,bold", penwidth=1.6, legend="graph output"
+    ),
+    "grad": BoxStyle(
+        "box", "#fee2e2", "#dc2626", "rounded,filled", ink="#7f1d1d", legend="gradient op"
+    ),
+    "param_grad": BoxStyle(
+        "box",
+        "#fecaca",
+        "#b91c1c",
+        "filled,bold",
+        ink="#7f1d1d",
+        penwidth=1.6,
+        legend="parameter gradient",
+    ),
+    "update": BoxStyle(
+        "box", "#ede9fe", "#7c3aed", "rounded,filled", ink="#4c1d95", legend="optimizer update"
+    ),
+    "new_param": BoxStyle(
+        "box",
+        "#ede9fe",
+        "#6d28d9",
+        "filled,bold",
+        ink="#4c1d95",
+        penwidth=1.6,
+        legend="updated parameter",
+    ),
 }
 
 # Forward ops are rounded boxes filled by category.
@@ -72,8 +88,14 @@ _SPARE = [("#ffedd5", "#ea580c"), ("#ecfccb", "#65a30d"), ("#e0f2f1", "#0f766e")
 def op_style(category: str, *, fused: bool = False) -> BoxStyle:
     """The style of a forward op box of this category (unknown ones get a stable spare)."""
     fill, border = CATEGORY_FILLS.get(category) or _SPARE[zlib.crc32(category.encode()) % 3]
-    return BoxStyle("box", fill, border, "rounded,filled", penwidth=1.8 if fused else 1.2,
-                    legend=category or "op")
+    return BoxStyle(
+        "box",
+        fill,
+        border,
+        "rounded,filled",
+        penwidth=1.8 if fused else 1.2,
+        legend=category or "op",
+    )
 
 
 def group_style(category: str) -> BoxStyle:
@@ -99,10 +121,23 @@ CLUSTER_STYLES: dict[str, tuple[str, str, str]] = {
 }
 
 GRAPH_ATTRS = {
-    "fontname": FONT, "fontsize": "13", "fontcolor": INK, "bgcolor": "white", "pad": "0.3",
-    "nodesep": "0.3", "ranksep": "0.35", "newrank": "true", "labelloc": "t",
-    "labeljust": "l", "outputorder": "edgesfirst",
+    "fontname": FONT,
+    "fontsize": "13",
+    "fontcolor": INK,
+    "bgcolor": "white",
+    "pad": "0.3",
+    "nodesep": "0.3",
+    "ranksep": "0.35",
+    "newrank": "true",
+    "labelloc": "t",
+    "labeljust": "l",
+    "outputorder": "edgesfirst",
 }
-NODE_ATTRS = {"fontname": FONT, "fontsize": "11", "fontcolor": INK, "margin": "0.12,0.05",
-              "height": "0.3"}
+NODE_ATTRS = {
+    "fontname": FONT,
+    "fontsize": "11",
+    "fontcolor": INK,
+    "margin": "0.12,0.05",
+    "height": "0.3",
+}
 EDGE_ATTRS = {"fontname": FONT, "fontsize": "9", "fontcolor": MUTED, "arrowsize": "0.6"}

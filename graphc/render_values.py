@@ -29,26 +29,38 @@ def parse_input_spec(spec: str) -> tuple[str, np.ndarray]:
     name, sep, text = spec.partition("=")
     name, text = name.strip(), text.strip()
     if not sep or not name or not text:
-        raise GraphError(f"bad --input '{spec}'",
-                         hint="write --input name=3.0, --input name=[1,2] or --input name=x.npy")
+        raise GraphError(
+            f"bad --input '{spec}'",
+            hint="write --input name=3.0, --input name=[1,2] or --input name=x.npy",
+        )
     if text.endswith(".npy"):
         try:
             return name, np.load(text, allow_pickle=False)
         except (OSError, ValueError) as err:
-            raise GraphError(f"cannot read '{text}' for input '{name}': {err}",
-                             hint="give a .npy file written by numpy.save") from None
+            raise GraphError(
+                f"cannot read '{text}' for input '{name}': {err}",
+                hint="give a .npy file written by numpy.save",
+            ) from None
     import json
 
     try:
         return name, np.asarray(json.loads(text))
     except ValueError:
-        raise GraphError(f"bad value for input '{name}': {text!r}",
-                         hint="a number (3.0), a JSON list ([1, 2]) or a .npy file") from None
+        raise GraphError(
+            f"bad value for input '{name}': {text!r}",
+            hint="a number (3.0), a JSON list ([1, 2]) or a .npy file",
+        ) from None
 
 
-def make_feeds(graph: Graph, given: Mapping[str, np.ndarray] | None = None, *,
-               dims: Mapping[str, int] | None = None, batch: int = 4, seed: int = 0,
-               int_highs: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+def make_feeds(
+    graph: Graph,
+    given: Mapping[str, np.ndarray] | None = None,
+    *,
+    dims: Mapping[str, int] | None = None,
+    batch: int = 4,
+    seed: int = 0,
+    int_highs: Mapping[str, int] | None = None,
+) -> dict[str, np.ndarray]:
     """Feeds for every graph input: the given arrays, random draws for the rest.
 
     Symbolic dims take their size from `dims`, from the given arrays, or
@@ -61,9 +73,10 @@ def make_feeds(graph: Graph, given: Mapping[str, np.ndarray] | None = None, *,
             from graphc.errors import closest
 
             near = closest(k, graph.inputs)
-            raise GraphError(f"--input names '{k}', which is not an input of the graph",
-                             hint=f"did you mean '{near}'?" if near else
-                             "inputs: " + ", ".join(graph.inputs))
+            raise GraphError(
+                f"--input names '{k}', which is not an input of the graph",
+                hint=f"did you mean '{near}'?" if near else "inputs: " + ", ".join(graph.inputs),
+            )
     sizes = dict(dims or {})
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
@@ -71,8 +84,11 @@ def make_feeds(graph: Graph, given: Mapping[str, np.ndarray] | None = None, *,
         if name in given:
             arr = np.asarray(given[name], dtype=t.dtype)
             if arr.ndim != len(t.shape):
-                raise GraphError(f"input '{name}' should have rank {len(t.shape)} "
-                                 f"({t}), got shape {list(arr.shape)}", node=name)
+                raise GraphError(
+                    f"input '{name}' should have rank {len(t.shape)} "
+                    f"({t}), got shape {list(arr.shape)}",
+                    node=name,
+                )
             for d, n in zip(t.shape, arr.shape):
                 if isinstance(d, str) and d.isidentifier():
                     sizes.setdefault(d, n)
@@ -105,8 +121,9 @@ def _loss_ancestors(graph: Graph) -> set[str]:
     return seen
 
 
-def value_gradients(graph: Graph, feeds: Mapping[str, np.ndarray],
-                    env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def value_gradients(
+    graph: Graph, feeds: Mapping[str, np.ndarray], env: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """dLoss/dv for every float value v the loss depends on (inputs, params, node outputs)."""
     from graphc.autodiff import grad
 

@@ -27,8 +27,10 @@ def providers_for(device: str) -> list[str]:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if not _warned:
         avail = ", ".join(ort.get_available_providers())
-        print(f"graphc: CUDA is not available here (providers: {avail}); running on the CPU",
-              file=sys.stderr)
+        print(
+            f"graphc: CUDA is not available here (providers: {avail}); running on the CPU",
+            file=sys.stderr,
+        )
         _warned = True
     return ["CPUExecutionProvider"]
 
@@ -48,7 +50,9 @@ def cuda_available() -> bool:
     return True
 
 
-def session_options(threads: int | None = None, *, optimize: bool = True, profile: str | None = None):
+def session_options(
+    threads: int | None = None, *, optimize: bool = True, profile: str | None = None
+):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -56,41 +60,55 @@ def session_options(threads: int | None = None, *, optimize: bool = True, profil
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile
     return so
 
 
-def make_session(model: Any, device: str = "cpu", *, threads: int | None = None,
-                 optimize: bool = True, profile: str | None = None):
+def make_session(
+    model: Any,
+    device: str = "cpu",
+    *,
+    threads: int | None = None,
+    optimize: bool = True,
+    profile: str | None = None,
+):
     """An InferenceSession for a ModelProto, bytes or path."""
     import onnxruntime as ort
 
     data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
     try:
-        return ort.InferenceSession(data, session_options(threads, optimize=optimize,
-                                                          profile=profile),
-                                    providers=providers_for(device))
+        return ort.InferenceSession(
+            data,
+            session_options(threads, optimize=optimize, profile=profile),
+            providers=providers_for(device),
+        )
     except Exception as err:  # onnxruntime raises its own exception types
         raise GraphError(f"ONNX Runtime could not load the model: {err}") from err
 
 
-def run(session, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None
-        ) -> dict[str, np.ndarray]:
+def run(
+    session, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """Run a session; checks feed names and shapes first for a clear message."""
     expected = {i.name: i for i in session.get_inputs()}
     optional = {i.name: i for i in session.get_overridable_initializers()}
     for name in feeds:
         if name not in expected and name not in optional:
-            raise GraphError(f"the model has no input '{name}'",
-                             hint="inputs: " + ", ".join(expected))
+            raise GraphError(
+                f"the model has no input '{name}'", hint="inputs: " + ", ".join(expected)
+            )
     missing = [k for k in expected if k not in feeds]
     if missing:
-        raise GraphError("missing input(s): " + ", ".join(missing),
-                         hint="pass each as --input NAME=FILE.npy")
+        raise GraphError(
+            "missing input(s): " + ", ".join(missing), hint="pass each as --input NAME=FILE.npy"
+        )
     for name, value in feeds.items():
         _check_shape(name, np.shape(value), (expected.get(name) or optional[name]).shape)
     names = outputs or [o.name for o in session.get_outputs()]
@@ -104,9 +122,10 @@ def run(session, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = No
 def _check_shape(name: str, got: tuple, want: list) -> None:
     from graphc.shapes import fmt_shape
 
-    ok = len(got) == len(want) and all(
-        not isinstance(w, int) or w == g for g, w in zip(got, want))
+    ok = len(got) == len(want) and all(not isinstance(w, int) or w == g for g, w in zip(got, want))
     if not ok:
-        raise GraphError(f"input '{name}' has shape {fmt_shape(got)}, the model expects "
-                         f"{fmt_shape(tuple(w if w is not None else '?' for w in want))}",
-                         hint="named dims (N, T) take any size; numbered ones must match")
+        raise GraphError(
+            f"input '{name}' has shape {fmt_shape(got)}, the model expects "
+            f"{fmt_shape(tuple(w if w is not None else '?' for w in want))}",
+            hint="named dims (N, T) take any size; numbered ones must match",
+        )

@@ -56,7 +56,9 @@ def dim_div(a: Dim, b: int) -> Dim:
     return a if b == 1 else f"{_wrap(a)}//{b}"
 
 
-def conv_out(size: Dim, kernel: int, stride: int, pad_total: int, dilation: int, ceil: bool = False) -> Dim:
+def conv_out(
+    size: Dim, kernel: int, stride: int, pad_total: int, dilation: int, ceil: bool = False
+) -> Dim:
     """Output length of a convolution or pooling window sweep."""
     eff = dilation * (kernel - 1) + 1
     if isinstance(size, int):
@@ -95,7 +97,9 @@ def normalize_axis(axis: int, rank: int) -> int | None:
     return a if 0 <= a < rank else None
 
 
-def concrete(shape: Sequence[Dim], sizes: dict[str, int] | None = None, default: int = 2) -> tuple[int, ...]:
+def concrete(
+    shape: Sequence[Dim], sizes: dict[str, int] | None = None, default: int = 2
+) -> tuple[int, ...]:
     """Replace symbolic dims by numbers (for random test inputs and estimates)."""
     sizes = sizes or {}
     out = []

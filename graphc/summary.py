@@ -44,9 +44,16 @@ def summarize(graph: Graph) -> list[NodeSummary]:
     rows = []
     for node in graph.topo_order():
         data, _ = split_inputs(node)
-        rows.append(NodeSummary(node.name, node.op, [v for v in data if v],
-                                graph.types[node.outputs[0]], node_params(graph, node),
-                                node_flops(graph, node)))
+        rows.append(
+            NodeSummary(
+                node.name,
+                node.op,
+                [v for v in data if v],
+                graph.types[node.outputs[0]],
+                node_params(graph, node),
+                node_flops(graph, node),
+            )
+        )
     return rows
 
 
@@ -75,13 +82,21 @@ def format_table(graph: Graph, *, batch: int = 1) -> str:
     body = []
     for r in rows:
         f = flop_rows.get(r.name)
-        body.append((r.name, r.op, str(r.output), f"{r.params:,}" if r.params else "-",
-                     human(f) if f else "-"))
+        body.append(
+            (
+                r.name,
+                r.op,
+                str(r.output),
+                f"{r.params:,}" if r.params else "-",
+                human(f) if f else "-",
+            )
+        )
     total_p = sum(r.params for r in rows)
     total_f = sum(f or 0 for f in flop_rows.values())
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
-              for i, h in enumerate(header)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    widths = [
+        max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)
+    ]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*header), "  ".join("-" * w for w in widths)]
     out += [line.format(*b) for b in body]
     out.append("  ".join("-" * w for w in widths))

@@ -39,13 +39,36 @@ def _positive_mask(c, x):
     return c.b.greater(x, c.b.scalar(0.0, x))
 
 
-unary("relu", lambda x: np.maximum(x, 0), "Relu",
-      grad=lambda c: [c.g * c.b.cast(_positive_mask(c, c.x[0]), to=c.x[0].dtype)],
-      category="activations", doc="max(x, 0)", inplace={0: 0}, test=_ELEMENTWISE_TEST)
-unary("sigmoid", _sigmoid, "Sigmoid", grad=lambda c: [c.g * c.y[0] * (1.0 - c.y[0])],
-      category="activations", doc="1 / (1 + e^-x)", inplace={0: 0}, test=_ELEMENTWISE_TEST)
-unary("tanh", np.tanh, "Tanh", grad=lambda c: [c.g * (1.0 - c.y[0] * c.y[0])],
-      category="activations", doc="hyperbolic tangent", inplace={0: 0}, test=_ELEMENTWISE_TEST)
+unary(
+    "relu",
+    lambda x: np.maximum(x, 0),
+    "Relu",
+    grad=lambda c: [c.g * c.b.cast(_positive_mask(c, c.x[0]), to=c.x[0].dtype)],
+    category="activations",
+    doc="max(x, 0)",
+    inplace={0: 0},
+    test=_ELEMENTWISE_TEST,
+)
+unary(
+    "sigmoid",
+    _sigmoid,
+    "Sigmoid",
+    grad=lambda c: [c.g * c.y[0] * (1.0 - c.y[0])],
+    category="activations",
+    doc="1 / (1 + e^-x)",
+    inplace={0: 0},
+    test=_ELEMENTWISE_TEST,
+)
+unary(
+    "tanh",
+    np.tanh,
+    "Tanh",
+    grad=lambda c: [c.g * (1.0 - c.y[0] * c.y[0])],
+    category="activations",
+    doc="hyperbolic tangent",
+    inplace={0: 0},
+    test=_ELEMENTWISE_TEST,
+)
 
 
 # ------------------------------------------------------------ leaky relu, elu
@@ -61,13 +84,21 @@ def _leaky_relu_lower(e, n, x):
     return _where_positive(e, n, x, e.op("Mul", [x, e.scalar(alpha, n.inputs[0])]))
 
 
-unary("leaky_relu", lambda x, alpha: np.where(x > 0, x, x * x.dtype.type(alpha)),
-      _leaky_relu_lower,
-      grad=_leaky_relu_grad, attrs={"alpha": Attr(float, 0.01, doc="slope for x < 0")},
-      category="activations", doc="x where x > 0, else alpha * x", inplace={0: 0},
-      key_attrs=("alpha",),
-      test={"cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"alpha": 0.2}}],
-            "grad": True})
+unary(
+    "leaky_relu",
+    lambda x, alpha: np.where(x > 0, x, x * x.dtype.type(alpha)),
+    _leaky_relu_lower,
+    grad=_leaky_relu_grad,
+    attrs={"alpha": Attr(float, 0.01, doc="slope for x < 0")},
+    category="activations",
+    doc="x where x > 0, else alpha * x",
+    inplace={0: 0},
+    key_attrs=("alpha",),
+    test={
+        "cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"alpha": 0.2}}],
+        "grad": True,
+    },
+)
 
 
 def _elu_ref(x, alpha):
@@ -90,11 +121,20 @@ def _elu_lower(e, n, x):
     return _where_positive(e, n, x, e.op("Mul", [em1, e.scalar(alpha, like)]))
 
 
-unary("elu", _elu_ref, _elu_lower,
-      grad=_elu_grad, attrs={"alpha": Attr(float, 1.0, doc="scale of the negative part")},
-      category="activations", doc="x where x > 0, else alpha * (e^x - 1)", key_attrs=("alpha",),
-      test={"cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"alpha": 0.5}}],
-            "grad": True})
+unary(
+    "elu",
+    _elu_ref,
+    _elu_lower,
+    grad=_elu_grad,
+    attrs={"alpha": Attr(float, 1.0, doc="scale of the negative part")},
+    category="activations",
+    doc="x where x > 0, else alpha * (e^x - 1)",
+    key_attrs=("alpha",),
+    test={
+        "cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"alpha": 0.5}}],
+        "grad": True,
+    },
+)
 
 
 # -------------------------------------------------------- softplus, swish, gelu
@@ -111,8 +151,15 @@ def _softplus_lower(e, n, x):
     return e.op("Add", [e.op("Relu", [x]), e.op("Log", [e.op("Add", [tail, e.scalar(1.0, like)])])])
 
 
-unary("softplus", _softplus_ref, _softplus_lower, grad=lambda c: [c.g * c.b.sigmoid(c.x[0])],
-      category="activations", doc="log(1 + e^x), a smooth relu", test=_ELEMENTWISE_TEST)
+unary(
+    "softplus",
+    _softplus_ref,
+    _softplus_lower,
+    grad=lambda c: [c.g * c.b.sigmoid(c.x[0])],
+    category="activations",
+    doc="log(1 + e^x), a smooth relu",
+    test=_ELEMENTWISE_TEST,
+)
 
 
 def _swish_ref(x, beta):
@@ -130,12 +177,22 @@ def _swish_decompose(b, n, x):
     return x * b.sigmoid(x if beta == 1.0 else x * beta)
 
 
-defop("swish", attrs={"beta": Attr(float, 1.0, doc="sharpness; beta=1 is SiLU")},
-      infer=lambda c: c.need_float(0), reference=_swish_ref, lower=_swish_lower,
-      decompose=_swish_decompose, category="activations", flops=elementwise_flops,
-      key_attrs=("beta",), doc="x * sigmoid(beta * x) (SiLU when beta = 1)",
-      test={"cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"beta": 1.7}}],
-            "grad": True})
+defop(
+    "swish",
+    attrs={"beta": Attr(float, 1.0, doc="sharpness; beta=1 is SiLU")},
+    infer=lambda c: c.need_float(0),
+    reference=_swish_ref,
+    lower=_swish_lower,
+    decompose=_swish_decompose,
+    category="activations",
+    flops=elementwise_flops,
+    key_attrs=("beta",),
+    doc="x * sigmoid(beta * x) (SiLU when beta = 1)",
+    test={
+        "cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"beta": 1.7}}],
+        "grad": True,
+    },
+)
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -157,12 +214,18 @@ def _gelu_lower(e, n, x):
     return e.op("Mul", [e.op("Mul", [x, e.scalar(0.5, like)]), one_plus])
 
 
-defop("gelu", infer=lambda c: c.need_float(0), reference=_gelu_ref,
-      lower=_gelu_lower,
-      decompose=_gelu_decompose, category="activations", flops=elementwise_flops,
-      doc="x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), the exact (erf) form, not the tanh "
-          "approximation",
-      test=dict(_ELEMENTWISE_TEST, tol64=1e-6))  # float64 goes through ORT's float32 Erf
+defop(
+    "gelu",
+    infer=lambda c: c.need_float(0),
+    reference=_gelu_ref,
+    lower=_gelu_lower,
+    decompose=_gelu_decompose,
+    category="activations",
+    flops=elementwise_flops,
+    doc="x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), the exact (erf) form, not the tanh "
+    "approximation",
+    test=dict(_ELEMENTWISE_TEST, tol64=1e-6),
+)  # float64 goes through ORT's float32 Erf
 
 
 # ------------------------------------------------------------------ softmax
@@ -195,16 +258,34 @@ def _axis_infer(ctx: InferCtx) -> TensorType:
     return x
 
 
-_SOFTMAX_TEST = {"cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"axis": 1}}],
-                 "grad": True}
-defop("softmax", attrs={"axis": axis_attr()}, infer=_axis_infer, reference=_softmax_ref,
-      lower=lambda e, n, x: e.op("Softmax", [x], axis=n.attrs["axis"]), grad=_softmax_grad,
-      category="activations", doc="e^x / sum(e^x) along an axis", flops=elementwise_flops,
-      test=_SOFTMAX_TEST)
-defop("log_softmax", attrs={"axis": axis_attr()}, infer=_axis_infer, reference=_log_softmax_ref,
-      lower=lambda e, n, x: e.op("LogSoftmax", [x], axis=n.attrs["axis"]),
-      grad=_log_softmax_grad, category="activations", flops=elementwise_flops,
-      doc="log(softmax(x)), computed stably", test=_SOFTMAX_TEST)
+_SOFTMAX_TEST = {
+    "cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4]], "attrs": {"axis": 1}}],
+    "grad": True,
+}
+defop(
+    "softmax",
+    attrs={"axis": axis_attr()},
+    infer=_axis_infer,
+    reference=_softmax_ref,
+    lower=lambda e, n, x: e.op("Softmax", [x], axis=n.attrs["axis"]),
+    grad=_softmax_grad,
+    category="activations",
+    doc="e^x / sum(e^x) along an axis",
+    flops=elementwise_flops,
+    test=_SOFTMAX_TEST,
+)
+defop(
+    "log_softmax",
+    attrs={"axis": axis_attr()},
+    infer=_axis_infer,
+    reference=_log_softmax_ref,
+    lower=lambda e, n, x: e.op("LogSoftmax", [x], axis=n.attrs["axis"]),
+    grad=_log_softmax_grad,
+    category="activations",
+    flops=elementwise_flops,
+    doc="log(softmax(x)), computed stably",
+    test=_SOFTMAX_TEST,
+)
 
 
 # -------------------------------------------------------------------- prelu
@@ -257,12 +338,19 @@ def _prelu_grad(c):
     return [gx, gs]
 
 
-defop("prelu", params=(ParamSpec("slope", _channels, "constant:0.25", "vec"),),
-      infer=_prelu_infer, reference=_prelu_ref, lower=_prelu_lower, grad=_prelu_grad,
-      category="activations", flops=elementwise_flops,
-      doc="x where x > 0, else slope * x, with a learned slope per channel (axis 1), "
-          "starting at 0.25",
-      test={"cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4, 4]]}], "grad": True})
+defop(
+    "prelu",
+    params=(ParamSpec("slope", _channels, "constant:0.25", "vec"),),
+    infer=_prelu_infer,
+    reference=_prelu_ref,
+    lower=_prelu_lower,
+    grad=_prelu_grad,
+    category="activations",
+    flops=elementwise_flops,
+    doc="x where x > 0, else slope * x, with a learned slope per channel (axis 1), "
+    "starting at 0.25",
+    test={"cases": [{"shapes": [[4, 5]]}, {"shapes": [[2, 3, 4, 4]]}], "grad": True},
+)
 
 
 # ------------------------------------------------------------------- maxout
@@ -299,17 +387,38 @@ def _maxout_flops(ctx: InferCtx, outs) -> int:
     return 2 * rows * int(ctx.inputs[1].shape[0]) * cols + rows * cols
 
 
-defop("maxout", attrs={"units": Attr(int, doc="output features"),
-                       "pieces": Attr(int, 2, doc="linear pieces per unit (k)"),
-                       "bias": Attr(bool, True, doc="add a learned bias")},
-      params=(ParamSpec("weight", lambda c: (c.x.shape[-1], c.attrs["units"] * c.attrs["pieces"]),
-                        "he", "io"),
-              ParamSpec("bias", lambda c: (c.attrs["units"] * c.attrs["pieces"],), "zeros", "vec",
-                        when=lambda a: a["bias"])),
-      infer=_maxout_infer, reference=_maxout_ref, decompose=_maxout_decompose,
-      category="layers", flops=_maxout_flops, key_attrs=("units", "pieces"),
-      doc="max of k linear pieces per unit: z = x @ weight + bias, y[..., u] = "
-          "max_k z[..., u * pieces + k]; weight is [in, units * pieces]",
-      test={"cases": [{"shapes": [[4, 5]], "attrs": {"units": 3, "pieces": 2}},
-                      {"shapes": [[2, 3, 4]], "attrs": {"units": 2, "pieces": 3, "bias": False}}],
-            "grad": True})
+defop(
+    "maxout",
+    attrs={
+        "units": Attr(int, doc="output features"),
+        "pieces": Attr(int, 2, doc="linear pieces per unit (k)"),
+        "bias": Attr(bool, True, doc="add a learned bias"),
+    },
+    params=(
+        ParamSpec(
+            "weight", lambda c: (c.x.shape[-1], c.attrs["units"] * c.attrs["pieces"]), "he", "io"
+        ),
+        ParamSpec(
+            "bias",
+            lambda c: (c.attrs["units"] * c.attrs["pieces"],),
+            "zeros",
+            "vec",
+            when=lambda a: a["bias"],
+        ),
+    ),
+    infer=_maxout_infer,
+    reference=_maxout_ref,
+    decompose=_maxout_decompose,
+    category="layers",
+    flops=_maxout_flops,
+    key_attrs=("units", "pieces"),
+    doc="max of k linear pieces per unit: z = x @ weight + bias, y[..., u] = "
+    "max_k z[..., u * pieces + k]; weight is [in, units * pieces]",
+    test={
+        "cases": [
+            {"shapes": [[4, 5]], "attrs": {"units": 3, "pieces": 2}},
+            {"shapes": [[2, 3, 4]], "attrs": {"units": 2, "pieces": 3, "bias": False}},
+        ],
+        "grad": True,
+    },
+)

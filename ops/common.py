@@ -22,12 +22,16 @@ def float_same(ctx: InferCtx) -> TensorType:
 def broadcast_infer(ctx: InferCtx) -> TensorType:
     a, b = ctx.inputs[0], ctx.inputs[1]
     if a.dtype != b.dtype:
-        raise ctx.fail(f"inputs have different dtypes: {a} and {b}",
-                       hint="cast one of them (cast(x, to='float32'))")
+        raise ctx.fail(
+            f"inputs have different dtypes: {a} and {b}",
+            hint="cast one of them (cast(x, to='float32'))",
+        )
     shape = broadcast(a.shape, b.shape)
     if shape is None:
-        raise ctx.fail(f"shapes {fmt_shape(a.shape)} and {fmt_shape(b.shape)} do not broadcast",
-                       hint="each dim must be equal, or 1 in one of them")
+        raise ctx.fail(
+            f"shapes {fmt_shape(a.shape)} and {fmt_shape(b.shape)} do not broadcast",
+            hint="each dim must be equal, or 1 in one of them",
+        )
     return TensorType(a.dtype, shape)
 
 
@@ -42,21 +46,59 @@ def elementwise_flops(ctx: InferCtx, outs) -> int:
     return int(np.prod(concrete(outs[0].shape, default=1)))
 
 
-def unary(name: str, ref: Callable, onnx_op: str | Callable, grad=None, *, category="math",
-          doc="", attrs=None, infer=float_same, **kw):
+def unary(
+    name: str,
+    ref: Callable,
+    onnx_op: str | Callable,
+    grad=None,
+    *,
+    category="math",
+    doc="",
+    attrs=None,
+    infer=float_same,
+    **kw,
+):
     """An elementwise op of one tensor; `onnx_op` is an ONNX op name or a lowering."""
     lower = onnx_op if callable(onnx_op) else (lambda e, n, x: e.op(onnx_op, [x]))
-    return defop(name, inputs=("x",), attrs=attrs or {}, infer=infer, reference=ref,
-                 lower=lower, grad=grad, category=category, doc=doc,
-                 flops=elementwise_flops, **kw)
+    return defop(
+        name,
+        inputs=("x",),
+        attrs=attrs or {},
+        infer=infer,
+        reference=ref,
+        lower=lower,
+        grad=grad,
+        category=category,
+        doc=doc,
+        flops=elementwise_flops,
+        **kw,
+    )
 
 
-def binary(name: str, ref: Callable, onnx_op: str, grad=None, *, category="math", doc="",
-           infer=broadcast_infer, **kw):
+def binary(
+    name: str,
+    ref: Callable,
+    onnx_op: str,
+    grad=None,
+    *,
+    category="math",
+    doc="",
+    infer=broadcast_infer,
+    **kw,
+):
     """An elementwise op of two tensors with NumPy broadcasting."""
-    return defop(name, inputs=("a", "b"), infer=infer, reference=ref,
-                 lower=lambda e, n, a, b: e.op(onnx_op, [a, b]), grad=grad,
-                 category=category, doc=doc, flops=elementwise_flops, **kw)
+    return defop(
+        name,
+        inputs=("a", "b"),
+        infer=infer,
+        reference=ref,
+        lower=lambda e, n, a, b: e.op(onnx_op, [a, b]),
+        grad=grad,
+        category=category,
+        doc=doc,
+        flops=elementwise_flops,
+        **kw,
+    )
 
 
 def axis_attr(default: int = -1, doc: str = "axis (negative counts from the end)") -> Attr:

@@ -58,27 +58,54 @@ def _linear_flops(ctx: InferCtx, outs) -> int:
     return 2 * rows * int(ctx.inputs[1].shape[0]) * ctx.attrs["units"]
 
 
-defop("linear", inputs=("x",),
-      attrs={"units": Attr(int, doc="output features"),
-             "bias": Attr(bool, True, doc="add a learned bias")},
-      params=(ParamSpec("weight", lambda c: (c.x.shape[-1], c.attrs["units"]), "he", "io"),
-              ParamSpec("bias", lambda c: (c.attrs["units"],), "zeros", "vec",
-                        when=lambda a: a["bias"])),
-      infer=_linear_infer, reference=_linear_ref, lower=_linear_lower, grad=_linear_grad,
-      category="layers", flops=_linear_flops, key_attrs=("units",),
-      doc="dense layer: y = x @ weight + bias; weight is [in, units]",
-      test={"cases": [{"shapes": [[4, 5]], "attrs": {"units": 3}},
-                      {"shapes": [[2, 3, 4]], "attrs": {"units": 2, "bias": False}}],
-            "grad": True})
+defop(
+    "linear",
+    inputs=("x",),
+    attrs={
+        "units": Attr(int, doc="output features"),
+        "bias": Attr(bool, True, doc="add a learned bias"),
+    },
+    params=(
+        ParamSpec("weight", lambda c: (c.x.shape[-1], c.attrs["units"]), "he", "io"),
+        ParamSpec("bias", lambda c: (c.attrs["units"],), "zeros", "vec", when=lambda a: a["bias"]),
+    ),
+    infer=_linear_infer,
+    reference=_linear_ref,
+    lower=_linear_lower,
+    grad=_linear_grad,
+    category="layers",
+    flops=_linear_flops,
+    key_attrs=("units",),
+    doc="dense layer: y = x @ weight + bias; weight is [in, units]",
+    test={
+        "cases": [
+            {"shapes": [[4, 5]], "attrs": {"units": 3}},
+            {"shapes": [[2, 3, 4]], "attrs": {"units": 2, "bias": False}},
+        ],
+        "grad": True,
+    },
+)
 
-defop("step", inputs=("x",), attrs={"threshold": Attr(float, 0.0)},
-      infer=lambda c: c.need_float(0),
-      reference=lambda x, threshold: (x > threshold).astype(x.dtype),
-      lower=lambda e, n, x: e.op("Cast", [e.op("Greater", [x, e.scalar(n.attrs["threshold"], x)])],
-                                 to=e.onnx_dtype(e.type(n.inputs[0]).dtype)),
-      grad=NotDifferentiable("the perceptron step is flat almost everywhere, so its gradient "
-                             "carries no signal"),
-      category="activations", doc="perceptron step: 1 where x > threshold, else 0",
-      flops=elementwise_flops, key_attrs=("threshold",),
-      test={"cases": [{"shapes": [[4, 5]]}, {"shapes": [[4, 5]], "attrs": {"threshold": 0.3}}],
-            "grad": "not differentiable (the perceptron step)"})
+defop(
+    "step",
+    inputs=("x",),
+    attrs={"threshold": Attr(float, 0.0)},
+    infer=lambda c: c.need_float(0),
+    reference=lambda x, threshold: (x > threshold).astype(x.dtype),
+    lower=lambda e, n, x: e.op(
+        "Cast",
+        [e.op("Greater", [x, e.scalar(n.attrs["threshold"], x)])],
+        to=e.onnx_dtype(e.type(n.inputs[0]).dtype),
+    ),
+    grad=NotDifferentiable(
+        "the perceptron step is flat almost everywhere, so its gradient carries no signal"
+    ),
+    category="activations",
+    doc="perceptron step: 1 where x > threshold, else 0",
+    flops=elementwise_flops,
+    key_attrs=("threshold",),
+    test={
+        "cases": [{"shapes": [[4, 5]]}, {"shapes": [[4, 5]], "attrs": {"threshold": 0.3}}],
+        "grad": "not differentiable (the perceptron step)",
+    },
+)

@@ -57,8 +57,9 @@ def mix_np(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> 16)
 
 
-def keep_mask_np(shape: tuple[int, ...], seed: int | np.ndarray, stream: int,
-                 rate: float) -> np.ndarray:
+def keep_mask_np(
+    shape: tuple[int, ...], seed: int | np.ndarray, stream: int, rate: float
+) -> np.ndarray:
     """The boolean keep-mask that `dropout_mask` computes, in NumPy."""
     idx = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape) % MOD
     s = np.asarray(seed, dtype=np.int64).reshape(()) % MOD
@@ -85,16 +86,20 @@ def _scale(rate: float) -> float:
 def _resolved_stream(attrs: dict) -> int:
     stream = attrs["stream"]
     if stream is None:
-        raise GraphError("dropout stream id is unset; infer the graph first",
-                         hint="graphc.infer.infer(graph) derives it from the node name")
+        raise GraphError(
+            "dropout stream id is unset; infer the graph first",
+            hint="graphc.infer.infer(graph) derives it from the node name",
+        )
     return stream
 
 
 def _check_rate(ctx: InferCtx) -> None:
     rate = ctx.attrs["rate"]
     if not 0.0 <= rate < 1.0:
-        raise ctx.fail(f"rate must be in [0, 1), got {rate}",
-                       hint="rate is the fraction of units dropped; 0.1 to 0.5 are usual")
+        raise ctx.fail(
+            f"rate must be in [0, 1), got {rate}",
+            hint="rate is the fraction of units dropped; 0.1 to 0.5 are usual",
+        )
     stream = ctx.attrs["stream"]
     if stream is not None and not 0 <= stream < MOD:
         raise ctx.fail(f"stream must be in [0, 2**31), got {stream}")
@@ -105,8 +110,10 @@ def _check_seed(ctx: InferCtx) -> None:
     if seed is None:
         return
     if seed.dtype not in ("int64", "int32") or seed.shape not in ((), (1,)):
-        raise ctx.fail(f"the seed must be an int64 scalar, got {seed}",
-                       hint="feed the step count (the training-step builder does this)")
+        raise ctx.fail(
+            f"the seed must be an int64 scalar, got {seed}",
+            hint="feed the step count (the training-step builder does this)",
+        )
 
 
 def _seed_onnx(e, node, seed: str) -> str:
@@ -147,30 +154,48 @@ def _mask_lower(e, node, like, seed=""):
     idx = e.op("Range", [zero, e.op("Size", [like]), one])
     idx = _low31(e, e.op("Reshape", [idx, e.op("Shape", [like])]))
     s = _low31(e, _seed_onnx(e, node, seed))
-    c = _mix_onnx(e, e.op("BitwiseXor", [_mix_onnx(e, s),
-                                        e.const(np.asarray(_resolved_stream(a), np.int64))]))
+    c = _mix_onnx(
+        e, e.op("BitwiseXor", [_mix_onnx(e, s), e.const(np.asarray(_resolved_stream(a), np.int64))])
+    )
     h = _mix_onnx(e, e.op("BitwiseXor", [_mix_onnx(e, idx), c]))
     keep = e.op("GreaterOrEqual", [h, e.const(np.asarray(threshold(a["rate"]), np.int64))])
     dt = e.type(node.inputs[0]).dtype
-    return e.op("Mul", [e.op("Cast", [keep], to=e.onnx_dtype(dt)),
-                        e.const(np.asarray(_scale(a["rate"]), dt))])
+    return e.op(
+        "Mul",
+        [e.op("Cast", [keep], to=e.onnx_dtype(dt)), e.const(np.asarray(_scale(a["rate"]), dt))],
+    )
 
 
-defop("dropout_mask", inputs=("like", "seed?"),
-      attrs={"rate": Attr(float, 0.5, doc="probability that an element is 0"),
-             "stream": Attr(int, None, doc="stream id in [0, 2**31): masks with different "
-                                           "streams are independent; default: a hash of the "
-                                           "node name, fixed when the node is inferred",
-                           implied=lambda name: stream_of(name))},
-      infer=_mask_infer, reference=_mask_ref, lower=_mask_lower,
-      grad=lambda c: [None, None], random=True, category="random",
-      flops=lambda ctx, outs: 30 * elementwise_flops(ctx, outs),
-      key_attrs=("rate",),
-      doc="inverted-dropout mask of like's shape: 1/(1-rate) where kept, 0 where dropped; a "
-          "pure function of (element index, seed, stream) (counter-based, reproducible); "
-          "no gradient flows to like (only its shape is read)",
-      test={"cases": [{"shapes": [[8, 5]], "attrs": {"rate": 0.3, "stream": 7}}],
-            "grad": "a random mask: piecewise constant, zero gradient"})
+defop(
+    "dropout_mask",
+    inputs=("like", "seed?"),
+    attrs={
+        "rate": Attr(float, 0.5, doc="probability that an element is 0"),
+        "stream": Attr(
+            int,
+            None,
+            doc="stream id in [0, 2**31): masks with different "
+            "streams are independent; default: a hash of the "
+            "node name, fixed when the node is inferred",
+            implied=lambda name: stream_of(name),
+        ),
+    },
+    infer=_mask_infer,
+    reference=_mask_ref,
+    lower=_mask_lower,
+    grad=lambda c: [None, None],
+    random=True,
+    category="random",
+    flops=lambda ctx, outs: 30 * elementwise_flops(ctx, outs),
+    key_attrs=("rate",),
+    doc="inverted-dropout mask of like's shape: 1/(1-rate) where kept, 0 where dropped; a "
+    "pure function of (element index, seed, stream) (counter-based, reproducible); "
+    "no gradient flows to like (only its shape is read)",
+    test={
+        "cases": [{"shapes": [[8, 5]], "attrs": {"rate": 0.3, "stream": 7}}],
+        "grad": "a random mask: piecewise constant, zero gradient",
+    },
+)
 
 # -------------------------------------------------------------------- dropout
 
@@ -197,23 +222,40 @@ def _dropout_decompose(b, node, x, seed=None):
     return x * b.dropout_mask(*args, rate=a["rate"], stream=_resolved_stream(a))
 
 
-defop("dropout", inputs=("x", "seed?"),
-      attrs={"rate": Attr(float, 0.5, doc="fraction of units dropped in training"),
-             "training": Attr(bool, False, doc="drop and rescale (training) or pass through"),
-             "stream": Attr(int, None, doc="mask stream id in [0, 2**31); default: a hash of "
-                                           "the node name, fixed when the node is inferred",
-                           implied=lambda name: stream_of(name))},
-      infer=_dropout_infer, reference=_dropout_ref, decompose=_dropout_decompose,
-      training_only=True, random=True, category="regularization",
-      flops=lambda ctx, outs: (31 if ctx.attrs["training"] else 0) * elementwise_flops(ctx, outs),
-      key_attrs=("rate",),
-      doc="inverted dropout: in training, each element is zeroed with probability `rate` and "
-          "the rest scaled by 1/(1-rate); in evaluation, the identity. The mask is a "
-          "counter-based hash of (element index, seed, stream): feed the step count as the "
-          "optional int64 `seed` input for a fresh, replayable mask every step (without it the "
-          "seed is 0 and every step draws the same mask). The gradient is multiplied by the "
-          "same mask.",
-      test={"cases": [{"shapes": [[8, 6]], "attrs": {"rate": 0.25}},
-                      {"shapes": [[8, 6]], "attrs": {"rate": 0.25, "training": True}},
-                      {"shapes": [[4, 3, 5]], "attrs": {"rate": 0.5, "training": True}}],
-            "grad": True})
+defop(
+    "dropout",
+    inputs=("x", "seed?"),
+    attrs={
+        "rate": Attr(float, 0.5, doc="fraction of units dropped in training"),
+        "training": Attr(bool, False, doc="drop and rescale (training) or pass through"),
+        "stream": Attr(
+            int,
+            None,
+            doc="mask stream id in [0, 2**31); default: a hash of "
+            "the node name, fixed when the node is inferred",
+            implied=lambda name: stream_of(name),
+        ),
+    },
+    infer=_dropout_infer,
+    reference=_dropout_ref,
+    decompose=_dropout_decompose,
+    training_only=True,
+    random=True,
+    category="regularization",
+    flops=lambda ctx, outs: (31 if ctx.attrs["training"] else 0) * elementwise_flops(ctx, outs),
+    key_attrs=("rate",),
+    doc="inverted dropout: in training, each element is zeroed with probability `rate` and "
+    "the rest scaled by 1/(1-rate); in evaluation, the identity. The mask is a "
+    "counter-based hash of (element index, seed, stream): feed the step count as the "
+    "optional int64 `seed` input for a fresh, replayable mask every step (without it the "
+    "seed is 0 and every step draws the same mask). The gradient is multiplied by the "
+    "same mask.",
+    test={
+        "cases": [
+            {"shapes": [[8, 6]], "attrs": {"rate": 0.25}},
+            {"shapes": [[8, 6]], "attrs": {"rate": 0.25, "training": True}},
+            {"shapes": [[4, 3, 5]], "attrs": {"rate": 0.5, "training": True}},
+        ],
+        "grad": True,
+    },
+)

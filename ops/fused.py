@@ -8,10 +8,10 @@ short stable expression) instead of a chain of small ones.
 from __future__ import annotations
 
 import numpy as np
-from graphc.ops.losses import REDUCTION
-from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
 
 from graphc.ir import TensorType
+from graphc.ops.losses import REDUCTION
+from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
 from graphc.shapes import broadcast, fmt_shape
 
 # ---------------------------------------------------------------------- gemm
@@ -58,8 +58,14 @@ def _gemm_grad(c):
 
 def _gemm_lower(e, n, a, b, c=None):
     at = n.attrs
-    return e.op("Gemm", [a, b] + ([c] if c else []), transA=int(at["transA"]),
-                transB=int(at["transB"]), alpha=float(at["alpha"]), beta=float(at["beta"]))
+    return e.op(
+        "Gemm",
+        [a, b] + ([c] if c else []),
+        transA=int(at["transA"]),
+        transB=int(at["transB"]),
+        alpha=float(at["alpha"]),
+        beta=float(at["beta"]),
+    )
 
 
 def _gemm_flops(ctx: InferCtx, outs) -> int:
@@ -71,19 +77,33 @@ def _gemm_flops(ctx: InferCtx, outs) -> int:
     return 2 * k * int(np.prod(concrete(outs[0].shape, default=1)))
 
 
-defop("gemm", inputs=("a", "b", "c?"),
-      attrs={"transA": Attr(bool, False, doc="use a transposed"),
-             "transB": Attr(bool, False, doc="use b transposed"),
-             "alpha": Attr(float, 1.0), "beta": Attr(float, 1.0)},
-      infer=_gemm_infer, reference=_gemm_ref, lower=_gemm_lower, grad=_gemm_grad,
-      flops=_gemm_flops, category="math", key_attrs=("transA", "transB"),
-      doc="alpha * op(a) @ op(b) + beta * c, op = optional transpose (formed by fuse_gemm)",
-      test={"cases": [{"shapes": [[4, 3], [3, 5], [5]], "attrs": {}},
-                      {"shapes": [[3, 4], [5, 3]], "attrs": {"transA": True, "transB": True,
-                                                             "alpha": 0.5}},
-                      {"shapes": [[4, 3], [5, 3], [4, 5]], "attrs": {"transB": True,
-                                                                     "beta": 2.0}}],
-            "batch": False, "grad": True})
+defop(
+    "gemm",
+    inputs=("a", "b", "c?"),
+    attrs={
+        "transA": Attr(bool, False, doc="use a transposed"),
+        "transB": Attr(bool, False, doc="use b transposed"),
+        "alpha": Attr(float, 1.0),
+        "beta": Attr(float, 1.0),
+    },
+    infer=_gemm_infer,
+    reference=_gemm_ref,
+    lower=_gemm_lower,
+    grad=_gemm_grad,
+    flops=_gemm_flops,
+    category="math",
+    key_attrs=("transA", "transB"),
+    doc="alpha * op(a) @ op(b) + beta * c, op = optional transpose (formed by fuse_gemm)",
+    test={
+        "cases": [
+            {"shapes": [[4, 3], [3, 5], [5]], "attrs": {}},
+            {"shapes": [[3, 4], [5, 3]], "attrs": {"transA": True, "transB": True, "alpha": 0.5}},
+            {"shapes": [[4, 3], [5, 3], [4, 5]], "attrs": {"transB": True, "beta": 2.0}},
+        ],
+        "batch": False,
+        "grad": True,
+    },
+)
 
 # ----------------------------------------------------- softmax cross-entropy
 
@@ -121,8 +141,7 @@ def _sce_lower(e, n, logits, target):
     if e.type(n.inputs[1]).dtype in ("int64", "int32"):
         return e.op("SoftmaxCrossEntropyLoss", [logits, target], outputs=2, reduction=red)
     logp = e.op("LogSoftmax", [logits], axis=1)
-    nll = e.op("Neg", [e.op("ReduceSum", [e.op("Mul", [target, logp]), e.ints([1])],
-                            keepdims=0)])
+    nll = e.op("Neg", [e.op("ReduceSum", [e.op("Mul", [target, logp]), e.ints([1])], keepdims=0)])
     if red == "none":
         return [nll, logp]
     return [e.op("ReduceMean" if red == "mean" else "ReduceSum", [nll], keepdims=0), logp]
@@ -132,8 +151,9 @@ def _sce_grad(c):
     _logits, target = c.x
     out = None
     if c.gy[0] is not None:
-        out = c.b.softmax_cross_entropy_grad(c.gy[0], c.y[1], target,
-                                             reduction=c.attrs["reduction"])
+        out = c.b.softmax_cross_entropy_grad(
+            c.gy[0], c.y[1], target, reduction=c.attrs["reduction"]
+        )
     if c.gy[1] is not None:  # log-probabilities used elsewhere: log_softmax's own rule
         g1 = c.gy[1]
         part = g1 - c.b.exp(c.y[1]) * c.b.reduce_sum(g1, axes=(1,), keepdims=True)
@@ -141,15 +161,27 @@ def _sce_grad(c):
     return [out, None]
 
 
-defop("softmax_cross_entropy", inputs=("logits", "target"), attrs=dict(REDUCTION),
-      infer=_sce_infer, reference=_sce_ref, lower=_sce_lower, grad=_sce_grad, n_outputs=2,
-      category="losses",
-      doc="cross_entropy that also returns log-probabilities (formed by "
-          "fuse_softmax_cross_entropy; one ONNX SoftmaxCrossEntropyLoss for integer labels)",
-      test={"cases": [{"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"], "attrs": {}},
-                      {"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"],
-                       "attrs": {"reduction": "sum"}}],
-            "int_high": 5, "grad": True})
+defop(
+    "softmax_cross_entropy",
+    inputs=("logits", "target"),
+    attrs=dict(REDUCTION),
+    infer=_sce_infer,
+    reference=_sce_ref,
+    lower=_sce_lower,
+    grad=_sce_grad,
+    n_outputs=2,
+    category="losses",
+    doc="cross_entropy that also returns log-probabilities (formed by "
+    "fuse_softmax_cross_entropy; one ONNX SoftmaxCrossEntropyLoss for integer labels)",
+    test={
+        "cases": [
+            {"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"], "attrs": {}},
+            {"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"], "attrs": {"reduction": "sum"}},
+        ],
+        "int_high": 5,
+        "grad": True,
+    },
+)
 
 
 def _sce_grad_infer(ctx: InferCtx) -> TensorType:
@@ -186,15 +218,27 @@ def _sce_grad_lower(e, n, g, logp, target):
     return e.op("Mul", [diff, g])
 
 
-defop("softmax_cross_entropy_grad", inputs=("dloss", "logp", "target"), attrs=dict(REDUCTION),
-      infer=_sce_grad_infer, reference=_sce_grad_ref, lower=_sce_grad_lower,
-      grad=NotDifferentiable("a backward kernel formed by fusion; differentiate the unfused "
-                             "graph for higher derivatives"),
-      category="losses", doc="d(cross_entropy)/d(logits) = (softmax - onehot) * dloss / N",
-      test={"cases": [{"shapes": [[], [4, 5], [4]], "dtypes": ["float", "float", "int64"],
-                       "attrs": {}}],
-            "int_high": 5, "batch": False,
-            "grad": "a backward kernel formed by fusion; the fused forward op is gradient-checked"})
+defop(
+    "softmax_cross_entropy_grad",
+    inputs=("dloss", "logp", "target"),
+    attrs=dict(REDUCTION),
+    infer=_sce_grad_infer,
+    reference=_sce_grad_ref,
+    lower=_sce_grad_lower,
+    grad=NotDifferentiable(
+        "a backward kernel formed by fusion; differentiate the unfused graph for higher derivatives"
+    ),
+    category="losses",
+    doc="d(cross_entropy)/d(logits) = (softmax - onehot) * dloss / N",
+    test={
+        "cases": [
+            {"shapes": [[], [4, 5], [4]], "dtypes": ["float", "float", "int64"], "attrs": {}}
+        ],
+        "int_high": 5,
+        "batch": False,
+        "grad": "a backward kernel formed by fusion; the fused forward op is gradient-checked",
+    },
+)
 
 # ------------------------------------------- flat buffers (optimizer-update fusion)
 
@@ -212,19 +256,30 @@ def _flatten_concat_infer(ctx: InferCtx) -> TensorType:
 
 
 def _flatten_concat_lower(e, n, *xs):
-    flat = [x if e.type(v).rank == 1 else e.op("Reshape", [x, e.ints([-1])])
-            for x, v in zip(xs, n.inputs)]
+    flat = [
+        x if e.type(v).rank == 1 else e.op("Reshape", [x, e.ints([-1])])
+        for x, v in zip(xs, n.inputs)
+    ]
     return flat[0] if len(flat) == 1 else e.op("Concat", flat, axis=0)
 
 
-defop("flatten_concat", inputs=("xs*",), infer=_flatten_concat_infer,
-      reference=lambda *xs: np.concatenate([x.reshape(-1) for x in xs]),
-      lower=_flatten_concat_lower,
-      grad=lambda c: [c.b.reshape_like(part, x) for part, x in zip(
-          _as_list(c.b.unflatten(c.g, shapes=tuple(tuple(x.shape) for x in c.x))), c.x)],
-      category="tensor", doc="every input flattened and joined into one vector "
-                             "(the flat buffer of fuse_optimizer_update)",
-      test={"cases": [{"shapes": [[2, 3], [4]], "attrs": {}}], "batch": False, "grad": True})
+defop(
+    "flatten_concat",
+    inputs=("xs*",),
+    infer=_flatten_concat_infer,
+    reference=lambda *xs: np.concatenate([x.reshape(-1) for x in xs]),
+    lower=_flatten_concat_lower,
+    grad=lambda c: [
+        c.b.reshape_like(part, x)
+        for part, x in zip(
+            _as_list(c.b.unflatten(c.g, shapes=tuple(tuple(x.shape) for x in c.x))), c.x
+        )
+    ],
+    category="tensor",
+    doc="every input flattened and joined into one vector "
+    "(the flat buffer of fuse_optimizer_update)",
+    test={"cases": [{"shapes": [[2, 3], [4]], "attrs": {}}], "batch": False, "grad": True},
+)
 
 
 def _as_list(t):
@@ -244,7 +299,7 @@ def _unflatten_ref(x, shapes):
     out, start = [], 0
     for s in shapes:
         k = int(np.prod(s))
-        out.append(x[start:start + k].reshape(s))
+        out.append(x[start : start + k].reshape(s))
         start += k
     return tuple(out)
 
@@ -252,11 +307,13 @@ def _unflatten_ref(x, shapes):
 def _unflatten_lower(e, n, x):
     shapes = n.attrs["shapes"]
     sizes = [int(np.prod(s)) for s in shapes]
-    parts = [x] if len(shapes) == 1 else e.op("Split", [x, e.ints(sizes)], outputs=len(shapes),
-                                              axis=0)
+    parts = (
+        [x] if len(shapes) == 1 else e.op("Split", [x, e.ints(sizes)], outputs=len(shapes), axis=0)
+    )
     parts = [parts] if isinstance(parts, str) else parts
-    return [p if len(s) == 1 else e.op("Reshape", [p, e.ints(list(s))])
-            for p, s in zip(parts, shapes)]
+    return [
+        p if len(s) == 1 else e.op("Reshape", [p, e.ints(list(s))]) for p, s in zip(parts, shapes)
+    ]
 
 
 def _unflatten_grad(c):
@@ -264,14 +321,26 @@ def _unflatten_grad(c):
     return [c.b.flatten_concat(*parts)]
 
 
-defop("unflatten", inputs=("x",), attrs={"shapes": Attr(tuple, doc="shape of each part")},
-      n_outputs=lambda a: len(a["shapes"]), infer=_unflatten_infer, reference=_unflatten_ref,
-      lower=_unflatten_lower, grad=_unflatten_grad, category="tensor",
-      doc="split a vector into consecutive parts of the given static shapes",
-      test={"cases": [{"shapes": [[10]], "attrs": {"shapes": ((2, 3), (4,))}}],
-            "batch": False, "grad": True})
+defop(
+    "unflatten",
+    inputs=("x",),
+    attrs={"shapes": Attr(tuple, doc="shape of each part")},
+    n_outputs=lambda a: len(a["shapes"]),
+    infer=_unflatten_infer,
+    reference=_unflatten_ref,
+    lower=_unflatten_lower,
+    grad=_unflatten_grad,
+    category="tensor",
+    doc="split a vector into consecutive parts of the given static shapes",
+    test={
+        "cases": [{"shapes": [[10]], "attrs": {"shapes": ((2, 3), (4,))}}],
+        "batch": False,
+        "grad": True,
+    },
+)
 
 # ----------------------------------------------------------------- recomputation
+
 
 def _barrier_lower(e, n, x, after=None):
     dt = e.type(n.inputs[0])
@@ -286,18 +355,26 @@ def _barrier_lower(e, n, x, after=None):
     return e.op("Where", [e.const(np.asarray(False)), first, x])
 
 
-defop("recompute_barrier", inputs=("x", "after?"), infer=lambda c: c.inputs[0],
-      reference=lambda x, after=None: x.copy(),
-      # Max(x, x) / Where(false, ., x) is x; unlike Identity, ONNX Runtime keeps it, so the
-      # recomputed copies behind it are never merged back by ORT's own CSE. `after`
-      # (a gradient the recomputation is for) is a pure ordering edge: ONNX has no
-      # control dependencies, and ORT's depth-first order would otherwise run the
-      # recomputation as early as its inputs allow, undoing the saving.
-      lower=_barrier_lower, grad=lambda c: [c.g, None], category="tensor",
-      doc="x unchanged, available only after `after`: where a recomputed segment starts",
-      test={"cases": [{"shapes": [[3, 4]], "attrs": {}}, {"shapes": [[3, 4], [2, 5]],
-                                                           "attrs": {}}],
-            "batch": False, "grad": True})
+defop(
+    "recompute_barrier",
+    inputs=("x", "after?"),
+    infer=lambda c: c.inputs[0],
+    reference=lambda x, after=None: x.copy(),
+    # Max(x, x) / Where(false, ., x) is x; unlike Identity, ONNX Runtime keeps it, so the
+    # recomputed copies behind it are never merged back by ORT's own CSE. `after`
+    # (a gradient the recomputation is for) is a pure ordering edge: ONNX has no
+    # control dependencies, and ORT's depth-first order would otherwise run the
+    # recomputation as early as its inputs allow, undoing the saving.
+    lower=_barrier_lower,
+    grad=lambda c: [c.g, None],
+    category="tensor",
+    doc="x unchanged, available only after `after`: where a recomputed segment starts",
+    test={
+        "cases": [{"shapes": [[3, 4]], "attrs": {}}, {"shapes": [[3, 4], [2, 5]], "attrs": {}}],
+        "batch": False,
+        "grad": True,
+    },
+)
 
 # ------------------------------------------- binary cross-entropy on logits, backward
 
@@ -338,13 +415,24 @@ def _bce_grad_lower(e, n, g, z, t):
     return e.op("Mul", [diff, e.op("Div", [g, m])])
 
 
-defop("binary_cross_entropy_logits_grad", inputs=("dloss", "z", "t"), attrs=dict(REDUCTION),
-      infer=_bce_grad_infer, reference=_bce_grad_ref, lower=_bce_grad_lower,
-      grad=NotDifferentiable("a backward kernel formed by fusion; differentiate the unfused "
-                             "graph for higher derivatives"),
-      category="losses",
-      doc="d(binary_cross_entropy(z, t, from_logits))/dz = (sigmoid(z) - t) * dloss / n",
-      test={"cases": [{"shapes": [[], [4, 3], [4, 3]], "attrs": {}},
-                      {"shapes": [[4], [4, 3], [4, 3]], "attrs": {"reduction": "none"}}],
-            "batch": False,
-            "grad": "a backward kernel formed by fusion; the unfused loss is gradient-checked"})
+defop(
+    "binary_cross_entropy_logits_grad",
+    inputs=("dloss", "z", "t"),
+    attrs=dict(REDUCTION),
+    infer=_bce_grad_infer,
+    reference=_bce_grad_ref,
+    lower=_bce_grad_lower,
+    grad=NotDifferentiable(
+        "a backward kernel formed by fusion; differentiate the unfused graph for higher derivatives"
+    ),
+    category="losses",
+    doc="d(binary_cross_entropy(z, t, from_logits))/dz = (sigmoid(z) - t) * dloss / n",
+    test={
+        "cases": [
+            {"shapes": [[], [4, 3], [4, 3]], "attrs": {}},
+            {"shapes": [[4], [4, 3], [4, 3]], "attrs": {"reduction": "none"}},
+        ],
+        "batch": False,
+        "grad": "a backward kernel formed by fusion; the unfused loss is gradient-checked",
+    },
+)

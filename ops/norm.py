@@ -25,8 +25,10 @@ AFFINE = {"affine": Attr(bool, True, doc="learn a per-feature scale (weight) and
 
 
 def _affine_specs(shape_fn) -> tuple[ParamSpec, ParamSpec]:
-    return (ParamSpec("weight", shape_fn, "ones", "vec", when=lambda a: a["affine"]),
-            ParamSpec("bias", shape_fn, "zeros", "vec", when=lambda a: a["affine"]))
+    return (
+        ParamSpec("weight", shape_fn, "ones", "vec", when=lambda a: a["affine"]),
+        ParamSpec("bias", shape_fn, "zeros", "vec", when=lambda a: a["affine"]),
+    )
 
 
 def _split_affine(params, affine: bool):
@@ -42,20 +44,25 @@ def _check_common(ctx: InferCtx, min_rank: int, what: str) -> TensorType:
     if x.rank < min_rank:
         raise ctx.fail(f"the input must be {what}, got {x} (rank {x.rank})")
     if ctx.attrs["eps"] <= 0:
-        raise ctx.fail(f"eps must be positive, got {ctx.attrs['eps']}",
-                       hint="a small value such as 1e-5 keeps the square root away from 0")
+        raise ctx.fail(
+            f"eps must be positive, got {ctx.attrs['eps']}",
+            hint="a small value such as 1e-5 keeps the square root away from 0",
+        )
     return x
 
 
 def _channels(ctx: InferCtx) -> int:
     # parameter shapes are read before the shape rule runs, so check the rank here too
     if ctx.x.rank < 2:
-        raise ctx.fail(f"the input must be [N, C] or [N, C, *spatial], got {ctx.x} "
-                       f"(rank {ctx.x.rank})")
+        raise ctx.fail(
+            f"the input must be [N, C] or [N, C, *spatial], got {ctx.x} (rank {ctx.x.rank})"
+        )
     c = ctx.x.shape[1]
     if not isinstance(c, int):
-        raise ctx.fail(f"the channel dim (axis 1) of {ctx.x} must be a fixed size, got '{c}'",
-                       hint="per-channel parameters need a known channel count")
+        raise ctx.fail(
+            f"the channel dim (axis 1) of {ctx.x} must be a fixed size, got '{c}'",
+            hint="per-channel parameters need a known channel count",
+        )
     return c
 
 
@@ -101,18 +108,22 @@ def _per_channel_shape(ctx: InferCtx) -> tuple[int]:
 
 
 def _bn_params() -> tuple[ParamSpec, ...]:
-    return (*_affine_specs(_per_channel_shape),
-            ParamSpec("running_mean", _per_channel_shape, "zeros", "vec", state=True),
-            ParamSpec("running_var", _per_channel_shape, "ones", "vec", state=True))
+    return (
+        *_affine_specs(_per_channel_shape),
+        ParamSpec("running_mean", _per_channel_shape, "zeros", "vec", state=True),
+        ParamSpec("running_var", _per_channel_shape, "ones", "vec", state=True),
+    )
 
 
 def _bn_infer(ctx: InferCtx):
     x = _check_common(ctx, 2, "[N, C] or [N, C, *spatial]")
     m = ctx.attrs["momentum"]
     if not 0.0 <= m <= 1.0:
-        raise ctx.fail(f"momentum must be in [0, 1], got {m}",
-                       hint="running = momentum * running + (1 - momentum) * batch; "
-                            "0.9 or 0.99 are usual (PyTorch's 0.1 is 0.9 here)")
+        raise ctx.fail(
+            f"momentum must be in [0, 1], got {m}",
+            hint="running = momentum * running + (1 - momentum) * batch; "
+            "0.9 or 0.99 are usual (PyTorch's 0.1 is 0.9 here)",
+        )
     if ctx.attrs["training"]:
         stat = TensorType(x.dtype, (_channels(ctx),))
         return [x, stat, stat]
@@ -186,14 +197,16 @@ def _bn_lower(e, node, x, *params):
     y = e.op("Div", [xc, std])
     if a["affine"]:
         shape = e.ints((c,) + (1,) * (r - 2))
-        y = e.op("Add", [e.op("Mul", [y, e.op("Reshape", [w, shape])]),
-                         e.op("Reshape", [bias, shape])])
+        y = e.op(
+            "Add", [e.op("Mul", [y, e.op("Reshape", [w, shape])]), e.op("Reshape", [bias, shape])]
+        )
     flat = e.ints((c,))
     mean_c = e.op("Reshape", [mean, flat])
     var_c = e.op("Reshape", [var, flat])
     dt = e.onnx_dtype(e.type(node.inputs[0]).dtype)
-    n = e.op("Div", [e.op("Cast", [e.op("Size", [x])], to=dt),
-                     e.op("Cast", [e.op("Size", [rm])], to=dt)])
+    n = e.op(
+        "Div", [e.op("Cast", [e.op("Size", [x])], to=dt), e.op("Cast", [e.op("Size", [rm])], to=dt)]
+    )
     one = e.scalar(1.0, x)
     factor = e.op("Div", [n, e.op("Max", [e.op("Sub", [n, one]), one])])
     m, keep = e.scalar(a["momentum"], x), e.scalar(1.0 - a["momentum"], x)
@@ -204,25 +217,40 @@ def _bn_lower(e, node, x, *params):
     return [y, update(rm, mean_c), update(rv, e.op("Mul", [var_c, factor]))]
 
 
-defop("batch_norm", inputs=("x",),
-      attrs={"momentum": Attr(float, 0.9, doc="running = momentum*running + (1-momentum)*batch"),
-             **EPS,
-             "training": Attr(bool, False, doc="batch statistics and running-stat update"),
-             **AFFINE},
-      params=_bn_params(), infer=_bn_infer, reference=_bn_ref, decompose=_bn_decompose,
-      lower=_bn_lower, n_outputs=lambda attrs: 3 if attrs["training"] else 1,
-      training_only=True, category="normalization", flops=_norm_flops(4),
-      key_attrs=("momentum",),
-      doc="batch normalization over every axis but 1 ([N, C] or [N, C, *spatial]). "
-          "Evaluation uses the running statistics; training uses the batch mean and biased "
-          "variance and also returns the new running mean and variance (outputs :1, :2), "
-          "updated Keras-style: running = momentum*running + (1-momentum)*batch, with the "
-          "unbiased batch variance for the running variance (as PyTorch).",
-      test={"cases": [{"shapes": [[6, 3]], "attrs": {}},
-                      {"shapes": [[4, 3, 5, 5]], "attrs": {"momentum": 0.8}},
-                      {"shapes": [[6, 3]], "attrs": {"training": True}},
-                      {"shapes": [[4, 2, 3, 3]], "attrs": {"training": True, "affine": False}}],
-            "grad": True})
+defop(
+    "batch_norm",
+    inputs=("x",),
+    attrs={
+        "momentum": Attr(float, 0.9, doc="running = momentum*running + (1-momentum)*batch"),
+        **EPS,
+        "training": Attr(bool, False, doc="batch statistics and running-stat update"),
+        **AFFINE,
+    },
+    params=_bn_params(),
+    infer=_bn_infer,
+    reference=_bn_ref,
+    decompose=_bn_decompose,
+    lower=_bn_lower,
+    n_outputs=lambda attrs: 3 if attrs["training"] else 1,
+    training_only=True,
+    category="normalization",
+    flops=_norm_flops(4),
+    key_attrs=("momentum",),
+    doc="batch normalization over every axis but 1 ([N, C] or [N, C, *spatial]). "
+    "Evaluation uses the running statistics; training uses the batch mean and biased "
+    "variance and also returns the new running mean and variance (outputs :1, :2), "
+    "updated Keras-style: running = momentum*running + (1-momentum)*batch, with the "
+    "unbiased batch variance for the running variance (as PyTorch).",
+    test={
+        "cases": [
+            {"shapes": [[6, 3]], "attrs": {}},
+            {"shapes": [[4, 3, 5, 5]], "attrs": {"momentum": 0.8}},
+            {"shapes": [[6, 3]], "attrs": {"training": True}},
+            {"shapes": [[4, 2, 3, 3]], "attrs": {"training": True, "affine": False}},
+        ],
+        "grad": True,
+    },
+)
 
 # ---------------------------------------------------------------- layer norm
 
@@ -238,8 +266,10 @@ def _ln_shape(ctx: InferCtx):
         raise ctx.fail(f"axis {ctx.attrs['axis']} is out of range for {x}")
     shape = tuple(x.shape[axis:])
     if not all(isinstance(d, int) for d in shape):
-        raise ctx.fail(f"the normalized dims {fmt_shape(shape)} of {x} must be fixed sizes",
-                       hint="weight and bias span them; normalize only over fixed-size dims")
+        raise ctx.fail(
+            f"the normalized dims {fmt_shape(shape)} of {x} must be fixed sizes",
+            hint="weight and bias span them; normalize only over fixed-size dims",
+        )
     return shape
 
 
@@ -272,10 +302,9 @@ def _ln_lower(e, node, x, *params):
     if t.dtype != "float32":
         # ORT computes LayerNormalization's statistics in float32 (stash_type)
         # whatever the input type, which loses float64 precision: use primitives.
-        return _lower_normalize(e, x, tuple(range(a["axis"] % t.rank, t.rank)), a["eps"], w,
-                                bias)
+        return _lower_normalize(e, x, tuple(range(a["axis"] % t.rank, t.rank)), a["eps"], w, bias)
     if not a["affine"]:
-        shape = t.shape[a["axis"] % t.rank:]
+        shape = t.shape[a["axis"] % t.rank :]
         w = e.const(np.ones(shape, t.dtype))
         bias = e.const(np.zeros(shape, t.dtype))
     return e.op("LayerNormalization", [x, w, bias], axis=a["axis"], epsilon=a["eps"])
@@ -296,18 +325,33 @@ def _lower_normalize(e, x, axes, eps, w=None, bias=None, param_shape=None):
     return y
 
 
-defop("layer_norm", inputs=("x",),
-      attrs={"axis": Attr(int, -1, doc="normalize over dims axis..last (-1: the last dim)"),
-             **EPS, **AFFINE},
-      params=_affine_specs(_ln_shape), infer=_ln_infer, reference=_ln_ref,
-      decompose=_ln_decompose, lower=_ln_lower, category="normalization",
-      flops=_norm_flops(6), key_attrs=("axis",),
-      doc="layer normalization: each sample normalized over dims axis..last, then scaled and "
-          "shifted by weight/bias of those dims' shape",
-      test={"cases": [{"shapes": [[4, 6]], "attrs": {}},
-                      {"shapes": [[2, 3, 4]], "attrs": {"axis": -2}},
-                      {"shapes": [[3, 5]], "attrs": {"affine": False, "eps": 1e-3}}],
-            "grad": True})
+defop(
+    "layer_norm",
+    inputs=("x",),
+    attrs={
+        "axis": Attr(int, -1, doc="normalize over dims axis..last (-1: the last dim)"),
+        **EPS,
+        **AFFINE,
+    },
+    params=_affine_specs(_ln_shape),
+    infer=_ln_infer,
+    reference=_ln_ref,
+    decompose=_ln_decompose,
+    lower=_ln_lower,
+    category="normalization",
+    flops=_norm_flops(6),
+    key_attrs=("axis",),
+    doc="layer normalization: each sample normalized over dims axis..last, then scaled and "
+    "shifted by weight/bias of those dims' shape",
+    test={
+        "cases": [
+            {"shapes": [[4, 6]], "attrs": {}},
+            {"shapes": [[2, 3, 4]], "attrs": {"axis": -2}},
+            {"shapes": [[3, 5]], "attrs": {"affine": False, "eps": 1e-3}},
+        ],
+        "grad": True,
+    },
+)
 
 # ------------------------------------------------------------- instance norm
 
@@ -341,23 +385,42 @@ def _in_lower(e, node, x, *params):
     w, bias, _ = _split_affine(params, a["affine"])
     if t.dtype != "float32":
         # ORT's InstanceNormalization kernel is float32 (and float16 on CUDA) only
-        return _lower_normalize(e, x, tuple(range(2, t.rank)), a["eps"], w, bias,
-                                param_shape=(-1,) + (1,) * (t.rank - 2))
+        return _lower_normalize(
+            e,
+            x,
+            tuple(range(2, t.rank)),
+            a["eps"],
+            w,
+            bias,
+            param_shape=(-1,) + (1,) * (t.rank - 2),
+        )
     if not a["affine"]:
         c = t.shape[1]
         w, bias = e.const(np.ones(c, t.dtype)), e.const(np.zeros(c, t.dtype))
     return e.op("InstanceNormalization", [x, w, bias], epsilon=a["eps"])
 
 
-defop("instance_norm", inputs=("x",), attrs={**EPS, **AFFINE},
-      params=_affine_specs(_per_channel_shape), infer=_in_infer, reference=_in_ref,
-      decompose=_in_decompose, lower=_in_lower, category="normalization",
-      flops=_norm_flops(6),
-      doc="instance normalization: each (sample, channel) normalized over its spatial dims; "
-          "per-channel weight/bias",
-      test={"cases": [{"shapes": [[2, 3, 4, 4]], "attrs": {}},
-                      {"shapes": [[3, 2, 5]], "attrs": {"affine": False}}],
-            "grad": True})
+defop(
+    "instance_norm",
+    inputs=("x",),
+    attrs={**EPS, **AFFINE},
+    params=_affine_specs(_per_channel_shape),
+    infer=_in_infer,
+    reference=_in_ref,
+    decompose=_in_decompose,
+    lower=_in_lower,
+    category="normalization",
+    flops=_norm_flops(6),
+    doc="instance normalization: each (sample, channel) normalized over its spatial dims; "
+    "per-channel weight/bias",
+    test={
+        "cases": [
+            {"shapes": [[2, 3, 4, 4]], "attrs": {}},
+            {"shapes": [[3, 2, 5]], "attrs": {"affine": False}},
+        ],
+        "grad": True,
+    },
+)
 
 # ---------------------------------------------------------------- group norm
 
@@ -366,9 +429,13 @@ def _gn_infer(ctx: InferCtx):
     x = _check_common(ctx, 2, "[N, C] or [N, C, *spatial]")
     c, g = _channels(ctx), ctx.attrs["groups"]
     if g < 1 or c % g:
-        raise ctx.fail(f"groups={g} must be a positive divisor of the {c} channels of {x}",
-                       hint="divisors of " + str(c) + ": "
-                            + ", ".join(str(d) for d in range(1, c + 1) if c % d == 0))
+        raise ctx.fail(
+            f"groups={g} must be a positive divisor of the {c} channels of {x}",
+            hint="divisors of "
+            + str(c)
+            + ": "
+            + ", ".join(str(d) for d in range(1, c + 1) if c % d == 0),
+        )
     return x
 
 
@@ -393,14 +460,25 @@ def _gn_decompose(b, node, x, *params):
     return y
 
 
-defop("group_norm", inputs=("x",),
-      attrs={"groups": Attr(int, doc="number of channel groups (divides C)"), **EPS, **AFFINE},
-      params=_affine_specs(_per_channel_shape), infer=_gn_infer, reference=_gn_ref,
-      decompose=_gn_decompose, category="normalization", flops=_norm_flops(6),
-      key_attrs=("groups",),
-      doc="group normalization: channels split into `groups`, each (sample, group) normalized "
-          "over its channels and spatial dims; per-channel weight/bias (groups=C is instance "
-          "norm, groups=1 is layer norm over C and spatial dims)",
-      test={"cases": [{"shapes": [[2, 6, 3, 3]], "attrs": {"groups": 3}},
-                      {"shapes": [[4, 4]], "attrs": {"groups": 2, "affine": False}}],
-            "grad": True})
+defop(
+    "group_norm",
+    inputs=("x",),
+    attrs={"groups": Attr(int, doc="number of channel groups (divides C)"), **EPS, **AFFINE},
+    params=_affine_specs(_per_channel_shape),
+    infer=_gn_infer,
+    reference=_gn_ref,
+    decompose=_gn_decompose,
+    category="normalization",
+    flops=_norm_flops(6),
+    key_attrs=("groups",),
+    doc="group normalization: channels split into `groups`, each (sample, group) normalized "
+    "over its channels and spatial dims; per-channel weight/bias (groups=C is instance "
+    "norm, groups=1 is layer norm over C and spatial dims)",
+    test={
+        "cases": [
+            {"shapes": [[2, 6, 3, 3]], "attrs": {"groups": 3}},
+            {"shapes": [[4, 4]], "attrs": {"groups": 2, "affine": False}},
+        ],
+        "grad": True,
+    },
+)

@@ -63,10 +63,12 @@ from graphc.shapes import concrete, fmt_shape
 
 ATTRS = {
     "units": Attr(int, doc="hidden state size"),
-    "return_sequences": Attr(bool, False, doc="True: every step's state [N, T, units]; "
-                                              "False: the last one [N, units]"),
-    "bptt": Attr(int, 0, doc="truncated BPTT window in steps (0: full backpropagation "
-                             "through time)"),
+    "return_sequences": Attr(
+        bool, False, doc="True: every step's state [N, T, units]; False: the last one [N, units]"
+    ),
+    "bptt": Attr(
+        int, 0, doc="truncated BPTT window in steps (0: full backpropagation through time)"
+    ),
 }
 
 # ONNX's gate order as indices into ours (PyTorch's)
@@ -80,10 +82,13 @@ def _params(kind: str) -> tuple[ParamSpec, ...]:
     specs = (
         ParamSpec("weight_ih", lambda c: (c.x.shape[-1], g * c.attrs["units"]), "xavier", "io"),
         # "uniform" is +-1/sqrt(fan_in) = +-1/sqrt(units) here (fan_in is the first dim)
-        ParamSpec("weight_hh", lambda c: (c.attrs["units"], g * c.attrs["units"]), "uniform",
-                  "io"),
-        ParamSpec("bias", lambda c: (g * c.attrs["units"],),
-                  "blocks:0,1,0,0" if kind == "lstm" else "zeros", "vec"),
+        ParamSpec("weight_hh", lambda c: (c.attrs["units"], g * c.attrs["units"]), "uniform", "io"),
+        ParamSpec(
+            "bias",
+            lambda c: (g * c.attrs["units"],),
+            "blocks:0,1,0,0" if kind == "lstm" else "zeros",
+            "vec",
+        ),
     )
     if kind == "gru":
         specs += (ParamSpec("bias_hn", lambda c: (c.attrs["units"],), "zeros", "vec"),)
@@ -95,29 +100,42 @@ def _infer(kind: str):
     def infer(ctx: InferCtx) -> TensorType:
         x = ctx.need_float(0)
         if x.rank != 3:
-            raise ctx.fail(f"the input must be [batch, time, features], got {x}",
-                           hint="recurrent layers are batch first: x is [N, T, F]")
+            raise ctx.fail(
+                f"the input must be [batch, time, features], got {x}",
+                hint="recurrent layers are batch first: x is [N, T, F]",
+            )
         units = ctx.attrs["units"]
         if units < 1:
             raise ctx.fail(f"units must be positive, got {units}")
         if ctx.attrs["bptt"] < 0:
-            raise ctx.fail(f"bptt must be 0 (full BPTT) or a positive window, got "
-                           f"{ctx.attrs['bptt']}")
-        states = ctx.inputs[1:1 + _STATES[kind]]
+            raise ctx.fail(
+                f"bptt must be 0 (full BPTT) or a positive window, got {ctx.attrs['bptt']}"
+            )
+        states = ctx.inputs[1 : 1 + _STATES[kind]]
         given = [s is not None for s in states]
         if any(given) and not all(given):
             raise ctx.fail("give both initial states h0 and c0, or neither (zeros)")
         for name, s in zip(("h0", "c0"), states):
             if s is None:
                 continue
-            if s.dtype != x.dtype or s.rank != 2 or s.shape[1] != units or (
-                    isinstance(s.shape[0], int) and isinstance(x.shape[0], int)
-                    and s.shape[0] != x.shape[0]):
-                raise ctx.fail(f"initial state {name} must be [N, units] = "
-                               f"{fmt_shape((x.shape[0], units))} {x.dtype}, got {s}")
+            if (
+                s.dtype != x.dtype
+                or s.rank != 2
+                or s.shape[1] != units
+                or (
+                    isinstance(s.shape[0], int)
+                    and isinstance(x.shape[0], int)
+                    and s.shape[0] != x.shape[0]
+                )
+            ):
+                raise ctx.fail(
+                    f"initial state {name} must be [N, units] = "
+                    f"{fmt_shape((x.shape[0], units))} {x.dtype}, got {s}"
+                )
         if ctx.attrs["return_sequences"]:
             return TensorType(x.dtype, (x.shape[0], x.shape[1], units))
         return TensorType(x.dtype, (x.shape[0], units))
+
     return infer
 
 
@@ -126,6 +144,7 @@ def _flops(kind: str):
         n, t, f = concrete(ctx.x.shape, default=1)
         u, g = ctx.attrs["units"], _GATES[kind]
         return n * t * (2 * (f + u) * g * u + 6 * g * u)
+
     return flops
 
 
@@ -167,6 +186,7 @@ def _reference(kind: str):
             hs.append(h)
         out = np.stack(hs, axis=1) if return_sequences else h
         return out.astype(x.dtype)
+
     return ref
 
 
@@ -211,10 +231,12 @@ def _decompose(kind: str):
         if not isinstance(steps, int):
             raise GraphError(
                 f"{kind} '{node.name}': cannot unroll over the symbolic time dim {steps!r}",
-                loc=node.loc, node=node.name,
+                loc=node.loc,
+                node=node.name,
                 hint="training (and float64 export) unrolls the sequence, so it needs a fixed "
-                     "T: declare the input as [N, 20, F], or pad/bucket sequences to fixed "
-                     "lengths")
+                "T: declare the input as [N, 20, F], or pad/bucket sequences to fixed "
+                "lengths",
+            )
         units, window = node.attrs["units"], node.attrs["bptt"]
         # every step's input projection in one matmul: [N, T, F] @ [F, G*units]
         xw_all = b.matmul(x, w_ih) + bias
@@ -232,6 +254,7 @@ def _decompose(kind: str):
             return hs[-1]
         seq = [b.unsqueeze(h, axes=(1,)) for h in hs]
         return seq[0] if len(seq) == 1 else b.concat(*seq, axis=1)
+
     return decompose
 
 
@@ -273,6 +296,7 @@ def _lower(kind: str):
         if node.attrs["return_sequences"]:  # Y is [T, 1, N, units]
             return e.op("Transpose", [e.op("Squeeze", [y, e.ints([1])])], perm=[1, 0, 2])
         return e.op("Squeeze", [y_h, e.ints([0])])  # Y_h is [1, N, units]
+
     return lower
 
 
@@ -308,26 +332,41 @@ _DOCS = {
     "rnn": "Elman RNN, h' = tanh(x Wih + h Whh + b), over x [N, T, F] (batch first)",
     "lstm": "LSTM over x [N, T, F] (batch first); gate blocks i, f, g, o (PyTorch order)",
     "gru": "GRU over x [N, T, F] (batch first); gate blocks r, z, n, PyTorch's formulation "
-           "(reset applied after the recurrent matmul)",
+    "(reset applied after the recurrent matmul)",
 }
 
 
 def _test_cases(kind: str) -> dict:
     states = [[2, 3]] * _STATES[kind]
-    return {"cases": [
-        {"shapes": [[2, 4, 3]], "attrs": {"units": 4}},
-        {"shapes": [[2, 3, 2], *states], "attrs": {"units": 3, "return_sequences": True}},
-        {"shapes": [[2, 3, 2]], "attrs": {"units": 3, "return_sequences": True, "bptt": 2},
-         "grad": "truncated BPTT is by design not the gradient of the forward function; "
-                 "tests/test_ort_recurrent.py checks it against a detached reference"},
-    ], "grad": True}
+    return {
+        "cases": [
+            {"shapes": [[2, 4, 3]], "attrs": {"units": 4}},
+            {"shapes": [[2, 3, 2], *states], "attrs": {"units": 3, "return_sequences": True}},
+            {
+                "shapes": [[2, 3, 2]],
+                "attrs": {"units": 3, "return_sequences": True, "bptt": 2},
+                "grad": "truncated BPTT is by design not the gradient of the forward function; "
+                "tests/test_ort_recurrent.py checks it against a detached reference",
+            },
+        ],
+        "grad": True,
+    }
 
 
 for _kind in ("rnn", "lstm", "gru"):
-    defop(_kind, inputs=("x", "h0?", "c0?") if _kind == "lstm" else ("x", "h0?"),
-          attrs=dict(ATTRS), params=_params(_kind), infer=_infer(_kind),
-          reference=_reference(_kind), decompose=_decompose(_kind), lower=_lower(_kind),
-          flops=_flops(_kind), category="layers", key_attrs=("units", "return_sequences"),
-          doc=_DOCS[_kind] + "; out [N, units], or [N, T, units] with return_sequences; "
-              "bptt=k truncates backpropagation to k-step windows",
-          test=_test_cases(_kind))
+    defop(
+        _kind,
+        inputs=("x", "h0?", "c0?") if _kind == "lstm" else ("x", "h0?"),
+        attrs=dict(ATTRS),
+        params=_params(_kind),
+        infer=_infer(_kind),
+        reference=_reference(_kind),
+        decompose=_decompose(_kind),
+        lower=_lower(_kind),
+        flops=_flops(_kind),
+        category="layers",
+        key_attrs=("units", "return_sequences"),
+        doc=_DOCS[_kind] + "; out [N, units], or [N, T, units] with return_sequences; "
+        "bptt=k truncates backpropagation to k-step windows",
+        test=_test_cases(_kind),
+    )

@@ -105,22 +105,30 @@ class OpDef:
         for key, value in given.items():
             if key not in spec:
                 near = closest(key, spec)
-                hint = f"did you mean '{near}'?" if near else (
-                    "accepted: " + (", ".join(spec) if spec else "no attributes"))
-                raise GraphError(f"{self.name}() got an unknown attribute '{key}'", loc=where,
-                                 hint=hint)
+                hint = (
+                    f"did you mean '{near}'?"
+                    if near
+                    else ("accepted: " + (", ".join(spec) if spec else "no attributes"))
+                )
+                raise GraphError(
+                    f"{self.name}() got an unknown attribute '{key}'", loc=where, hint=hint
+                )
             out[key] = _coerce(self.name, key, spec[key], value, where)
         for key, a in spec.items():
             if key not in out:
                 if a.required:
                     raise GraphError(
-                        f"{self.name}() needs the attribute '{key}'", loc=where,
+                        f"{self.name}() needs the attribute '{key}'",
+                        loc=where,
                         hint=f"{self.signature()}",
                     )
                 out[key] = a.default
         if self.params and out.get("init") is not None and out["init"] not in INITIALIZERS:
-            raise GraphError(f"unknown initializer '{out['init']}'", loc=where,
-                             hint="use one of: " + ", ".join(INITIALIZERS))
+            raise GraphError(
+                f"unknown initializer '{out['init']}'",
+                loc=where,
+                hint="use one of: " + ", ".join(INITIALIZERS),
+            )
         return out
 
     def signature(self) -> str:
@@ -154,12 +162,15 @@ def _coerce(op: str, key: str, a: Attr, value: Any, where) -> Any:
     if not ok:
         raise GraphError(
             f"{op}() attribute '{key}' must be {_kind_name(a.kind)}, got {type(value).__name__} "
-            f"{value!r}", loc=where, hint=a.doc or None,
+            f"{value!r}",
+            loc=where,
+            hint=a.doc or None,
         )
     if a.choices is not None and value not in a.choices:
         raise GraphError(
             f"{op}() attribute '{key}' must be one of {', '.join(map(repr, a.choices))}, "
-            f"got {value!r}", loc=where,
+            f"got {value!r}",
+            loc=where,
         )
     return value
 
@@ -179,8 +190,9 @@ class InferCtx:
         return self.inputs[0]
 
     def fail(self, message: str, hint: str | None = None) -> GraphError:
-        return GraphError(f"{self.op.name} '{self.node}': {message}", loc=self.loc,
-                          node=self.node, hint=hint)
+        return GraphError(
+            f"{self.op.name} '{self.node}': {message}", loc=self.loc, node=self.node, hint=hint
+        )
 
     def need_rank(self, i: int, *ranks: int) -> TensorType:
         t = self.inputs[i]
@@ -188,33 +200,46 @@ class InferCtx:
             want = " or ".join(map(str, ranks))
             raise self.fail(
                 f"input '{self.op.input_names()[min(i, len(self.op.inputs) - 1)]}' must have "
-                f"rank {want}, got {t} (rank {t.rank})")
+                f"rank {want}, got {t} (rank {t.rank})"
+            )
         return t
 
     def need_float(self, i: int) -> TensorType:
         t = self.inputs[i]
         if t.dtype not in FLOAT_DTYPES:
-            raise self.fail(f"input {i} must be a float tensor, got {t}",
-                            hint="cast it, or feed it where integers are expected")
+            raise self.fail(
+                f"input {i} must be a float tensor, got {t}",
+                hint="cast it, or feed it where integers are expected",
+            )
         return t
 
     def need_same_dtype(self) -> str:
         dts = {t.dtype for t in self.inputs if t is not None}
         if len(dts) > 1:
-            raise self.fail("inputs have different dtypes: " + ", ".join(
-                str(t) for t in self.inputs if t is not None))
+            raise self.fail(
+                "inputs have different dtypes: "
+                + ", ".join(str(t) for t in self.inputs if t is not None)
+            )
         return dts.pop()
 
     def dim_mismatch(self, what: str, a, b, hint: str | None = None) -> GraphError:
-        return self.fail(f"{what}: {fmt_shape(a) if isinstance(a, tuple) else a} vs "
-                         f"{fmt_shape(b) if isinstance(b, tuple) else b}", hint)
+        return self.fail(
+            f"{what}: {fmt_shape(a) if isinstance(a, tuple) else a} vs "
+            f"{fmt_shape(b) if isinstance(b, tuple) else b}",
+            hint,
+        )
 
 
 REGISTRY: dict[str, OpDef] = {}
 
 
-def defop(name: str, *, inputs: Sequence[str] = ("x",), attrs: dict[str, Attr] | None = None,
-          **facets: Any) -> OpDef:
+def defop(
+    name: str,
+    *,
+    inputs: Sequence[str] = ("x",),
+    attrs: dict[str, Attr] | None = None,
+    **facets: Any,
+) -> OpDef:
     """Declare an op and register it; returns the declaration."""
     if name in REGISTRY:
         raise ValueError(f"op '{name}' declared twice")
@@ -229,7 +254,8 @@ def get_op(name: str, where=None) -> OpDef:
     except KeyError:
         near = closest(name, REGISTRY)
         raise GraphError(
-            f"unknown op '{name}'", loc=where,
+            f"unknown op '{name}'",
+            loc=where,
             hint=f"did you mean '{near}'?" if near else "run `graphc ops` to list the ops",
         ) from None
 
@@ -238,9 +264,14 @@ def all_ops() -> dict[str, OpDef]:
     return dict(sorted(REGISTRY.items()))
 
 
-def bind_args(op: OpDef, args: Sequence[tuple[bool, Any]], kwargs: dict[str, Any],
-              *, is_tensor_kw: Callable[[Any], bool], where=None
-              ) -> tuple[list[Any], dict[str, Any]]:
+def bind_args(
+    op: OpDef,
+    args: Sequence[tuple[bool, Any]],
+    kwargs: dict[str, Any],
+    *,
+    is_tensor_kw: Callable[[Any], bool],
+    where=None,
+) -> tuple[list[Any], dict[str, Any]]:
     """Map call arguments onto (tensor inputs, attributes).
 
     `args` holds (is_tensor, value) pairs. Tensors fill the op's inputs in order
@@ -261,8 +292,9 @@ def bind_args(op: OpDef, args: Sequence[tuple[bool, Any]], kwargs: dict[str, Any
             if name in kwargs:
                 inputs.extend(kwargs.pop(name))
             if not inputs:
-                raise GraphError(f"{op.name}() needs at least one input tensor", loc=where,
-                                 hint=op.signature())
+                raise GraphError(
+                    f"{op.name}() needs at least one input tensor", loc=where, hint=op.signature()
+                )
         elif name in kwargs:
             inputs.append(kwargs.pop(name))
         elif i < len(pos) and pos[i][0]:
@@ -272,22 +304,28 @@ def bind_args(op: OpDef, args: Sequence[tuple[bool, Any]], kwargs: dict[str, Any
             inputs.append("")
         else:
             got = "nothing" if i >= len(pos) else f"the literal {pos[i][1]!r}"
-            raise GraphError(f"{op.name}() expects a tensor for input '{name}', got {got}",
-                             loc=where, hint=op.signature())
+            raise GraphError(
+                f"{op.name}() expects a tensor for input '{name}', got {got}",
+                loc=where,
+                hint=op.signature(),
+            )
     attr_names = list(op.attrs)
     for is_tensor, value in pos[i:]:
         if is_tensor:
-            raise GraphError(f"{op.name}() got too many tensor inputs", loc=where,
-                             hint=op.signature())
+            raise GraphError(
+                f"{op.name}() got too many tensor inputs", loc=where, hint=op.signature()
+            )
         if not attr_names:
-            raise GraphError(f"{op.name}() got too many arguments", loc=where,
-                             hint=op.signature())
+            raise GraphError(f"{op.name}() got too many arguments", loc=where, hint=op.signature())
         attrs[attr_names.pop(0)] = value
     for key, value in kwargs.items():
         if key in attrs:
             raise GraphError(f"{op.name}() got attribute '{key}' twice", loc=where)
         if is_tensor_kw(value):
-            raise GraphError(f"{op.name}() attribute '{key}' must be a literal, not a tensor",
-                             loc=where, hint=op.signature())
+            raise GraphError(
+                f"{op.name}() attribute '{key}' must be a literal, not a tensor",
+                loc=where,
+                hint=op.signature(),
+            )
         attrs[key] = value
     return inputs, attrs

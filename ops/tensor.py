@@ -38,12 +38,16 @@ def _reshape_infer(ctx: InferCtx) -> TensorType:
             rest_sym.remove(s)
     if -1 in out:
         if rest_int % max(known_int, 1):
-            raise ctx.fail(f"cannot reshape {fmt_shape(x.shape)} to {fmt_shape(tuple(spec))}: "
-                           f"{numel(x.shape)} elements do not divide evenly")
+            raise ctx.fail(
+                f"cannot reshape {fmt_shape(x.shape)} to {fmt_shape(tuple(spec))}: "
+                f"{numel(x.shape)} elements do not divide evenly"
+            )
         out[out.index(-1)] = dim_mul(*rest_sym, rest_int // max(known_int, 1))
     elif not rest_sym and rest_int != known_int:
-        raise ctx.fail(f"cannot reshape {fmt_shape(x.shape)} ({numel(x.shape)} elements) to "
-                       f"{fmt_shape(tuple(spec))} ({known_int} elements)")
+        raise ctx.fail(
+            f"cannot reshape {fmt_shape(x.shape)} ({numel(x.shape)} elements) to "
+            f"{fmt_shape(tuple(spec))} ({known_int} elements)"
+        )
     return TensorType(x.dtype, tuple(out))
 
 
@@ -52,16 +56,27 @@ def _reshape_ref(x, shape):
     return x.reshape(spec)
 
 
-defop("reshape", attrs={"shape": Attr(tuple, doc="new shape; 0 copies a dim, -1 infers one")},
-      infer=_reshape_infer, reference=_reshape_ref,
-      lower=lambda e, n, x: e.op("Reshape", [x, e.ints(n.attrs["shape"])]),
-      grad=lambda c: [c.b.reshape_like(c.g, c.x[0])], category="tensor",
-      doc="same elements, new shape", aliases={0: 0}, key_attrs=("shape",),
-      test={"cases": [{"shapes": [[4, 6]], "attrs": {"shape": (0, 2, 3)}},
-                      {"shapes": [[2, 3, 4]], "attrs": {"shape": (0, -1)}},
-                      {"shapes": [[2, 3, 4]], "attrs": {"shape": (-1,)}},
-                      {"shapes": [[2, 6]], "attrs": {"shape": (4, 3)}, "batch": False}],
-            "grad": True})
+defop(
+    "reshape",
+    attrs={"shape": Attr(tuple, doc="new shape; 0 copies a dim, -1 infers one")},
+    infer=_reshape_infer,
+    reference=_reshape_ref,
+    lower=lambda e, n, x: e.op("Reshape", [x, e.ints(n.attrs["shape"])]),
+    grad=lambda c: [c.b.reshape_like(c.g, c.x[0])],
+    category="tensor",
+    doc="same elements, new shape",
+    aliases={0: 0},
+    key_attrs=("shape",),
+    test={
+        "cases": [
+            {"shapes": [[4, 6]], "attrs": {"shape": (0, 2, 3)}},
+            {"shapes": [[2, 3, 4]], "attrs": {"shape": (0, -1)}},
+            {"shapes": [[2, 3, 4]], "attrs": {"shape": (-1,)}},
+            {"shapes": [[2, 6]], "attrs": {"shape": (4, 3)}, "batch": False},
+        ],
+        "grad": True,
+    },
+)
 
 
 def _reshape_like_infer(ctx: InferCtx) -> TensorType:
@@ -71,12 +86,18 @@ def _reshape_like_infer(ctx: InferCtx) -> TensorType:
     return TensorType(x.dtype, like.shape)
 
 
-defop("reshape_like", inputs=("x", "like"), infer=_reshape_like_infer,
-      reference=lambda x, like: x.reshape(like.shape),
-      lower=lambda e, n, x, like: e.op("Reshape", [x, e.op("Shape", [like])]),
-      grad=lambda c: [c.b.reshape_like(c.g, c.x[0]), None], category="tensor",
-      doc="x reshaped to like's (possibly symbolic) shape", aliases={0: 0},
-      test={"cases": [{"shapes": [[4, 6], [4, 2, 3]]}], "grad": True})
+defop(
+    "reshape_like",
+    inputs=("x", "like"),
+    infer=_reshape_like_infer,
+    reference=lambda x, like: x.reshape(like.shape),
+    lower=lambda e, n, x, like: e.op("Reshape", [x, e.op("Shape", [like])]),
+    grad=lambda c: [c.b.reshape_like(c.g, c.x[0]), None],
+    category="tensor",
+    doc="x reshaped to like's (possibly symbolic) shape",
+    aliases={0: 0},
+    test={"cases": [{"shapes": [[4, 6], [4, 2, 3]]}], "grad": True},
+)
 
 
 def _flatten_infer(ctx: InferCtx) -> TensorType:
@@ -87,14 +108,21 @@ def _flatten_infer(ctx: InferCtx) -> TensorType:
     return TensorType(x.dtype, (dim_mul(*x.shape[:axis]), dim_mul(*x.shape[axis:])))
 
 
-defop("flatten", attrs={"axis": Attr(int, 1, doc="dims before it form rows, the rest columns")},
-      infer=_flatten_infer,
-      reference=lambda x, axis: x.reshape(int(np.prod(x.shape[:axis % (x.ndim + 1)])), -1),
-      lower=lambda e, n, x: e.op("Flatten", [x], axis=n.attrs["axis"]),
-      grad=lambda c: [c.b.reshape_like(c.g, c.x[0])], category="tensor",
-      doc="collapse to 2-D: [N, C, H, W] -> [N, C*H*W]", aliases={0: 0},
-      test={"cases": [{"shapes": [[2, 3, 4, 2]]}, {"shapes": [[2, 3, 4]], "attrs": {"axis": 2}}],
-            "grad": True})
+defop(
+    "flatten",
+    attrs={"axis": Attr(int, 1, doc="dims before it form rows, the rest columns")},
+    infer=_flatten_infer,
+    reference=lambda x, axis: x.reshape(int(np.prod(x.shape[: axis % (x.ndim + 1)])), -1),
+    lower=lambda e, n, x: e.op("Flatten", [x], axis=n.attrs["axis"]),
+    grad=lambda c: [c.b.reshape_like(c.g, c.x[0])],
+    category="tensor",
+    doc="collapse to 2-D: [N, C, H, W] -> [N, C*H*W]",
+    aliases={0: 0},
+    test={
+        "cases": [{"shapes": [[2, 3, 4, 2]]}, {"shapes": [[2, 3, 4]], "attrs": {"axis": 2}}],
+        "grad": True,
+    },
+)
 
 
 def _transpose_infer(ctx: InferCtx) -> TensorType:
@@ -110,14 +138,27 @@ def _transpose_grad(c):
     return [c.b.transpose(c.g, perm=tuple(int(i) for i in np.argsort(perm)))]
 
 
-defop("transpose", attrs={"perm": Attr(tuple, None, doc="axis order (reversed by default)")},
-      infer=_transpose_infer, reference=lambda x, perm: np.transpose(x, perm),
-      lower=lambda e, n, x: e.op("Transpose", [x], perm=list(n.attrs["perm"])
-                                 if n.attrs["perm"] else None),
-      grad=_transpose_grad, category="tensor", doc="permute axes", key_attrs=("perm",),
-      test={"cases": [{"shapes": [[2, 3, 4]], "attrs": {"perm": (0, 2, 1)}},
-                      {"shapes": [[2, 3, 4]]}, {"shapes": [[4, 5]], "attrs": {"perm": (1, 0)}}],
-            "grad": True})
+defop(
+    "transpose",
+    attrs={"perm": Attr(tuple, None, doc="axis order (reversed by default)")},
+    infer=_transpose_infer,
+    reference=lambda x, perm: np.transpose(x, perm),
+    lower=lambda e, n, x: e.op(
+        "Transpose", [x], perm=list(n.attrs["perm"]) if n.attrs["perm"] else None
+    ),
+    grad=_transpose_grad,
+    category="tensor",
+    doc="permute axes",
+    key_attrs=("perm",),
+    test={
+        "cases": [
+            {"shapes": [[2, 3, 4]], "attrs": {"perm": (0, 2, 1)}},
+            {"shapes": [[2, 3, 4]]},
+            {"shapes": [[4, 5]], "attrs": {"perm": (1, 0)}},
+        ],
+        "grad": True,
+    },
+)
 
 
 def _concat_infer(ctx: InferCtx) -> TensorType:
@@ -127,12 +168,17 @@ def _concat_infer(ctx: InferCtx) -> TensorType:
         raise ctx.fail(f"axis {ctx.attrs['axis']} is out of range for {first}")
     size = 0
     for t in ctx.inputs:
-        if t.rank != first.rank or t.dtype != first.dtype or any(
-                a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
-            raise ctx.fail(f"cannot concatenate {first} and {t} along axis {axis}",
-                           hint="all dims except the concatenation axis must match")
+        if (
+            t.rank != first.rank
+            or t.dtype != first.dtype
+            or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis)
+        ):
+            raise ctx.fail(
+                f"cannot concatenate {first} and {t} along axis {axis}",
+                hint="all dims except the concatenation axis must match",
+            )
         size = dim_add(size, t.shape[axis])
-    return TensorType(first.dtype, first.shape[:axis] + (size,) + first.shape[axis + 1:])
+    return TensorType(first.dtype, first.shape[:axis] + (size,) + first.shape[axis + 1 :])
 
 
 def _concat_grad(c):
@@ -149,15 +195,26 @@ def _concat_grad(c):
     return out
 
 
-defop("concat", inputs=("xs*",), attrs={"axis": axis_attr(1)}, infer=_concat_infer,
-      reference=lambda *xs, axis: np.concatenate(xs, axis=axis),
-      lower=lambda e, n, *xs: e.op("Concat", list(xs), axis=n.attrs["axis"]),
-      grad=_concat_grad, category="tensor", doc="join tensors along an axis",
-      key_attrs=("axis",),
-      test={"cases": [{"shapes": [[4, 2], [4, 3]]},
-                      {"shapes": [[2, 3], [2, 3], [2, 3]], "attrs": {"axis": 0}},
-                      {"shapes": [[2, 3, 4], [2, 3, 1]], "attrs": {"axis": -1}}],
-            "grad": True})
+defop(
+    "concat",
+    inputs=("xs*",),
+    attrs={"axis": axis_attr(1)},
+    infer=_concat_infer,
+    reference=lambda *xs, axis: np.concatenate(xs, axis=axis),
+    lower=lambda e, n, *xs: e.op("Concat", list(xs), axis=n.attrs["axis"]),
+    grad=_concat_grad,
+    category="tensor",
+    doc="join tensors along an axis",
+    key_attrs=("axis",),
+    test={
+        "cases": [
+            {"shapes": [[4, 2], [4, 3]]},
+            {"shapes": [[2, 3], [2, 3], [2, 3]], "attrs": {"axis": 0}},
+            {"shapes": [[2, 3, 4], [2, 3, 1]], "attrs": {"axis": -1}},
+        ],
+        "grad": True,
+    },
+)
 
 
 def _split_infer(ctx: InferCtx) -> list[TensorType]:
@@ -169,9 +226,11 @@ def _split_infer(ctx: InferCtx) -> list[TensorType]:
     if not sizes or any(not isinstance(k, int) or k < 1 for k in sizes):
         raise ctx.fail(f"sizes must be positive integers, got {sizes}")
     if isinstance(x.shape[axis], int) and sum(sizes) != x.shape[axis]:
-        raise ctx.fail(f"sizes {list(sizes)} add up to {sum(sizes)}, but axis {axis} of {x} "
-                       f"has {x.shape[axis]}")
-    return [TensorType(x.dtype, x.shape[:axis] + (k,) + x.shape[axis + 1:]) for k in sizes]
+        raise ctx.fail(
+            f"sizes {list(sizes)} add up to {sum(sizes)}, but axis {axis} of {x} "
+            f"has {x.shape[axis]}"
+        )
+    return [TensorType(x.dtype, x.shape[:axis] + (k,) + x.shape[axis + 1 :]) for k in sizes]
 
 
 def _split_ref(x, axis, sizes):
@@ -192,16 +251,27 @@ def _split_grad(c):
     return [parts[0] if len(parts) == 1 else c.b.concat(*parts, axis=c.attrs["axis"])]
 
 
-defop("split", inputs=("x",), attrs={"axis": axis_attr(1),
-                                    "sizes": Attr(tuple, doc="length of each part")},
-      n_outputs=lambda attrs: len(attrs["sizes"]), infer=_split_infer, reference=_split_ref,
-      lower=_split_lower, grad=_split_grad, category="tensor",
-      doc="cut a tensor into consecutive parts along an axis (the inverse of concat)",
-      key_attrs=("axis", "sizes"),
-      test={"cases": [{"shapes": [[4, 5]], "attrs": {"axis": 1, "sizes": (2, 3)}},
-                      {"shapes": [[3, 4, 2]], "attrs": {"axis": 1, "sizes": (1, 1, 2)}},
-                      {"shapes": [[2, 6]], "attrs": {"axis": -1, "sizes": (6,)}}],
-            "grad": True})
+defop(
+    "split",
+    inputs=("x",),
+    attrs={"axis": axis_attr(1), "sizes": Attr(tuple, doc="length of each part")},
+    n_outputs=lambda attrs: len(attrs["sizes"]),
+    infer=_split_infer,
+    reference=_split_ref,
+    lower=_split_lower,
+    grad=_split_grad,
+    category="tensor",
+    doc="cut a tensor into consecutive parts along an axis (the inverse of concat)",
+    key_attrs=("axis", "sizes"),
+    test={
+        "cases": [
+            {"shapes": [[4, 5]], "attrs": {"axis": 1, "sizes": (2, 3)}},
+            {"shapes": [[3, 4, 2]], "attrs": {"axis": 1, "sizes": (1, 1, 2)}},
+            {"shapes": [[2, 6]], "attrs": {"axis": -1, "sizes": (6,)}},
+        ],
+        "grad": True,
+    },
+)
 
 
 def _slice_norm(ctx_or_rank, attrs, shape):
@@ -222,8 +292,10 @@ def _slice_infer(ctx: InferCtx) -> TensorType:
         if not isinstance(d, int):
             if s == 0 and e >= 2**62 and st == 1:
                 continue
-            raise ctx.fail(f"cannot slice the symbolic dim {d} (axis {a})",
-                           hint="slice only along dims of fixed size")
+            raise ctx.fail(
+                f"cannot slice the symbolic dim {d} (axis {a})",
+                hint="slice only along dims of fixed size",
+            )
         shape[a] = len(range(*slice(s, e, st).indices(d)))
     return TensorType(x.dtype, tuple(shape))
 
@@ -241,8 +313,7 @@ def _slice_lower(e, n, x):
     a = n.attrs
     axes = a["axes"] if a["axes"] is not None else tuple(range(len(a["starts"])))
     steps = a["steps"] if a["steps"] is not None else (1,) * len(axes)
-    return e.op("Slice", [x, e.ints(a["starts"]), e.ints(a["ends"]), e.ints(axes),
-                          e.ints(steps)])
+    return e.op("Slice", [x, e.ints(a["starts"]), e.ints(a["ends"]), e.ints(axes), e.ints(steps)])
 
 
 def _slice_grad(c):
@@ -263,17 +334,37 @@ def _slice_grad(c):
     return [c.b.pad(c.g, pads=tuple(pads))]
 
 
-defop("slice", attrs={"starts": Attr(tuple), "ends": Attr(tuple),
-                      "axes": Attr(tuple, None), "steps": Attr(tuple, None)},
-      infer=_slice_infer, reference=_slice_ref, lower=_slice_lower, grad=_slice_grad,
-      category="tensor", doc="x[starts:ends:steps] along axes", key_attrs=("starts", "ends"),
-      test={"cases": [{"shapes": [[4, 6]], "attrs": {"starts": (1,), "ends": (4,), "axes": (1,)}},
-                      {"shapes": [[2, 5, 4]],
-                       "attrs": {"starts": (-3, 1), "ends": (2**62, -1), "axes": (1, 2)}},
-                      {"shapes": [[4, 7]], "attrs": {"starts": (0,), "ends": (7,), "axes": (1,),
-                                                     "steps": (2,)},
-                       "grad": "the slice gradient supports step 1 only"}],
-            "grad": True})
+defop(
+    "slice",
+    attrs={
+        "starts": Attr(tuple),
+        "ends": Attr(tuple),
+        "axes": Attr(tuple, None),
+        "steps": Attr(tuple, None),
+    },
+    infer=_slice_infer,
+    reference=_slice_ref,
+    lower=_slice_lower,
+    grad=_slice_grad,
+    category="tensor",
+    doc="x[starts:ends:steps] along axes",
+    key_attrs=("starts", "ends"),
+    test={
+        "cases": [
+            {"shapes": [[4, 6]], "attrs": {"starts": (1,), "ends": (4,), "axes": (1,)}},
+            {
+                "shapes": [[2, 5, 4]],
+                "attrs": {"starts": (-3, 1), "ends": (2**62, -1), "axes": (1, 2)},
+            },
+            {
+                "shapes": [[4, 7]],
+                "attrs": {"starts": (0,), "ends": (7,), "axes": (1,), "steps": (2,)},
+                "grad": "the slice gradient supports step 1 only",
+            },
+        ],
+        "grad": True,
+    },
+)
 
 
 def _pad_infer(ctx: InferCtx) -> TensorType:
@@ -299,15 +390,25 @@ def _pad_grad(c):
     return [c.b.slice(c.g, starts=starts, ends=ends, axes=tuple(range(r)))]
 
 
-defop("pad", attrs={"pads": Attr(tuple, doc="begins of every axis, then ends"),
-                    "value": Attr(float, 0.0)},
-      infer=_pad_infer, reference=_pad_ref,
-      lower=lambda e, n, x: e.op("Pad", [x, e.ints(n.attrs["pads"]),
-                                         e.scalar(n.attrs["value"], n.inputs[0])]),
-      grad=_pad_grad, category="tensor", doc="constant padding",
-      test={"cases": [{"shapes": [[4, 5]], "attrs": {"pads": (0, 1, 0, 2), "value": 0.5}},
-                      {"shapes": [[2, 3, 4]], "attrs": {"pads": (0, 0, 1, 0, 2, 0)}}],
-            "grad": True})
+defop(
+    "pad",
+    attrs={"pads": Attr(tuple, doc="begins of every axis, then ends"), "value": Attr(float, 0.0)},
+    infer=_pad_infer,
+    reference=_pad_ref,
+    lower=lambda e, n, x: e.op(
+        "Pad", [x, e.ints(n.attrs["pads"]), e.scalar(n.attrs["value"], n.inputs[0])]
+    ),
+    grad=_pad_grad,
+    category="tensor",
+    doc="constant padding",
+    test={
+        "cases": [
+            {"shapes": [[4, 5]], "attrs": {"pads": (0, 1, 0, 2), "value": 0.5}},
+            {"shapes": [[2, 3, 4]], "attrs": {"pads": (0, 0, 1, 0, 2, 0)}},
+        ],
+        "grad": True,
+    },
+)
 
 
 def _unsqueeze_infer(ctx: InferCtx) -> TensorType:
@@ -319,13 +420,24 @@ def _unsqueeze_infer(ctx: InferCtx) -> TensorType:
     return TensorType(x.dtype, tuple(shape))
 
 
-defop("unsqueeze", attrs={"axes": Attr(tuple)}, infer=_unsqueeze_infer,
-      reference=lambda x, axes: np.expand_dims(x, tuple(axes)),
-      lower=lambda e, n, x: e.op("Unsqueeze", [x, e.ints(n.attrs["axes"])]),
-      grad=lambda c: [c.b.reshape_like(c.g, c.x[0])], category="tensor",
-      doc="insert size-1 axes", aliases={0: 0},
-      test={"cases": [{"shapes": [[4, 5]], "attrs": {"axes": (1,)}},
-                      {"shapes": [[4, 5]], "attrs": {"axes": (1, 3)}}], "grad": True})
+defop(
+    "unsqueeze",
+    attrs={"axes": Attr(tuple)},
+    infer=_unsqueeze_infer,
+    reference=lambda x, axes: np.expand_dims(x, tuple(axes)),
+    lower=lambda e, n, x: e.op("Unsqueeze", [x, e.ints(n.attrs["axes"])]),
+    grad=lambda c: [c.b.reshape_like(c.g, c.x[0])],
+    category="tensor",
+    doc="insert size-1 axes",
+    aliases={0: 0},
+    test={
+        "cases": [
+            {"shapes": [[4, 5]], "attrs": {"axes": (1,)}},
+            {"shapes": [[4, 5]], "attrs": {"axes": (1, 3)}},
+        ],
+        "grad": True,
+    },
+)
 
 
 def _squeeze_infer(ctx: InferCtx) -> TensorType:
@@ -337,13 +449,24 @@ def _squeeze_infer(ctx: InferCtx) -> TensorType:
     return TensorType(x.dtype, tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
 
-defop("squeeze", attrs={"axes": Attr(tuple)}, infer=_squeeze_infer,
-      reference=lambda x, axes: np.squeeze(x, tuple(axes)),
-      lower=lambda e, n, x: e.op("Squeeze", [x, e.ints(n.attrs["axes"])]),
-      grad=lambda c: [c.b.reshape_like(c.g, c.x[0])], category="tensor",
-      doc="drop size-1 axes", aliases={0: 0},
-      test={"cases": [{"shapes": [[4, 1, 5]], "attrs": {"axes": (1,)}},
-                      {"shapes": [[4, 1, 5, 1]], "attrs": {"axes": (1, -1)}}], "grad": True})
+defop(
+    "squeeze",
+    attrs={"axes": Attr(tuple)},
+    infer=_squeeze_infer,
+    reference=lambda x, axes: np.squeeze(x, tuple(axes)),
+    lower=lambda e, n, x: e.op("Squeeze", [x, e.ints(n.attrs["axes"])]),
+    grad=lambda c: [c.b.reshape_like(c.g, c.x[0])],
+    category="tensor",
+    doc="drop size-1 axes",
+    aliases={0: 0},
+    test={
+        "cases": [
+            {"shapes": [[4, 1, 5]], "attrs": {"axes": (1,)}},
+            {"shapes": [[4, 1, 5, 1]], "attrs": {"axes": (1, -1)}},
+        ],
+        "grad": True,
+    },
+)
 
 
 def _broadcast_to_infer(ctx: InferCtx) -> TensorType:
@@ -353,13 +476,21 @@ def _broadcast_to_infer(ctx: InferCtx) -> TensorType:
     return TensorType(x.dtype, like.shape)
 
 
-defop("broadcast_to", inputs=("x", "like"), infer=_broadcast_to_infer,
-      reference=lambda x, like: np.broadcast_to(x, like.shape).copy(),
-      lower=lambda e, n, x, like: e.op("Expand", [x, e.op("Shape", [like])]),
-      grad=lambda c: [c.g, None], category="tensor",
-      doc="x repeated to like's shape (the autodiff driver sums the gradient back)",
-      test={"cases": [{"shapes": [[1, 5], [4, 5]]}, {"shapes": [[3, 1], [2, 3, 4]]}],
-            "batch": False, "grad": True})
+defop(
+    "broadcast_to",
+    inputs=("x", "like"),
+    infer=_broadcast_to_infer,
+    reference=lambda x, like: np.broadcast_to(x, like.shape).copy(),
+    lower=lambda e, n, x, like: e.op("Expand", [x, e.op("Shape", [like])]),
+    grad=lambda c: [c.g, None],
+    category="tensor",
+    doc="x repeated to like's shape (the autodiff driver sums the gradient back)",
+    test={
+        "cases": [{"shapes": [[1, 5], [4, 5]]}, {"shapes": [[3, 1], [2, 3, 4]]}],
+        "batch": False,
+        "grad": True,
+    },
+)
 
 
 def _one_hot_infer(ctx: InferCtx) -> TensorType:
@@ -380,10 +511,21 @@ def _one_hot_lower(e, n, x):
     return e.op("Cast", [hit], to=e.onnx_dtype(n.attrs["dtype"]))
 
 
-defop("one_hot", attrs={"depth": Attr(int), "dtype": Attr(str, "float32")},
-      infer=_one_hot_infer, reference=_one_hot_ref, lower=_one_hot_lower,
-      grad=lambda c: [None], category="tensor", doc="integer labels to one-hot rows",
-      test={"cases": [{"shapes": [[5]], "dtypes": ["int64"], "attrs": {"depth": 4}},
-                      {"shapes": [[2, 3]], "dtypes": ["int64"],
-                       "attrs": {"depth": 4, "dtype": "float64"}}],
-            "int_high": 4, "grad": "integer input"})
+defop(
+    "one_hot",
+    attrs={"depth": Attr(int), "dtype": Attr(str, "float32")},
+    infer=_one_hot_infer,
+    reference=_one_hot_ref,
+    lower=_one_hot_lower,
+    grad=lambda c: [None],
+    category="tensor",
+    doc="integer labels to one-hot rows",
+    test={
+        "cases": [
+            {"shapes": [[5]], "dtypes": ["int64"], "attrs": {"depth": 4}},
+            {"shapes": [[2, 3]], "dtypes": ["int64"], "attrs": {"depth": 4, "dtype": "float64"}},
+        ],
+        "int_high": 4,
+        "grad": "integer input",
+    },
+)

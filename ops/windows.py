@@ -19,6 +19,7 @@ from graphc.shapes import Dim, conv_out, fmt_shape, is_static
 
 Fail = Callable[..., GraphError]
 
+
 @dataclass(frozen=True)
 class Window:
     """A resolved window sweep over d spatial axes: explicit pads, never "same"."""
@@ -56,8 +57,10 @@ class Window:
 
     def extra_end(self, spatial: Sequence[int], out: Sequence[int]) -> tuple[int, ...]:
         """How far the last window reaches past the end padding (ceil mode only)."""
-        return tuple(max(0, (o - 1) * s + f - (n + b + e)) for n, o, s, f, b, e in
-                     zip(spatial, out, self.stride, self.eff, self.begin, self.end))
+        return tuple(
+            max(0, (o - 1) * s + f - (n + b + e))
+            for n, o, s, f, b, e in zip(spatial, out, self.stride, self.eff, self.begin, self.end)
+        )
 
 
 def tuple_of(fail: Fail, name: str, value, d: int, *, low: int = 1) -> tuple[int, ...]:
@@ -70,8 +73,9 @@ def tuple_of(fail: Fail, name: str, value, d: int, *, low: int = 1) -> tuple[int
     return vals
 
 
-def make_window(fail: Fail, spatial: Sequence[Dim], kernel, stride, padding, dilation,
-                ceil: bool = False) -> Window:
+def make_window(
+    fail: Fail, spatial: Sequence[Dim], kernel, stride, padding, dilation, ceil: bool = False
+) -> Window:
     """Validate window attributes against the input's spatial dims and resolve the pads.
 
     padding: an int (every side), d ints (both sides of each axis), 2d ints
@@ -88,8 +92,10 @@ def make_window(fail: Fail, spatial: Sequence[Dim], kernel, stride, padding, dil
         begin = end = (0,) * d
     elif padding == "same":
         if ceil:
-            raise fail("padding='same' already rounds up; ceil_mode adds nothing to it",
-                       hint="drop ceil_mode or give explicit padding")
+            raise fail(
+                "padding='same' already rounds up; ceil_mode adds nothing to it",
+                hint="drop ceil_mode or give explicit padding",
+            )
         begin_l, end_l = [], []
         for i, n in enumerate(spatial):
             if isinstance(n, int):
@@ -97,8 +103,11 @@ def make_window(fail: Fail, spatial: Sequence[Dim], kernel, stride, padding, dil
             elif s[i] == 1:
                 total = eff[i] - 1
             else:
-                raise fail(f"padding='same' with stride {s[i]} needs a fixed size on spatial "
-                           f"axis {i}, got '{n}'", hint="give explicit padding instead")
+                raise fail(
+                    f"padding='same' with stride {s[i]} needs a fixed size on spatial "
+                    f"axis {i}, got '{n}'",
+                    hint="give explicit padding instead",
+                )
             begin_l.append(total // 2)
             end_l.append(total - total // 2)
         begin, end = tuple(begin_l), tuple(end_l)
@@ -109,8 +118,10 @@ def make_window(fail: Fail, spatial: Sequence[Dim], kernel, stride, padding, dil
         if len(p) == d:
             p = p + p
         if len(p) != 2 * d or not all(isinstance(v, int) for v in p):
-            raise fail(f"padding needs 1, {d} or {2 * d} ints for {d} spatial axes, got "
-                       f"{padding!r}", hint="2d ints are all begins, then all ends")
+            raise fail(
+                f"padding needs 1, {d} or {2 * d} ints for {d} spatial axes, got {padding!r}",
+                hint="2d ints are all begins, then all ends",
+            )
         if any(v < 0 for v in p):
             raise fail(f"padding must not be negative, got {padding!r}")
         begin, end = p[:d], p[d:]
@@ -119,9 +130,11 @@ def make_window(fail: Fail, spatial: Sequence[Dim], kernel, stride, padding, dil
     win = Window(k, s, dil, tuple(begin), tuple(end), ceil)
     for i, n in enumerate(spatial):
         if isinstance(n, int) and n + begin[i] + end[i] < eff[i]:
-            raise fail(f"spatial axis {i} has size {n} (padded {n + begin[i] + end[i]}), smaller "
-                       f"than the kernel's extent {eff[i]}",
-                       hint="use a smaller kernel or dilation, or more padding")
+            raise fail(
+                f"spatial axis {i} has size {n} (padded {n + begin[i] + end[i]}), smaller "
+                f"than the kernel's extent {eff[i]}",
+                hint="use a smaller kernel or dilation, or more padding",
+            )
     return win
 
 
@@ -144,9 +157,11 @@ def windows(x: np.ndarray, win: Window, pad_value: float = 0.0) -> np.ndarray:
     out = win.out_dims(x.shape[2:])
     xp = _pad_spatial(x, win, pad_value, win.extra_end(x.shape[2:], out))
     view = np.lib.stride_tricks.sliding_window_view(xp, win.eff, axis=tuple(range(2, 2 + d)))
-    idx = ((slice(None), slice(None))
-           + tuple(slice(0, s * (o - 1) + 1, s) for o, s in zip(out, win.stride))
-           + tuple(slice(None, None, dil) for dil in win.dilation))
+    idx = (
+        (slice(None), slice(None))
+        + tuple(slice(0, s * (o - 1) + 1, s) for o, s in zip(out, win.stride))
+        + tuple(slice(None, None, dil) for dil in win.dilation)
+    )
     return view[idx]
 
 
@@ -154,13 +169,15 @@ def unwindow(cols: np.ndarray, win: Window, spatial: Sequence[int]) -> np.ndarra
     """The transpose of `windows`: add every window's entries back where they came from."""
     d = len(spatial)
     n, c = cols.shape[:2]
-    out = cols.shape[2:2 + d]
+    out = cols.shape[2 : 2 + d]
     extra = win.extra_end(spatial, out)
     padded = [sz + b + e + x_ for sz, b, e, x_ in zip(spatial, win.begin, win.end, extra)]
     acc = np.zeros((n, c, *padded), dtype=cols.dtype)
     for kk in np.ndindex(*win.kernel):
-        dst = tuple(slice(ki * dil, ki * dil + s * (o - 1) + 1, s)
-                    for ki, dil, s, o in zip(kk, win.dilation, win.stride, out))
+        dst = tuple(
+            slice(ki * dil, ki * dil + s * (o - 1) + 1, s)
+            for ki, dil, s, o in zip(kk, win.dilation, win.stride, out)
+        )
         acc[(slice(None), slice(None)) + dst] += cols[(Ellipsis,) + kk]
     crop = tuple(slice(b, b + sz) for b, sz in zip(win.begin, spatial))
     return acc[(slice(None), slice(None)) + crop]
@@ -188,16 +205,20 @@ def window_indices(padded: Sequence[int], win: Window, out: Sequence[int]) -> np
 
 def _padded_geometry(spatial: Sequence[Dim], win: Window):
     if not is_static(spatial):
-        raise GraphError(f"float64 windows need fixed spatial sizes on ONNX Runtime, got "
-                   f"{fmt_shape(tuple(spatial))}", hint="use float32, or fixed sizes")
+        raise GraphError(
+            f"float64 windows need fixed spatial sizes on ONNX Runtime, got "
+            f"{fmt_shape(tuple(spatial))}",
+            hint="use float32, or fixed sizes",
+        )
     out = win.out_dims(spatial)
     extra = win.extra_end(spatial, out)
     padded = [n + b + e + x for n, b, e, x in zip(spatial, win.begin, win.end, extra)]
     return out, extra, padded
 
 
-def onnx_windows(e, x: str, dtype: str, spatial: Sequence[Dim], win: Window,
-                 pad_value: float = 0.0) -> str:
+def onnx_windows(
+    e, x: str, dtype: str, spatial: Sequence[Dim], win: Window, pad_value: float = 0.0
+) -> str:
     """ONNX nodes for x [N, C, *S] -> every window [N, C, P, K] (like `windows`)."""
     out, extra, padded = _padded_geometry(spatial, win)
     pads = [0, 0, *win.begin, 0, 0, *(en + x_ for en, x_ in zip(win.end, extra))]
@@ -211,13 +232,27 @@ def onnx_unwindow(e, cols: str, dtype: str, spatial: Sequence[Dim], win: Window)
     out, _, padded = _padded_geometry(spatial, win)
     d = len(spatial)
     flat = e.op("Reshape", [cols, e.ints([0, 0, -1])])
-    idx = e.op("Expand", [e.const(window_indices(padded, win, out).reshape(1, 1, -1)),
-                          e.op("Shape", [flat])])
-    size = e.op("Concat", [e.op("Slice", [e.op("Shape", [flat]), e.ints([0]), e.ints([2])]),
-                           e.ints([int(np.prod(padded))])], axis=0)
+    idx = e.op(
+        "Expand",
+        [e.const(window_indices(padded, win, out).reshape(1, 1, -1)), e.op("Shape", [flat])],
+    )
+    size = e.op(
+        "Concat",
+        [
+            e.op("Slice", [e.op("Shape", [flat]), e.ints([0]), e.ints([2])]),
+            e.ints([int(np.prod(padded))]),
+        ],
+        axis=0,
+    )
     zeros = e.op("ConstantOfShape", [size], value=e.tensor(np.zeros(1, dtype=dtype)))
     acc = e.op("ScatterElements", [zeros, idx, flat], axis=2, reduction="add")
     grid = e.op("Reshape", [acc, e.ints([0, 0, *padded])])
-    return e.op("Slice", [grid, e.ints(list(win.begin)),
-                          e.ints([b + n for b, n in zip(win.begin, spatial)]),
-                          e.ints(list(range(2, 2 + d)))])
+    return e.op(
+        "Slice",
+        [
+            grid,
+            e.ints(list(win.begin)),
+            e.ints([b + n for b, n in zip(win.begin, spatial)]),
+            e.ints(list(range(2, 2 + d))),
+        ],
+    )

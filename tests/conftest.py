@@ -19,5 +19,10 @@ def run_cli(*args: str, cwd=None, timeout: int = 300):
     """Run `python -m graphc ARGS` in a subprocess; returns CompletedProcess."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "graphc", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "graphc", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )

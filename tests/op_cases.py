@@ -35,8 +35,20 @@ from graphc.ir import Graph
 from graphc.ops.registry import OpDef
 
 CASE_KEYS = {"shapes", "attrs", "dtypes", "ranges", "batch", "grad", "tol", "tol64", "stats"}
-HINT_KEYS = {"cases", "int_high", "positive", "batch", "grad", "tol", "tol64", "shapes", "attrs",
-             "dtypes", "ranges", "stats"}
+HINT_KEYS = {
+    "cases",
+    "int_high",
+    "positive",
+    "batch",
+    "grad",
+    "tol",
+    "tol64",
+    "shapes",
+    "attrs",
+    "dtypes",
+    "ranges",
+    "stats",
+}
 NODE = "node"  # the name of the op's node in every case graph
 BATCH_DIM = "N"
 
@@ -74,8 +86,10 @@ def cases_for(op: OpDef) -> list[Case]:
     """The op's test cases; raises MissingHints when it declares none (or malformed ones)."""
     hints = dict(op.test or {})
     if not hints:
-        raise MissingHints(f"op '{op.name}' has no test hints: add test={{'cases': [...]}} to its "
-                           "defop (see tests/op_cases.py for the format)")
+        raise MissingHints(
+            f"op '{op.name}' has no test hints: add test={{'cases': [...]}} to its "
+            "defop (see tests/op_cases.py for the format)"
+        )
     unknown = set(hints) - HINT_KEYS
     if unknown:
         raise MissingHints(f"op '{op.name}': unknown test hint keys {sorted(unknown)}")
@@ -88,16 +102,26 @@ def cases_for(op: OpDef) -> list[Case]:
     for i, c in enumerate(raw):
         bad = set(c) - CASE_KEYS
         if bad or "shapes" not in c:
-            raise MissingHints(f"op '{op.name}' case {i}: needs 'shapes'; unknown keys "
-                               f"{sorted(bad)}")
-        out.append(Case(
-            op=op, index=i, shapes=[list(s) for s in c["shapes"]], attrs=dict(c.get("attrs", {})),
-            dtypes=list(c.get("dtypes", [])), ranges=list(c.get("ranges", [])),
-            int_high=int(hints.get("int_high", 2)), positive=bool(hints.get("positive", False)),
-            batch=bool(c.get("batch", hints.get("batch", True))),
-            grad=c.get("grad", hints.get("grad", True)), tol=c.get("tol", hints.get("tol")),
-            tol64=c.get("tol64", hints.get("tol64")),
-            stats=bool(c.get("stats", hints.get("stats", False)))))
+            raise MissingHints(
+                f"op '{op.name}' case {i}: needs 'shapes'; unknown keys {sorted(bad)}"
+            )
+        out.append(
+            Case(
+                op=op,
+                index=i,
+                shapes=[list(s) for s in c["shapes"]],
+                attrs=dict(c.get("attrs", {})),
+                dtypes=list(c.get("dtypes", [])),
+                ranges=list(c.get("ranges", [])),
+                int_high=int(hints.get("int_high", 2)),
+                positive=bool(hints.get("positive", False)),
+                batch=bool(c.get("batch", hints.get("batch", True))),
+                grad=c.get("grad", hints.get("grad", True)),
+                tol=c.get("tol", hints.get("tol")),
+                tol64=c.get("tol64", hints.get("tol64")),
+                stats=bool(c.get("stats", hints.get("stats", False))),
+            )
+        )
     return out
 
 
@@ -111,15 +135,16 @@ def input_names(op: OpDef, n: int) -> list[str]:
         elif len(names) < n:
             names.append(base)
         elif not spec.endswith("?"):
-            raise MissingHints(f"op '{op.name}': hints give {n} input shapes, but input "
-                               f"'{base}' is required (inputs {op.inputs})")
+            raise MissingHints(
+                f"op '{op.name}': hints give {n} input shapes, but input "
+                f"'{base}' is required (inputs {op.inputs})"
+            )
     if len(names) != n:
         raise MissingHints(f"op '{op.name}': hints give {n} input shapes for inputs {op.inputs}")
     return names
 
 
-def build(case: Case, float_dtype: str = "float32", *, symbolic_batch: bool | None = None
-          ) -> Graph:
+def build(case: Case, float_dtype: str = "float32", *, symbolic_batch: bool | None = None) -> Graph:
     """A one-node graph: inputs named after the op's inputs, the node named `node`.
 
     With a symbolic batch (the default for cases with batch=True), axis 0 of every
@@ -141,8 +166,9 @@ def build(case: Case, float_dtype: str = "float32", *, symbolic_batch: bool | No
     return b.graph
 
 
-def draw_inputs(case: Case, graph: Graph, batch: int | None, rng: np.random.Generator
-                ) -> dict[str, np.ndarray]:
+def draw_inputs(
+    case: Case, graph: Graph, batch: int | None, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Random arrays for the graph's inputs; `batch` replaces axis 0 when the case varies it."""
     feeds = {}
     for i, (name, t) in enumerate(graph.inputs.items()):

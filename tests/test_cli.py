@@ -25,17 +25,20 @@ def bad_files(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("name, message, where", [
-    ("syntax.gc", "syntax error", ":1:21:"),
-    ("unknown_op.gc", "unknown op 'lienar'", ":2:5:"),
-    ("wrong_kind.gc", "must be int", ":2:15:"),
-    ("shape.gc", "inner dimensions differ", ":3:5:"),
-    ("undefined.gc", "undefined name 'z'", ":2:10:"),
-    ("duplicate.gc", "duplicate name 'x'", ":2:1:"),
-    ("cycle.gc", "cycle", ":2:5:"),
-    ("import.gc", "'__import__' is not allowed", ":1:5:"),
-    ("attribute.gc", "attribute access", ":1:5:"),
-])
+@pytest.mark.parametrize(
+    "name, message, where",
+    [
+        ("syntax.gc", "syntax error", ":1:21:"),
+        ("unknown_op.gc", "unknown op 'lienar'", ":2:5:"),
+        ("wrong_kind.gc", "must be int", ":2:15:"),
+        ("shape.gc", "inner dimensions differ", ":3:5:"),
+        ("undefined.gc", "undefined name 'z'", ":2:10:"),
+        ("duplicate.gc", "duplicate name 'x'", ":2:1:"),
+        ("cycle.gc", "cycle", ":2:5:"),
+        ("import.gc", "'__import__' is not allowed", ":1:5:"),
+        ("attribute.gc", "attribute access", ":1:5:"),
+    ],
+)
 def test_bad_model_files_exit_2_without_traceback(bad_files, name, message, where):
     r = run_cli("check", str(bad_files / name))
     assert r.returncode == 2
@@ -72,8 +75,9 @@ def test_compile_and_run(samples_dir, tmp_path):
     assert [i.name for i in model.graph.input] == ["x"]
     x = np.random.default_rng(0).standard_normal((3, 64)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    r = run_cli("run", str(out), "--input", f"x={tmp_path / 'x.npy'}", "-o",
-                str(tmp_path / "out.npz"))
+    r = run_cli(
+        "run", str(out), "--input", f"x={tmp_path / 'x.npy'}", "-o", str(tmp_path / "out.npz")
+    )
     assert r.returncode == 0, r.stderr
     got = np.load(tmp_path / "out.npz")["logits"]
     import graphc

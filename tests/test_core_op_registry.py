@@ -9,11 +9,11 @@ test case, in-place/alias facts name real inputs and outputs.
 from __future__ import annotations
 
 import pytest
-from op_cases import NODE, MissingHints, build, cases_for
 
 from graphc.infer import split_inputs
 from graphc.ops import REGISTRY
 from graphc.ops.registry import InferCtx
+from op_cases import NODE, MissingHints, build, cases_for
 
 
 def _cases(opname: str):
@@ -31,7 +31,8 @@ def test_declaration_is_coherent(opname: str) -> None:
     unknown = [k for k in op.key_attrs if k not in op.attrs]
     assert not unknown, f"{opname}: key_attrs {unknown} are not attributes"
     assert op.lower is not None or op.decompose is not None, (
-        f"{opname}: neither an ONNX lowering nor a decomposition: it cannot be exported")
+        f"{opname}: neither an ONNX lowering nor a decomposition: it cannot be exported"
+    )
     for case in _cases(opname):
         g = build(case, "float32", symbolic_batch=False)
         node = g.nodes[NODE]
@@ -39,9 +40,11 @@ def test_declaration_is_coherent(opname: str) -> None:
         for facts, what in ((op.inplace, "inplace"), (op.aliases, "aliases")):
             for out, inp in facts.items():
                 assert out < len(node.outputs) and inp < n_in, (
-                    f"{case.id}: {what} {{{out}: {inp}}} names a missing output or input")
+                    f"{case.id}: {what} {{{out}: {inp}}} names a missing output or input"
+                )
                 assert g.type(node.outputs[out]) == g.type(node.inputs[inp]) or what == "aliases", (
-                    f"{case.id}: in-place output {out} differs in type from input {inp}")
+                    f"{case.id}: in-place output {out} differs in type from input {inp}"
+                )
 
 
 @pytest.mark.parametrize("opname", sorted(k for k, op in REGISTRY.items() if op.flops))

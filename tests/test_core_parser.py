@@ -28,23 +28,35 @@ def error_of(text: str) -> GraphError:
     return info.value
 
 
-@pytest.mark.parametrize("text, message, line, col", [
-    ("x = input(float32, [N 2])\n", "syntax error", 1, 21),
-    ("x = input(float32, [N, 2])\nh = lienar(x, 3)\n", "unknown op 'lienar'", 2, 5),
-    ("x = input(float32, [N, 2])\nh = linear(x, '64')\n", "must be int, got str", 2, 15),
-    ("x = input(float32, [N, 3])\nw = input(float32, [4, 5])\nh = matmul(x, w)\n",
-     "inner dimensions differ", 3, 5),
-    ("x = input(float32, [N, 2])\nh = relu(z)\n", "undefined name 'z'", 2, 10),
-    ("x = input(float32, [N, 2])\nx = relu(x)\n", "duplicate name 'x'", 2, 1),
-    ("a = relu(b)\nb = relu(a)\n", "cycle", 2, 5),
-    ("x = __import__('os')\n", "'__import__' is not allowed", 1, 5),
-    ("x = input(float32, [N, 2])\ny = os.system('ls')\n", "attribute access", 2, 5),
-    ("import os\n", "imports", 1, 1),
-    ("f = lambda: 0\n", "lambdas", 1, 5),
-    ("for i in []:\n    pass\n", "loops", 1, 1),
-    ("x = input(float32, [N, 2])\nh = relu(x, x)\n", "too many tensor inputs", 2, 5),
-    ("x = input(float32, [N, 2])\nh = linear(x, 3, unitz=4)\n", "unknown attribute 'unitz'", 2, 5),
-])
+@pytest.mark.parametrize(
+    "text, message, line, col",
+    [
+        ("x = input(float32, [N 2])\n", "syntax error", 1, 21),
+        ("x = input(float32, [N, 2])\nh = lienar(x, 3)\n", "unknown op 'lienar'", 2, 5),
+        ("x = input(float32, [N, 2])\nh = linear(x, '64')\n", "must be int, got str", 2, 15),
+        (
+            "x = input(float32, [N, 3])\nw = input(float32, [4, 5])\nh = matmul(x, w)\n",
+            "inner dimensions differ",
+            3,
+            5,
+        ),
+        ("x = input(float32, [N, 2])\nh = relu(z)\n", "undefined name 'z'", 2, 10),
+        ("x = input(float32, [N, 2])\nx = relu(x)\n", "duplicate name 'x'", 2, 1),
+        ("a = relu(b)\nb = relu(a)\n", "cycle", 2, 5),
+        ("x = __import__('os')\n", "'__import__' is not allowed", 1, 5),
+        ("x = input(float32, [N, 2])\ny = os.system('ls')\n", "attribute access", 2, 5),
+        ("import os\n", "imports", 1, 1),
+        ("f = lambda: 0\n", "lambdas", 1, 5),
+        ("for i in []:\n    pass\n", "loops", 1, 1),
+        ("x = input(float32, [N, 2])\nh = relu(x, x)\n", "too many tensor inputs", 2, 5),
+        (
+            "x = input(float32, [N, 2])\nh = linear(x, 3, unitz=4)\n",
+            "unknown attribute 'unitz'",
+            2,
+            5,
+        ),
+    ],
+)
 def test_error_has_message_and_location(text, message, line, col):
     err = error_of(text)
     assert message in err.message
@@ -55,11 +67,17 @@ def test_error_has_message_and_location(text, message, line, col):
 
 
 def test_typo_hints_closest_name():
-    assert "did you mean 'linear'" in error_of("x = input(float32, [N, 2])\nh = lienar(x, 3)\n").hint
-    assert "did you mean 'hidden'" in error_of(
-        "x = input(float32, [N, 2])\nhidden = relu(x)\no = relu(hiden)\n").hint
-    assert "did you mean 'units'" in error_of(
-        "x = input(float32, [N, 2])\nh = linear(x, 3, unitz=4)\n").hint
+    assert (
+        "did you mean 'linear'" in error_of("x = input(float32, [N, 2])\nh = lienar(x, 3)\n").hint
+    )
+    assert (
+        "did you mean 'hidden'"
+        in error_of("x = input(float32, [N, 2])\nhidden = relu(x)\no = relu(hiden)\n").hint
+    )
+    assert (
+        "did you mean 'units'"
+        in error_of("x = input(float32, [N, 2])\nh = linear(x, 3, unitz=4)\n").hint
+    )
 
 
 def test_missing_file():
@@ -77,8 +95,10 @@ def test_nested_calls_get_stable_names_and_params():
 
 
 def test_operators_and_forward_references():
-    g = graphc.parse("o = a * (b + c)\na = input(float32, [])\nb = input(float32, [])\n"
-                     "c = input(float32, [])\noutput(o)\n")
+    g = graphc.parse(
+        "o = a * (b + c)\na = input(float32, [])\nb = input(float32, [])\n"
+        "c = input(float32, [])\noutput(o)\n"
+    )
     from graphc.interp import evaluate
 
     out = evaluate(g, {"a": np.float32(2), "b": np.float32(3), "c": np.float32(4)})["o"]
@@ -96,8 +116,9 @@ def test_printer_round_trip_keeps_comments():
 
 def assert_same_graph(a, b):
     assert list(a.inputs.items()) == list(b.inputs.items())
-    assert [(n.name, n.op, n.inputs, n.outputs, n.attrs) for n in a.nodes.values()] == \
-        [(n.name, n.op, n.inputs, n.outputs, n.attrs) for n in b.nodes.values()]
+    assert [(n.name, n.op, n.inputs, n.outputs, n.attrs) for n in a.nodes.values()] == [
+        (n.name, n.op, n.inputs, n.outputs, n.attrs) for n in b.nodes.values()
+    ]
     assert a.types == b.types
     assert a.outputs == b.outputs and a.loss == b.loss
     assert {k: v.shape for k, v in a.params.items()} == {k: v.shape for k, v in b.params.items()}
@@ -163,5 +184,6 @@ def test_builder_mirrors_file_language():
     b.output(logits)
     b.minimize("loss")
     g = graphc.parse(XOR)
-    assert [(n.name, n.op, n.inputs, n.attrs) for n in b.graph.nodes.values()] == \
-        [(n.name, n.op, n.inputs, n.attrs) for n in g.nodes.values()]
+    assert [(n.name, n.op, n.inputs, n.attrs) for n in b.graph.nodes.values()] == [
+        (n.name, n.op, n.inputs, n.attrs) for n in g.nodes.values()
+    ]

@@ -24,8 +24,7 @@ from graphc.passes.manager import register, run_passes
 from graphc.passes.memory import ort_schedule
 from graphc.passes.recompute import parse_budget, recompute_graph
 
-CLEANUP = ["eliminate_dead_code", "fold_constants", "simplify",
-           "eliminate_common_subexpressions"]
+CLEANUP = ["eliminate_dead_code", "fold_constants", "simplify", "eliminate_common_subexpressions"]
 
 
 def mlp(depth: int = 2, width: int = 6, residual: bool = False):
@@ -47,8 +46,11 @@ def feeds_for(g, batch=5, seed=0):
     out = {}
     for k, t in g.inputs.items():
         shape = tuple(batch if isinstance(d, str) else d for d in t.shape)
-        out[k] = (rng.integers(0, 3, shape) if t.dtype.startswith("int")
-                  else rng.standard_normal(shape).astype(t.dtype))
+        out[k] = (
+            rng.integers(0, 3, shape)
+            if t.dtype.startswith("int")
+            else rng.standard_normal(shape).astype(t.dtype)
+        )
     return out
 
 
@@ -83,7 +85,8 @@ def test_pipelines_are_idempotent(level):
     once = optimize(g, level)
     twice = optimize(once, level)
     assert sorted((n.op, tuple(n.inputs)) for n in twice.nodes.values()) == sorted(
-        (n.op, tuple(n.inputs)) for n in once.nodes.values())
+        (n.op, tuple(n.inputs)) for n in once.nodes.values()
+    )
 
 
 def test_stats_and_dump(tmp_path, capsys):
@@ -92,8 +95,10 @@ def test_stats_and_dump(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "fuse_gemm" in err and "gemm_transposed_operands" in err
     stats = {s.name: s for s in out.meta["pass_stats"]}
-    assert stats["fuse_softmax_cross_entropy"].after["nodes"] < stats[
-        "fuse_softmax_cross_entropy"].before["nodes"] + 2
+    assert (
+        stats["fuse_softmax_cross_entropy"].after["nodes"]
+        < stats["fuse_softmax_cross_entropy"].before["nodes"] + 2
+    )
     dumped = list(tmp_path.iterdir())
     assert len(dumped) == 1 and "fuse_gemm" in dumped[0].name
     assert "gemm(" in dumped[0].read_text()
@@ -196,7 +201,9 @@ def random_graph(draw):
                 vals.append(u / (b.exp(b.reduce_mean(v, axes=(1,), keepdims=True))))
             else:
                 vals.append(getattr(b, op)(u, v))
-    outs = draw(st.lists(st.sampled_from(vals[3:]), min_size=1, max_size=3, unique_by=lambda t: t.name))
+    outs = draw(
+        st.lists(st.sampled_from(vals[3:]), min_size=1, max_size=3, unique_by=lambda t: t.name)
+    )
     b.output(*outs)
     return b.graph
 
@@ -205,8 +212,10 @@ def random_graph(draw):
 @given(random_graph(), st.sampled_from(CLEANUP + ["fuse_gemm", "order_for_memory"]))
 def test_random_graphs_keep_semantics_and_passes_are_idempotent(g, name):
     rng = np.random.default_rng(1)
-    feeds = {"x": rng.standard_normal((4, 4)).astype("float32"),
-             "y": rng.standard_normal((4, 4)).astype("float32")}
+    feeds = {
+        "x": rng.standard_normal((4, 4)).astype("float32"),
+        "y": rng.standard_normal((4, 4)).astype("float32"),
+    }
     once = optimize(g, passes=[name, "eliminate_dead_code"])
     assert_same(g, once, feeds, rtol=1e-4, atol=1e-5)
     twice = optimize(once, passes=[name, "eliminate_dead_code"])
@@ -254,7 +263,7 @@ def test_plan_offsets_never_overlap_for_tensors_alive_together():
     plan = plan_memory(g)
     placed = [t for t in plan.tensors if t.offset is not None and t.inplace_of is None]
     for i, s in enumerate(placed):
-        for t in placed[i + 1:]:
+        for t in placed[i + 1 :]:
             if s.first <= t.last and t.first <= s.last:
                 assert s.offset + s.size <= t.offset or t.offset + t.size <= s.offset, (s, t)
     assert plan.lower_bound <= plan.peak < plan.naive
@@ -273,8 +282,9 @@ def test_recompute_halves_the_planned_peak_of_a_deep_network_and_keeps_values():
     g.meta["dim_sizes"] = {"N": 64}
     base = optimize(g, 2)
     out = optimize(g, 2, memory_budget="auto")
-    assert plan_memory(out, ort_schedule(out)).peak <= 0.5 * plan_memory(
-        base, ort_schedule(base)).peak
+    assert (
+        plan_memory(out, ort_schedule(out)).peak <= 0.5 * plan_memory(base, ort_schedule(base)).peak
+    )
     assert_same(g, out, feeds_for(g, batch=4), rtol=1e-4, atol=1e-5)
     rc = [n for n in out.nodes.values() if n.tags.get("recompute")]
     assert rc and all(n.tags.get("grad") for n in rc)
@@ -308,14 +318,26 @@ def test_plan_command_prints_the_table_and_the_peak(tmp_path):
     from conftest import run_cli
 
     svg = tmp_path / "timeline.svg"
-    r = run_cli("plan", "samples/mlp_digits.gc", "--train", "-O2", "--dim", "N=64",
-                "--limit", "5", "--timeline", str(svg), cwd=str(Path(__file__).parent.parent))
+    r = run_cli(
+        "plan",
+        "samples/mlp_digits.gc",
+        "--train",
+        "-O2",
+        "--dim",
+        "N=64",
+        "--limit",
+        "5",
+        "--timeline",
+        str(svg),
+        cwd=str(Path(__file__).parent.parent),
+    )
     assert r.returncode == 0, r.stderr
     assert "planned peak" in r.stdout and "lower bound" in r.stdout and "naive plan" in r.stdout
     assert "fc1" in r.stdout and "more tensors" in r.stdout
     assert svg.read_text().lstrip().startswith("<")
-    bad = run_cli("plan", "samples/mlp_digits.gc", "--dim", "N=lots",
-                  cwd=str(Path(__file__).parent.parent))
+    bad = run_cli(
+        "plan", "samples/mlp_digits.gc", "--dim", "N=lots", cwd=str(Path(__file__).parent.parent)
+    )
     assert bad.returncode == 2 and "NAME=SIZE" in bad.stderr
 
 

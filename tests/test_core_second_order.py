@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from op_cases import NODE, MissingHints, build, cases_for, draw_inputs, randomize_params
 
 import graphc
 from graphc.autodiff import hvp
@@ -20,6 +19,7 @@ from graphc.builder import Builder, Tensor
 from graphc.errors import GraphError
 from graphc.interp import evaluate
 from graphc.ops import REGISTRY
+from op_cases import NODE, MissingHints, build, cases_for, draw_inputs, randomize_params
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "autodiff.md"
 
@@ -88,8 +88,11 @@ def test_docs_list_exactly_the_twice_differentiable_ops():
     assert found == documented()
 
 
-@pytest.mark.parametrize("name, case", [c for c in CANDIDATES if c[0] in documented()],
-                         ids=[c[0] for c in CANDIDATES if c[0] in documented()])
+@pytest.mark.parametrize(
+    "name, case",
+    [c for c in CANDIDATES if c[0] in documented()],
+    ids=[c[0] for c in CANDIDATES if c[0] in documented()],
+)
 def test_hessian_vector_product_matches_finite_differences(name, case):
     g, params, feeds, wrt, rng = _setup(case, seed=1)
     hg = hvp(g, wrt=wrt)
@@ -102,8 +105,9 @@ def test_hessian_vector_product_matches_finite_differences(name, case):
     def grads(shift):
         moved = {t: base[t] + shift * vs[f"{t}.v"] for t in wrt}
         vals = {**base, **moved}
-        return evaluate(gg, vals, params={k: vals[k] for k in params},
-                        outputs=[f"{t}.grad" for t in wrt])
+        return evaluate(
+            gg, vals, params={k: vals[k] for k in params}, outputs=[f"{t}.grad" for t in wrt]
+        )
 
     plus, minus = grads(eps), grads(-eps)
     for t in wrt:

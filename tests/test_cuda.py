@@ -9,8 +9,10 @@ from graphc.cli.common import random_feeds
 from graphc.export import export
 from graphc.runtime import cuda_available, make_session, run
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not cuda_available(), reason="no CUDA device here")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not cuda_available(), reason="no CUDA device here"),
+]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)

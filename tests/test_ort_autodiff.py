@@ -28,7 +28,8 @@ def feeds(rng):
 def run_graph(g, outputs, values):
     sess = make_session(export(g, outputs=outputs, params_as_inputs=True, keep_inputs=True))
     names = {i.name for i in sess.get_inputs()} | {
-        i.name for i in sess.get_overridable_initializers()}
+        i.name for i in sess.get_overridable_initializers()
+    }
     return dict(zip(outputs, sess.run(outputs, {k: v for k, v in values.items() if k in names})))
 
 
@@ -57,8 +58,9 @@ def test_hessian_vector_product_matches_finite_differences_of_the_gradient():
 def test_saliency_gradient_with_respect_to_the_input():
     g = graphc.parse(MLP)
     b = graphc.Builder(g)
-    score = b.reduce_sum(b.slice(b.tensor("logits"), starts=(1,), ends=(2,), axes=(1,)),
-                         name="score")
+    score = b.reduce_sum(
+        b.slice(b.tensor("logits"), starts=(1,), ends=(2,), axes=(1,)), name="score"
+    )
     g.loss = score.name
     [r] = gradcheck(g, wrt=["x"])
     assert r.rel_error < 1e-6 and r.shape == (3, 3)
@@ -78,23 +80,31 @@ def test_stop_gradient_blocks_the_path():
     bg = graphc.grad(g)
     assert not any(n.tags.get("grad_of") == "h" for n in bg.nodes.values())
     rng = np.random.default_rng(0)
-    out = run_graph(bg, ["h_linear.weight.grad", "logits.weight.grad"],
-                    {**g.param_values(), **{k: v.astype("float32") if v.dtype.kind == "f" else v
-                                            for k, v in feeds(rng).items()}})
+    out = run_graph(
+        bg,
+        ["h_linear.weight.grad", "logits.weight.grad"],
+        {
+            **g.param_values(),
+            **{k: v.astype("float32") if v.dtype.kind == "f" else v for k, v in feeds(rng).items()},
+        },
+    )
     assert not out["h_linear.weight.grad"].any()
     assert out["logits.weight.grad"].any()
 
 
 def test_gradient_through_step_is_a_clear_error():
-    g = graphc.parse("x = input(float32, [N, 2])\nt = input(float32, [N, 1])\n"
-                     "s = step(linear(x, 1))\nloss = mse(s, t)\nminimize(loss)\n", "p.gc")
+    g = graphc.parse(
+        "x = input(float32, [N, 2])\nt = input(float32, [N, 1])\n"
+        "s = step(linear(x, 1))\nloss = mse(s, t)\nminimize(loss)\n",
+        "p.gc",
+    )
     with pytest.raises(GraphError) as info:
         graphc.grad(g)
     assert "step 's'" in info.value.message and info.value.loc.line == 3
 
 
 def test_gradient_wrt_integer_input_is_a_clear_error():
-    with pytest.raises(GraphError, match="'y'.*int64"):
+    with pytest.raises(GraphError, match=r"'y'.*int64"):
         graphc.grad(graphc.parse(MLP), wrt=["y"])
 
 
@@ -122,8 +132,10 @@ def test_gradients_match_pytorch_when_installed():
 
 def test_gradient_with_respect_to_an_intermediate_value():
     # the lecture example: z = w1 + w2, L = w3 * z; dL/dz = w3
-    g = graphc.parse("w1 = input(float32, [])\nw2 = input(float32, [])\n"
-                     "w3 = input(float32, [])\nz = w1 + w2\nL = w3 * z\nminimize(L)\n")
+    g = graphc.parse(
+        "w1 = input(float32, [])\nw2 = input(float32, [])\n"
+        "w3 = input(float32, [])\nz = w1 + w2\nL = w3 * z\nminimize(L)\n"
+    )
     from graphc.interp import evaluate
 
     bg = graphc.grad(g, wrt=["z", "w1", "w3"])

@@ -59,8 +59,10 @@ def loop_conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     k = w.shape[2:]
     s, dil = _tup(stride, d), _tup(dilation, d)
     pb, pe = _pads(spatial, k, s, dil, padding)
-    out = [(sz + a + e - (di * (kk - 1) + 1)) // st + 1
-           for sz, a, e, di, kk, st in zip(spatial, pb, pe, dil, k, s)]
+    out = [
+        (sz + a + e - (di * (kk - 1) + 1)) // st + 1
+        for sz, a, e, di, kk, st in zip(spatial, pb, pe, dil, k, s)
+    ]
     y = np.zeros((n, o, *out))
     cg, og = c // groups, o // groups
     for ni, oi in itertools.product(range(n), range(o)):
@@ -76,8 +78,9 @@ def loop_conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     return y
 
 
-def loop_pool(x, kind, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
-              count_include_pad=False):
+def loop_pool(
+    x, kind, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, count_include_pad=False
+):
     spatial = x.shape[2:]
     d = len(spatial)
     k = _tup(kernel, d)
@@ -114,13 +117,26 @@ CONV_CASES = [
     ([2, 4, 10], {"filters": 6, "kernel": 3, "stride": 3, "padding": 1, "groups": 2}),
     ([1, 3, 11], {"filters": 2, "kernel": 2, "dilation": 3, "padding": "same"}),
     ([2, 3, 7, 6], {"filters": 4, "kernel": 3, "stride": 2, "padding": "same"}),
-    ([2, 4, 7, 5], {"filters": 4, "kernel": (3, 2), "stride": (2, 3), "padding": (1, 0, 2, 1),
-                    "groups": 4}),  # depthwise, begins+ends padding
-    ([1, 6, 8, 7], {"filters": 9, "kernel": 3, "dilation": (2, 1), "padding": (2, 1), "groups": 3,
-                    "bias": False}),
+    (
+        [2, 4, 7, 5],
+        {"filters": 4, "kernel": (3, 2), "stride": (2, 3), "padding": (1, 0, 2, 1), "groups": 4},
+    ),  # depthwise, begins+ends padding
+    (
+        [1, 6, 8, 7],
+        {
+            "filters": 9,
+            "kernel": 3,
+            "dilation": (2, 1),
+            "padding": (2, 1),
+            "groups": 3,
+            "bias": False,
+        },
+    ),
     ([2, 2, 5, 5], {"filters": 3, "kernel": 5, "padding": "valid"}),
-    ([1, 2, 5, 4, 6], {"filters": 4, "kernel": (2, 3, 2), "stride": (2, 1, 3), "padding": "same",
-                       "groups": 2}),
+    (
+        [1, 2, 5, 4, 6],
+        {"filters": 4, "kernel": (2, 3, 2), "stride": (2, 1, 3), "padding": "same", "groups": 2},
+    ),
     ([2, 3, 4, 5, 3], {"filters": 2, "kernel": 2, "dilation": (1, 2, 1), "padding": 1}),
 ]
 POOL_CASES = [
@@ -129,20 +145,29 @@ POOL_CASES = [
     # the last window would start in the end padding: dropped
     ("max", [1, 2, 5], {"kernel": 2, "stride": 3, "padding": 1, "ceil_mode": True}),
     ("max", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1}),
-    ("max", [2, 2, 7, 7], {"kernel": (2, 3), "stride": (2, 1), "dilation": (2, 1),
-                           "ceil_mode": True}),
+    (
+        "max",
+        [2, 2, 7, 7],
+        {"kernel": (2, 3), "stride": (2, 1), "dilation": (2, 1), "ceil_mode": True},
+    ),
     ("max", [1, 2, 6, 5], {"kernel": 3, "stride": 1, "padding": "same"}),
     ("max", [1, 2, 5, 4, 7], {"kernel": 2, "stride": (2, 1, 3), "padding": (1, 0, 1)}),
     ("avg", [2, 3, 9], {"kernel": 3, "stride": 2, "padding": 1}),
     ("avg", [2, 3, 9], {"kernel": 3, "stride": 2, "padding": 1, "count_include_pad": True}),
-    ("avg", [1, 2, 10], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
-                         "count_include_pad": True}),
+    (
+        "avg",
+        [1, 2, 10],
+        {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": True},
+    ),
     ("avg", [2, 2, 7, 6], {"kernel": 2}),
     ("avg", [2, 2, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
     ("avg", [1, 3, 6, 5], {"kernel": (3, 2), "stride": 1, "padding": "same"}),
     ("avg", [2, 3, 9], {"kernel": 2, "stride": 4}),  # gaps between windows
-    ("avg", [1, 2, 5, 4, 6], {"kernel": 2, "stride": (1, 2, 3), "padding": (1, 0, 1),
-                              "count_include_pad": True}),
+    (
+        "avg",
+        [1, 2, 5, 4, 6],
+        {"kernel": 2, "stride": (1, 2, 3), "padding": (1, 0, 1), "count_include_pad": True},
+    ),
 ]
 
 
@@ -161,10 +186,13 @@ def test_conv_reference_matches_loops(shape, attrs):
     groups = attrs.get("groups", 1)
     w = rng.standard_normal((attrs["filters"], shape[1] // groups, *k))
     b = rng.standard_normal(attrs["filters"]) if attrs.get("bias", True) else None
-    win = {key: attrs.get(key, dflt) for key, dflt in
-           (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))}
-    np.testing.assert_allclose(conv_reference(x, w, b, **win), loop_conv(x, w, b, **win),
-                               rtol=1e-12, atol=1e-12)
+    win = {
+        key: attrs.get(key, dflt)
+        for key, dflt in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
+    }
+    np.testing.assert_allclose(
+        conv_reference(x, w, b, **win), loop_conv(x, w, b, **win), rtol=1e-12, atol=1e-12
+    )
 
 
 def _pool_attrs(kind, attrs):
@@ -180,8 +208,9 @@ def test_pool_reference_matches_loops(kind, shape, attrs):
 
     x = _rng(2).standard_normal(shape)
     ref = max_pool_reference if kind == "max" else avg_pool_reference
-    np.testing.assert_allclose(ref(x, **_pool_attrs(kind, attrs)), loop_pool(x, kind, **attrs),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        ref(x, **_pool_attrs(kind, attrs)), loop_pool(x, kind, **attrs), rtol=1e-12, atol=1e-12
+    )
 
 
 # ------------------------------------------------------- graphs for ORT/autodiff
@@ -209,16 +238,32 @@ def _pool_op(kind, shape):
     return f"{kind}_pool{len(shape) - 2}d"
 
 
-ORT_CASES = ([(f"conv{len(s) - 2}d", s, a) for s, a in CONV_CASES]
-             + [(_pool_op(k, s), s, a) for k, s, a in POOL_CASES]
-             + [("separable_conv1d", [2, 3, 9], {"filters": 4, "kernel": 3, "stride": 2,
-                                                 "padding": "same"}),
-                ("separable_conv2d", [2, 3, 7, 6], {"filters": 5, "kernel": 3,
-                                                    "depth_multiplier": 2, "dilation": 2,
-                                                         "padding": 2, "bias": False}),
-                ("global_avg_pool", [2, 3, 4, 5], {}),
-                ("global_max_pool", [2, 3, 7], {"keepdims": True}),
-                ("global_avg_pool", [2, 2, 3, 2, 4], {"keepdims": True})])
+ORT_CASES = (
+    [(f"conv{len(s) - 2}d", s, a) for s, a in CONV_CASES]
+    + [(_pool_op(k, s), s, a) for k, s, a in POOL_CASES]
+    + [
+        (
+            "separable_conv1d",
+            [2, 3, 9],
+            {"filters": 4, "kernel": 3, "stride": 2, "padding": "same"},
+        ),
+        (
+            "separable_conv2d",
+            [2, 3, 7, 6],
+            {
+                "filters": 5,
+                "kernel": 3,
+                "depth_multiplier": 2,
+                "dilation": 2,
+                "padding": 2,
+                "bias": False,
+            },
+        ),
+        ("global_avg_pool", [2, 3, 4, 5], {}),
+        ("global_max_pool", [2, 3, 7], {"keepdims": True}),
+        ("global_avg_pool", [2, 2, 3, 2, 4], {"keepdims": True}),
+    ]
+)
 IDS = [f"{op}-{i}" for i, (op, _, _) in enumerate(ORT_CASES)]
 
 
@@ -242,8 +287,13 @@ def test_forward_and_gradient_graph_on_ort(op, shape, attrs, dtype, tol):
             scale = max(1.0, float(np.abs(ref[name]).max()))
             assert got[name].shape == ref[name].shape, name
             assert got[name].dtype == ref[name].dtype == np.dtype(dtype), name
-            np.testing.assert_allclose(got[name], ref[name], rtol=tol, atol=tol * scale,
-                                       err_msg=f"{op} {attrs} batch={batch} {name}")
+            np.testing.assert_allclose(
+                got[name],
+                ref[name],
+                rtol=tol,
+                atol=tol * scale,
+                err_msg=f"{op} {attrs} batch={batch} {name}",
+            )
 
 
 def test_float64_needs_fixed_spatial_sizes():
@@ -267,8 +317,14 @@ def _fd_check(g64, wrt, feeds, h=1e-6, tol=1e-6):
 
     def loss(values):
         env = {**base, **values}
-        return float(evaluate(g64, {k: env[k] for k in feeds}, outputs=[g64.loss],
-                              params={k: env[k] for k in params})[g64.loss])
+        return float(
+            evaluate(
+                g64,
+                {k: env[k] for k in feeds},
+                outputs=[g64.loss],
+                params={k: env[k] for k in params},
+            )[g64.loss]
+        )
 
     for t in wrt:
         v = base[t]
@@ -285,17 +341,29 @@ def _fd_check(g64, wrt, feeds, h=1e-6, tol=1e-6):
 
 FD_CASES = [
     ("conv1d", [2, 4, 7], {"filters": 4, "kernel": 3, "stride": 2, "padding": 1, "groups": 2}),
-    ("conv2d", [2, 3, 5, 4], {"filters": 2, "kernel": (2, 3), "stride": (2, 1), "dilation": (1, 2),
-                              "padding": "same"}),
-    ("conv2d", [1, 4, 5, 5], {"filters": 4, "kernel": 3, "stride": 2, "groups": 4,
-                              "padding": (0, 1, 1, 0)}),
+    (
+        "conv2d",
+        [2, 3, 5, 4],
+        {"filters": 2, "kernel": (2, 3), "stride": (2, 1), "dilation": (1, 2), "padding": "same"},
+    ),
+    (
+        "conv2d",
+        [1, 4, 5, 5],
+        {"filters": 4, "kernel": 3, "stride": 2, "groups": 4, "padding": (0, 1, 1, 0)},
+    ),
     ("conv3d", [1, 2, 3, 4, 3], {"filters": 2, "kernel": 2, "stride": (1, 2, 1), "padding": 1}),
-    ("separable_conv2d", [1, 2, 5, 4], {"filters": 3, "kernel": 3, "stride": 2, "padding": "same",
-                                        "depth_multiplier": 2}),
+    (
+        "separable_conv2d",
+        [1, 2, 5, 4],
+        {"filters": 3, "kernel": 3, "stride": 2, "padding": "same", "depth_multiplier": 2},
+    ),
     ("max_pool2d", [2, 2, 5, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
     ("max_pool1d", [2, 2, 9], {"kernel": 3, "stride": 1, "dilation": 2, "padding": "same"}),
-    ("avg_pool2d", [1, 2, 5, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
-                                  "count_include_pad": True}),
+    (
+        "avg_pool2d",
+        [1, 2, 5, 6],
+        {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": True},
+    ),
     ("avg_pool3d", [1, 2, 3, 4, 5], {"kernel": 2, "stride": (1, 2, 2), "padding": (1, 0, 1)}),
     ("avg_pool1d", [2, 2, 9], {"kernel": 2, "stride": 3}),
     ("global_avg_pool", [2, 3, 4, 3], {}),
@@ -310,10 +378,18 @@ def test_gradients_match_finite_differences(op, shape, attrs):
 
 
 HVP_CASES = [
-    ("conv2d", [2, 4, 5, 4], {"filters": 4, "kernel": 3, "stride": 2, "padding": 1, "groups": 2},
-     {"conv_input_grad", "conv_weight_grad"}),
-    ("max_pool2d", [2, 2, 5, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True},
-     {"max_pool_grad", "max_pool_select"}),
+    (
+        "conv2d",
+        [2, 4, 5, 4],
+        {"filters": 4, "kernel": 3, "stride": 2, "padding": 1, "groups": 2},
+        {"conv_input_grad", "conv_weight_grad"},
+    ),
+    (
+        "max_pool2d",
+        [2, 2, 5, 6],
+        {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+        {"max_pool_grad", "max_pool_select"},
+    ),
     ("avg_pool1d", [2, 3, 9], {"kernel": 3, "stride": 2, "padding": 1}, {"avg_pool_grad"}),
 ]
 
@@ -387,12 +463,17 @@ def test_symbolic_spatial_dims():
     for n, t in ((2, 7), (1, 8), (3, 4)):
         xv = _rng(t).standard_normal((n, 4, t)).astype(np.float32)
         got = run(sess, {"x": xv})
-        ref = evaluate(gg, {"x": xv.astype(np.float64)}, outputs=gg.outputs,
-                       params={k: v.astype(np.float64) for k, v in params.items()})
+        ref = evaluate(
+            gg,
+            {"x": xv.astype(np.float64)},
+            outputs=gg.outputs,
+            params={k: v.astype(np.float64) for k, v in params.items()},
+        )
         assert got["p"].shape[2] == eval_dim(str(z.shape[2]), {"T": t}) == (t - 1) // 2
         for name in gg.outputs:
-            np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4,
-                                       err_msg=f"T={t} {name}")
+            np.testing.assert_allclose(
+                got[name], ref[name], rtol=1e-4, atol=1e-4, err_msg=f"T={t} {name}"
+            )
 
 
 def test_conv_shapes_are_symbolic_in_the_batch():
@@ -413,20 +494,35 @@ def test_separable_conv_params_read_well():
     x = b.input("x", ["N", 3, 8, 8])
     b.separable_conv2d(x, 16, 3, depth_multiplier=2, name="sep")
     shapes = {k: p.shape for k, p in b.graph.params.items()}
-    assert shapes == {"sep.depthwise": (6, 1, 3, 3), "sep.pointwise": (16, 6, 1, 1),
-                      "sep.bias": (16,)}
+    assert shapes == {
+        "sep.depthwise": (6, 1, 3, 3),
+        "sep.pointwise": (16, 6, 1, 1),
+        "sep.bias": (16,),
+    }
 
 
 # ------------------------------------------------------------------ errors
 
 ERRORS = [
-    ("conv2d", [2, 6, 8, 8], {"filters": 4, "kernel": 3, "groups": 4},
-     "do not divide into 4 groups"),
+    (
+        "conv2d",
+        [2, 6, 8, 8],
+        {"filters": 4, "kernel": 3, "groups": 4},
+        "do not divide into 4 groups",
+    ),
     ("conv2d", [2, 6, 8, 8], {"filters": 5, "kernel": 3, "groups": 3}, "5 output channels"),
-    ("conv2d", [2, 3, 8, 8], {"filters": 4, "kernel": (3, 3, 3)},
-     "kernel must be an int or a tuple"),
-    ("conv2d", [2, 3, 8, 8], {"filters": 4, "kernel": 3, "padding": (1, 2, 3)},
-     "padding needs 1, 2 or 4"),
+    (
+        "conv2d",
+        [2, 3, 8, 8],
+        {"filters": 4, "kernel": (3, 3, 3)},
+        "kernel must be an int or a tuple",
+    ),
+    (
+        "conv2d",
+        [2, 3, 8, 8],
+        {"filters": 4, "kernel": 3, "padding": (1, 2, 3)},
+        "padding needs 1, 2 or 4",
+    ),
     ("conv2d", [2, 3, 8, 8], {"filters": 4, "kernel": 3, "padding": "full"}, "'same' or 'valid'"),
     ("conv2d", [2, 3, 4, 4], {"filters": 4, "kernel": 5}, "smaller than the kernel's extent 5"),
     ("conv2d", [2, 3, 8], {"filters": 4, "kernel": 3}, "rank 4"),
@@ -459,14 +555,20 @@ def test_channels_must_be_fixed():
 
 
 TORCH_CASES = [
-    ("conv2d", [2, 4, 9, 8], {"filters": 6, "kernel": 3, "stride": 2, "padding": 1, "dilation": 2,
-                              "groups": 2}),
+    (
+        "conv2d",
+        [2, 4, 9, 8],
+        {"filters": 6, "kernel": 3, "stride": 2, "padding": 1, "dilation": 2, "groups": 2},
+    ),
     ("conv1d", [2, 3, 10], {"filters": 4, "kernel": 4, "padding": "same"}),
     ("conv3d", [1, 2, 5, 4, 6], {"filters": 3, "kernel": (2, 3, 2), "stride": (1, 2, 2)}),
     ("max_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
     ("max_pool1d", [2, 3, 5], {"kernel": 2, "stride": 3, "padding": 1, "ceil_mode": True}),
-    ("avg_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True,
-                                  "count_include_pad": True}),
+    (
+        "avg_pool2d",
+        [2, 3, 7, 6],
+        {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": True},
+    ),
     ("avg_pool2d", [2, 3, 7, 6], {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
 ]
 
@@ -476,12 +578,22 @@ def _torch_forward(torch, op, x, params, attrs):
 
     if op.startswith("conv"):
         fn = getattr(F, op)
-        return fn(x, params["y.weight"], params["y.bias"], stride=attrs.get("stride", 1),
-                  padding=attrs.get("padding", 0), dilation=attrs.get("dilation", 1),
-                  groups=attrs.get("groups", 1))
+        return fn(
+            x,
+            params["y.weight"],
+            params["y.bias"],
+            stride=attrs.get("stride", 1),
+            padding=attrs.get("padding", 0),
+            dilation=attrs.get("dilation", 1),
+            groups=attrs.get("groups", 1),
+        )
     fn = getattr(F, op)
-    kw = {"kernel_size": attrs["kernel"], "stride": attrs.get("stride"),
-          "padding": attrs.get("padding", 0), "ceil_mode": attrs.get("ceil_mode", False)}
+    kw = {
+        "kernel_size": attrs["kernel"],
+        "stride": attrs.get("stride"),
+        "padding": attrs.get("padding", 0),
+        "ceil_mode": attrs.get("ceil_mode", False),
+    }
     if op.startswith("avg"):
         kw["count_include_pad"] = attrs.get("count_include_pad", False)
     return fn(x, **kw)
@@ -502,8 +614,8 @@ def test_matches_pytorch(op, shape, attrs):
     ty = _torch_forward(torch, op, tx, tp, attrs)
     (ty * torch.tensor(feeds["r"])).sum().backward()
     np.testing.assert_allclose(ours["y"], ty.detach().numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(ours[gg.meta["grads"]["x"]], tx.grad.numpy(), rtol=1e-10,
-                               atol=1e-10)
+    np.testing.assert_allclose(ours[gg.meta["grads"]["x"]], tx.grad.numpy(), rtol=1e-10, atol=1e-10)
     for k, t in tp.items():
-        np.testing.assert_allclose(ours[gg.meta["grads"][k]], t.grad.numpy(), rtol=1e-10,
-                                   atol=1e-10, err_msg=k)
+        np.testing.assert_allclose(
+            ours[gg.meta["grads"][k]], t.grad.numpy(), rtol=1e-10, atol=1e-10, err_msg=k
+        )

@@ -78,7 +78,8 @@ def _ort(model, feeds: dict) -> dict[str, np.ndarray]:
 
 # only batch norm behaves differently in training
 FORWARD_CASES = [(op, shape, attrs, False) for op, shape, attrs in NORM_CASES] + [
-    (op, shape, attrs, True) for op, shape, attrs in NORM_CASES if op == "batch_norm"]
+    (op, shape, attrs, True) for op, shape, attrs in NORM_CASES if op == "batch_norm"
+]
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("float64", 1e-12)])
@@ -99,8 +100,10 @@ def test_forward_matches_reference(op, shape, attrs, training, dtype, tol):
     y = got["n"].astype(np.float64)
     if not attrs.get("affine", True) and op != "batch_norm":
         # independent of the reference: the normalized groups have mean 0
-        axes = {"layer_norm": tuple(range(attrs.get("axis", -1) % len(shape), len(shape))),
-                "instance_norm": tuple(range(2, len(shape)))}.get(op)
+        axes = {
+            "layer_norm": tuple(range(attrs.get("axis", -1) % len(shape), len(shape))),
+            "instance_norm": tuple(range(2, len(shape))),
+        }.get(op)
         if axes is not None:
             np.testing.assert_allclose(y.mean(axis=axes), 0.0, atol=1e-5)
 
@@ -119,8 +122,7 @@ def test_decomposition_matches_fused_lowering(op, shape, attrs, training):
     fused = _ort(export(g, params_as_inputs=True), feeds)
     prims = _ort(export(expanded, params_as_inputs=True), feeds)
     for name in g.outputs:
-        np.testing.assert_allclose(prims[name], fused[name], rtol=1e-12, atol=1e-12,
-                                   err_msg=name)
+        np.testing.assert_allclose(prims[name], fused[name], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 def test_eval_and_training_batch_norm_differ_and_eval_uses_running_stats():
@@ -160,8 +162,9 @@ def test_fused_onnx_ops_are_used_where_they_exist():
 def test_running_statistics_update(shape):
     """running = momentum * running + (1 - momentum) * batch; unbiased variance for the var."""
     momentum = 0.7
-    b, (_y, new_mean, new_var) = _build("batch_norm", shape, {"training": True,
-                                                             "momentum": momentum}, "float64")
+    b, (_y, new_mean, new_var) = _build(
+        "batch_norm", shape, {"training": True, "momentum": momentum}, "float64"
+    )
     g = b.graph
     rng = np.random.default_rng(3)
     params = _set_params(g, rng)
@@ -187,8 +190,15 @@ def test_running_statistics_with_a_single_value_per_channel_stay_finite():
 # ---------------------------------------------------------------- gradients
 
 
-def _fd_check(g: Graph, loss: str, feeds: dict, params: dict, wrt: list[str],
-              h: float = 1e-5, rtol: float = 1e-6) -> None:
+def _fd_check(
+    g: Graph,
+    loss: str,
+    feeds: dict,
+    params: dict,
+    wrt: list[str],
+    h: float = 1e-5,
+    rtol: float = 1e-6,
+) -> None:
     """Autodiff (run in ORT) vs central finite differences of the NumPy forward."""
     gg = grad(g, loss, wrt=wrt)
     got = _ort(export(gg, params_as_inputs=True), {**feeds, **params})
@@ -247,13 +257,16 @@ def test_running_statistics_are_not_gradient_targets():
 # -------------------------------------------------------------- vs PyTorch
 
 
-@pytest.mark.parametrize("op,shape,attrs", [
-    ("batch_norm", (6, 3, 4), {"training": True, "momentum": 0.9}),
-    ("batch_norm", (6, 3, 2, 2), {}),
-    ("layer_norm", (4, 3, 5), {"axis": -2}),
-    ("instance_norm", (3, 4, 5, 2), {}),
-    ("group_norm", (3, 6, 5), {"groups": 2}),
-])
+@pytest.mark.parametrize(
+    "op,shape,attrs",
+    [
+        ("batch_norm", (6, 3, 4), {"training": True, "momentum": 0.9}),
+        ("batch_norm", (6, 3, 2, 2), {}),
+        ("layer_norm", (4, 3, 5), {"axis": -2}),
+        ("instance_norm", (3, 4, 5, 2), {}),
+        ("group_norm", (3, 6, 5), {"groups": 2}),
+    ],
+)
 def test_matches_pytorch(op, shape, attrs):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -277,8 +290,9 @@ def test_matches_pytorch(op, shape, attrs):
         rm = torch.tensor(params["n.running_mean"])
         rv = torch.tensor(params["n.running_var"])
         # PyTorch's momentum weighs the batch statistic: ours 0.9 is its 0.1
-        ty = F.batch_norm(tx, rm, rv, tw, tb, training=attrs.get("training", False),
-                          momentum=0.1, eps=eps)
+        ty = F.batch_norm(
+            tx, rm, rv, tw, tb, training=attrs.get("training", False), momentum=0.1, eps=eps
+        )
     elif op == "layer_norm":
         k = -attrs["axis"]
         ty = F.layer_norm(tx, shape[-k:], tw, tb, eps)
@@ -289,8 +303,9 @@ def test_matches_pytorch(op, shape, attrs):
     (ty * torch.tensor(r)).sum().backward()
     np.testing.assert_allclose(got["n"], ty.detach().numpy(), rtol=1e-10, atol=1e-12)
     for name, t in zip(wrt, (tx, tw, tb)):
-        np.testing.assert_allclose(got[gg.meta["grads"][name]], t.grad.numpy(), rtol=1e-9,
-                                   atol=1e-11, err_msg=name)
+        np.testing.assert_allclose(
+            got[gg.meta["grads"][name]], t.grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=name
+        )
     if op == "batch_norm" and attrs.get("training"):
         np.testing.assert_allclose(got["n:1"], rm.numpy(), rtol=1e-12)  # updated in place
         np.testing.assert_allclose(got["n:2"], rv.numpy(), rtol=1e-12)
@@ -299,8 +314,16 @@ def test_matches_pytorch(op, shape, attrs):
 # ------------------------------------------------------------------- dropout
 
 
-def _dropout_graph(shape, rate: float, training: bool, *, seed_input: bool = True,
-                   dtype: str = "float32", seed_dtype: str = "int64", layers: int = 1):
+def _dropout_graph(
+    shape,
+    rate: float,
+    training: bool,
+    *,
+    seed_input: bool = True,
+    dtype: str = "float32",
+    seed_dtype: str = "int64",
+    layers: int = 1,
+):
     b = Builder(Graph("d", dtype=dtype))
     x = b.input("x", shape, dtype)
     args = [x]
@@ -403,32 +426,39 @@ def test_dropout_reference_matches_ort_in_the_interpreter():
     b, (y,) = _dropout_graph((5, 9), 0.5, training=True)
     x = np.random.default_rng(9).normal(size=(5, 9)).astype(np.float32)
     feeds = {"x": x, "seed": np.array(77)}
-    np.testing.assert_array_equal(_ort(export(b.graph), feeds)[y.name],
-                                  evaluate(b.graph, feeds, outputs=[y.name])[y.name])
+    np.testing.assert_array_equal(
+        _ort(export(b.graph), feeds)[y.name], evaluate(b.graph, feeds, outputs=[y.name])[y.name]
+    )
 
 
 # ------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("op,shape,attrs,dtype,match", [
-    ("batch_norm", (4, 3), {"momentum": 1.5}, "float32", "momentum must be in"),
-    ("batch_norm", (4,), {}, "float32", r"\[N, C\]"),
-    ("batch_norm", (4, 3), {"eps": 0.0}, "float32", "eps must be positive"),
-    ("batch_norm", (4, 3), {}, "int64", "float tensor"),
-    ("batch_norm", (4, 3), {"momentun": 0.9}, "float32", "unknown attribute 'momentun'"),
-    ("layer_norm", (4, 3), {"axis": 2}, "float32", "out of range"),
-    ("instance_norm", (4, 3), {}, "float32", "spatial"),
-    ("group_norm", (4, 6, 2), {"groups": 4}, "float32", "divisor of the 6 channels"),
-    ("group_norm", (4, 6, 2), {}, "float32", "needs the attribute 'groups'"),
-    ("dropout", (4, 3), {"rate": 1.0}, "float32", r"rate must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "op,shape,attrs,dtype,match",
+    [
+        ("batch_norm", (4, 3), {"momentum": 1.5}, "float32", "momentum must be in"),
+        ("batch_norm", (4,), {}, "float32", r"\[N, C\]"),
+        ("batch_norm", (4, 3), {"eps": 0.0}, "float32", "eps must be positive"),
+        ("batch_norm", (4, 3), {}, "int64", "float tensor"),
+        ("batch_norm", (4, 3), {"momentun": 0.9}, "float32", "unknown attribute 'momentun'"),
+        ("layer_norm", (4, 3), {"axis": 2}, "float32", "out of range"),
+        ("instance_norm", (4, 3), {}, "float32", "spatial"),
+        ("group_norm", (4, 6, 2), {"groups": 4}, "float32", "divisor of the 6 channels"),
+        ("group_norm", (4, 6, 2), {}, "float32", "needs the attribute 'groups'"),
+        ("dropout", (4, 3), {"rate": 1.0}, "float32", r"rate must be in \[0, 1\)"),
+    ],
+)
 def test_clear_errors(op, shape, attrs, dtype, match):
     b = Builder(Graph("e"))
     x = b.input("x", shape, dtype)
     with pytest.raises(GraphError, match=match) as err:
         b.op(op, x, name="bad", **attrs)
-    assert "bad" in str(err.value) or "unknown attribute" in str(err.value) or "needs" in str(
-        err.value)
+    assert (
+        "bad" in str(err.value)
+        or "unknown attribute" in str(err.value)
+        or "needs" in str(err.value)
+    )
 
 
 def test_symbolic_channels_and_bad_seed_are_clear_errors():
@@ -460,8 +490,11 @@ def test_training_step_updates_running_stats_and_replays_dropout_masks():
     assert step.stats == ["bn1.running_mean", "bn1.running_var"]
     sess = make_session(step.export(), threads=1)
     rng = np.random.default_rng(12)
-    feeds = {"x": rng.normal(size=(16, 4)).astype(np.float32),
-             "y": rng.integers(0, 3, 16), "lr": np.array(0.1, np.float32)}
+    feeds = {
+        "x": rng.normal(size=(16, 4)).astype(np.float32),
+        "y": rng.integers(0, 3, 16),
+        "lr": np.array(0.1, np.float32),
+    }
     wanted = {i.name for i in sess.get_inputs() + sess.get_overridable_initializers()}
     assert {"step", "lr"} <= wanted
 
@@ -475,10 +508,10 @@ def test_training_step_updates_running_stats_and_replays_dropout_masks():
     # the new running statistics are those of fc1's output on this batch
     params = b.graph.param_values()
     z = feeds["x"].astype(np.float64) @ params["fc1.weight"] + params["fc1.bias"]
-    np.testing.assert_allclose(first["new.bn1.running_mean"], 0.1 * z.mean(0), rtol=1e-4,
-                               atol=1e-6)
-    np.testing.assert_allclose(first["new.bn1.running_var"], 0.9 + 0.1 * z.var(0, ddof=1),
-                               rtol=1e-4)
+    np.testing.assert_allclose(first["new.bn1.running_mean"], 0.1 * z.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        first["new.bn1.running_var"], 0.9 + 0.1 * z.var(0, ddof=1), rtol=1e-4
+    )
 
 
 MLP = """\
@@ -496,16 +529,32 @@ minimize(loss)
 def test_interrupted_training_resumes_bit_for_bit(tmp_path):
     """Dropout masks are a function of the step, so a resumed run repeats them exactly."""
     import onnx
+
     from conftest import run_cli
 
     model = tmp_path / "mlp.gc"
     model.write_text(MLP)
-    common = ["train", str(model), "--data", "digits", "--epochs", "2", "--seed", "0",
-              "--threads", "1", "--lr", "0.01", "-q"]
+    common = [
+        "train",
+        str(model),
+        "--data",
+        "digits",
+        "--epochs",
+        "2",
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+        "--lr",
+        "0.01",
+        "-q",
+    ]
     ck = str(tmp_path / "ck.npz")
-    runs = [common + ["-o", str(tmp_path / "full.onnx")],
-            common + ["--max-steps", "30", "--checkpoint", ck, "-o", str(tmp_path / "part.onnx")],
-            common + ["--checkpoint", ck, "--resume", "-o", str(tmp_path / "resumed.onnx")]]
+    runs = [
+        common + ["-o", str(tmp_path / "full.onnx")],
+        common + ["--max-steps", "30", "--checkpoint", ck, "-o", str(tmp_path / "part.onnx")],
+        common + ["--checkpoint", ck, "--resume", "-o", str(tmp_path / "resumed.onnx")],
+    ]
     for args in runs:
         r = run_cli(*args)
         assert r.returncode == 0, r.stderr
@@ -541,14 +590,17 @@ def test_hessian_vector_product_through_the_normalizations():
     feeds = {"x": rng.normal(size=(6, 4))}
     vs = {f"{p}.v": rng.normal(size=params[p].shape) for p in trained}
     hg = hvp(g)
-    out = _ort(export(hg, outputs=[f"{p}.hvp" for p in trained], params_as_inputs=True),
-               {**feeds, **params, **vs})
+    out = _ort(
+        export(hg, outputs=[f"{p}.hvp" for p in trained], params_as_inputs=True),
+        {**feeds, **params, **vs},
+    )
     gg = grad(g)
     eps = 1e-5
 
     def grads_at(shift):
-        shifted = {p: params[p] + shift * vs[f"{p}.v"] if p in trained else params[p]
-                   for p in params}
+        shifted = {
+            p: params[p] + shift * vs[f"{p}.v"] if p in trained else params[p] for p in params
+        }
         return _ort(export(gg, params_as_inputs=True), {**feeds, **shifted})
 
     plus, minus = grads_at(eps), grads_at(-eps)

@@ -1,4 +1,5 @@
-"""Gradient table: every differentiable op's gradient graph, run in ONNX Runtime, vs finite differences.
+"""Gradient table: every differentiable op's gradient graph, run in ONNX Runtime, vs finite
+differences.
 
 For each op with a gradient rule or a decomposition, and each of its test
 cases whose hint says `grad: True`, in float64:
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from op_cases import NODE, Case, MissingHints, build, cases_for, draw_inputs, randomize_params
 
 import graphc
 from graphc.builder import Builder, Tensor
@@ -30,6 +30,7 @@ from graphc.export import export
 from graphc.interp import evaluate
 from graphc.ops import REGISTRY
 from graphc.runtime import make_session, run
+from op_cases import NODE, Case, MissingHints, build, cases_for, draw_inputs, randomize_params
 
 DTYPE = "float64"
 STEP = 1e-6
@@ -59,10 +60,13 @@ def _loss_outputs(case: Case, g) -> list[str]:
 def check_gradient(case: Case, seed: int = 0) -> dict[str, float]:
     """Build, differentiate, run and compare one case; returns the error per target."""
     g = build(case, DTYPE, symbolic_batch=False)
-    coarse = {k: str(t) for k, t in g.inputs.items()
-              if t.dtype.startswith("float") and t.dtype != DTYPE}
-    assert not coarse, (f"{case.id}: inputs {coarse} are not {DTYPE}: write 'float' (not "
-                        "'float32') in the hint's dtypes so the check runs in float64")
+    coarse = {
+        k: str(t) for k, t in g.inputs.items() if t.dtype.startswith("float") and t.dtype != DTYPE
+    }
+    assert not coarse, (
+        f"{case.id}: inputs {coarse} are not {DTYPE}: write 'float' (not "
+        "'float32') in the hint's dtypes so the check runs in float64"
+    )
     rng = np.random.default_rng([seed, case.index])
     feeds = draw_inputs(case, g, None, rng)
     params = randomize_params(g, rng)
@@ -92,8 +96,9 @@ def check_gradient(case: Case, seed: int = 0) -> dict[str, float]:
     errors = {}
     for t, gname in zip(targets, grads):
         x0 = values[t]
-        assert analytic[gname].shape == x0.shape, f"{case.id}: gradient of {t} has shape " \
-                                                   f"{analytic[gname].shape}, not {x0.shape}"
+        assert analytic[gname].shape == x0.shape, (
+            f"{case.id}: gradient of {t} has shape {analytic[gname].shape}, not {x0.shape}"
+        )
         coords = rng.choice(x0.size, size=min(MAX_COORDS, x0.size), replace=False)
         numeric = []
         for k in coords:
@@ -170,8 +175,11 @@ def test_model_of_the_new_ops_parses_prints_and_differentiates() -> None:
     assert graphc.to_text(graphc.parse(graphc.to_text(g))) == graphc.to_text(g)
     rng = np.random.default_rng(7)
     params = randomize_params(g, rng)
-    feeds = {"x": rng.standard_normal((5, 4)), "t": rng.uniform(0, 1, (5, 3)),
-             "y": rng.integers(0, 3, 5)}
+    feeds = {
+        "x": rng.standard_normal((5, 4)),
+        "t": rng.uniform(0, 1, (5, 3)),
+        "y": rng.integers(0, 3, 5),
+    }
     gg = graphc.grad(g)
     assert set(gg.meta["grads"]) == set(params)
     names = list(gg.meta["grads"].values())
@@ -189,8 +197,9 @@ def test_model_of_the_new_ops_parses_prints_and_differentiates() -> None:
             for sign in (1, -1):
                 moved = params[p].copy()
                 moved.flat[k] += sign * STEP
-                vals.append(float(evaluate(g, feeds, outputs=[g.loss],
-                                           params={**params, p: moved})[g.loss]))
+                vals.append(
+                    float(evaluate(g, feeds, outputs=[g.loss], params={**params, p: moved})[g.loss])
+                )
             numeric.append((vals[0] - vals[1]) / (2 * STEP))
         a = analytic[gname].reshape(-1)[coords]
         err = np.max(np.abs(a - numeric)) / max(1.0, np.max(np.abs(numeric)))

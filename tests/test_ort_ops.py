@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from op_cases import BATCH_DIM, Case, MissingHints, build, cases_for, draw_inputs, randomize_params
 
 from graphc.export import export
 from graphc.interp import evaluate
 from graphc.ops import REGISTRY
 from graphc.runtime import make_session, run
 from graphc.shapes import concrete
+from op_cases import BATCH_DIM, Case, MissingHints, build, cases_for, draw_inputs, randomize_params
 
 FLOATS = ("float32", "float64")
 TOL = {"float32": 1e-5, "float64": 1e-10}
@@ -57,14 +57,15 @@ def _check_case(case: Case, g, sess, batch: int, seed: int) -> None:
     params = randomize_params(g, rng)
     wanted = {i.name for i in sess.get_inputs() + sess.get_overridable_initializers()}
     got = run(sess, {k: v for k, v in {**feeds, **params}.items() if k in wanted})
-    ref = evaluate(g, feeds, outputs=g.outputs, params=params,
-                   rng=np.random.default_rng(seed))
+    ref = evaluate(g, feeds, outputs=g.outputs, params=params, rng=np.random.default_rng(seed))
     sizes = {BATCH_DIM: batch} if case.batch else {}
     for name in g.outputs:
         t = g.type(name)
         shape = concrete(t.shape, sizes)
         where = f"{case.id} batch={batch} seed={seed} output {name!r}"
-        assert str(got[name].dtype) == t.dtype, f"{where}: ORT dtype {got[name].dtype}, inferred {t}"
+        assert str(got[name].dtype) == t.dtype, (
+            f"{where}: ORT dtype {got[name].dtype}, inferred {t}"
+        )
         assert got[name].shape == shape, f"{where}: ORT shape {got[name].shape}, inferred {t}"
         assert str(ref[name].dtype) == t.dtype, f"{where}: reference dtype {ref[name].dtype}"
         assert ref[name].shape == shape, f"{where}: reference shape {ref[name].shape}"
@@ -89,13 +90,19 @@ def _compare_stats(a: np.ndarray, b: np.ndarray, tol: float, where: str) -> None
     a, b = a.astype(np.float64), b.astype(np.float64)
     for what, f in (("mean", np.mean), ("std", np.std), ("zero share", lambda v: np.mean(v == 0))):
         assert abs(f(a) - f(b)) <= tol * max(1.0, abs(f(b))), (
-            f"{where}: {what} {f(a):.4g} (ORT) vs {f(b):.4g} (NumPy)")
+            f"{where}: {what} {f(a):.4g} (ORT) vs {f(b):.4g} (NumPy)"
+        )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("opname", sorted(REGISTRY))
-@settings(max_examples=5, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=5,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(batch=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
 def test_op_matches_ort(opname: str, dtype: str, batch: int, seed: int) -> None:
     try:
@@ -109,13 +116,20 @@ def test_op_matches_ort(opname: str, dtype: str, batch: int, seed: int) -> None:
 def test_missing_hints_fail_the_table() -> None:
     from graphc.ops.registry import OpDef
 
-    bare = OpDef(name="bare", inputs=("x",), attrs={}, infer=lambda c: c.x,
-                 reference=lambda x: x)
+    bare = OpDef(name="bare", inputs=("x",), attrs={}, infer=lambda c: c.x, reference=lambda x: x)
     with pytest.raises(MissingHints, match="no test hints"):
         cases_for(bare)
     with pytest.raises(MissingHints, match="no cases"):
-        cases_for(OpDef(name="b2", inputs=("x",), attrs={}, infer=lambda c: c.x,
-                        reference=lambda x: x, test={"grad": True}))
+        cases_for(
+            OpDef(
+                name="b2",
+                inputs=("x",),
+                attrs={},
+                infer=lambda c: c.x,
+                reference=lambda x: x,
+                test={"grad": True},
+            )
+        )
 
 
 def test_table_catches_a_wrong_lowering(monkeypatch) -> None:
@@ -137,7 +151,6 @@ def test_table_catches_a_wrong_shape_rule(monkeypatch) -> None:
     monkeypatch.setattr(op, "infer", lambda c: TensorType("int64", c.x.shape[:1] + (1,)))
     case = cases_for(op)[0]
     g = build(case, "float32")
-    sess = make_session(export(g, params_as_inputs=True, keep_inputs=True, check=False),
-                        threads=1)
+    sess = make_session(export(g, params_as_inputs=True, keep_inputs=True, check=False), threads=1)
     with pytest.raises(AssertionError, match="shape"):
         _check_case(case, g, sess, batch=3, seed=0)

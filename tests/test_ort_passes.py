@@ -96,8 +96,7 @@ def test_optimizer_update_fusion_runs_the_update_over_one_flat_buffer():
     ts = build_step(g, StepConfig(optimizer="adam"))
     feeds = random_feeds(g, batch=6, seed=1)
     ref, m0 = run_step(ts, ts.graph, feeds)
-    fused = optimize(ts.graph, passes=["eliminate_common_subexpressions",
-                                       "fuse_optimizer_update"])
+    fused = optimize(ts.graph, passes=["eliminate_common_subexpressions", "fuse_optimizer_update"])
     out, m1 = run_step(ts, fused, feeds)
     assert_close(ref, out)
     ops = [n.op_type for n in m1.graph.node]
@@ -161,8 +160,9 @@ output(z)
     rng = np.random.default_rng(0)
     for name, p in g.params.items():  # non-trivial statistics, or folding would be a no-op
         positive = "running_var" in name or name.endswith("c.weight")
-        p.value = (rng.random(p.shape) + 0.5 if positive
-                   else rng.standard_normal(p.shape)).astype("float32")
+        p.value = (rng.random(p.shape) + 0.5 if positive else rng.standard_normal(p.shape)).astype(
+            "float32"
+        )
     folded = optimize(g, 2)
     assert "batch_norm" not in {n.op for n in folded.nodes.values()}
     x = {"x": rng.standard_normal((5, 3, 8, 8)).astype("float32")}
@@ -170,18 +170,26 @@ output(z)
     b = make_session(export(folded), threads=1).run(None, x)[0]
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
     # a training graph keeps its batch norms: there the parameters are what is trained
-    step = build_step(graphc.parse("""\
+    step = build_step(
+        graphc.parse("""\
 x = input(float32, [N, 4])
 y = input(int64, [N])
 logits = batch_norm(linear(x, 3))
 loss = cross_entropy(logits, y)
 minimize(loss)
-"""), StepConfig(optimizer="sgd"))
+"""),
+        StepConfig(optimizer="sgd"),
+    )
     assert optimize(step.graph, passes=["fold_batch_norm"]).meta["pass_stats"][0].note == ""
 
 
-@pytest.mark.parametrize("call", ["binary_cross_entropy(sigmoid(z), t)",
-                                  "binary_cross_entropy(z, t, from_logits=True, reduction='sum')"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "binary_cross_entropy(sigmoid(z), t)",
+        "binary_cross_entropy(z, t, from_logits=True, reduction='sum')",
+    ],
+)
 def test_binary_cross_entropy_backward_fuses_into_one_expression(call):
     g = graphc.parse(f"""\
 x = input(float32, [N, 6])
@@ -192,8 +200,10 @@ minimize(loss)
 """)
     ts = build_step(g, StepConfig(optimizer="adam"))
     rng = np.random.default_rng(5)
-    feeds = {"x": rng.standard_normal((7, 6)).astype("float32"),
-             "t": rng.random((7, 3)).astype("float32")}
+    feeds = {
+        "x": rng.standard_normal((7, 6)).astype("float32"),
+        "t": rng.random((7, 3)).astype("float32"),
+    }
     ref, _ = run_step(ts, ts.graph, feeds)
     fused = optimize(ts.graph, 2)
     assert "binary_cross_entropy_logits_grad" in {n.op for n in fused.nodes.values()}

@@ -29,25 +29,27 @@ def random_networks(draw):
             lines.append(f"{name} = {expr}")
             widths[name] = widths[src]
         else:
-            other = draw(st.sampled_from(sorted(k for k, w in widths.items()
-                                                if w == widths[src])))
+            other = draw(st.sampled_from(sorted(k for k, w in widths.items() if w == widths[src])))
             op = draw(st.sampled_from(["+", "*", "-"]))
             lines.append(f"{name} = {src} {op} {other}")
             widths[name] = widths[src]
     last = f"v{len(lines) - 2}" if len(lines) > 1 else "x"
     classes = draw(st.integers(2, 3))
     if draw(st.booleans()):
-        lines += ["y = input(int64, [N])", f"logits = linear({last}, {classes})",
-                  "loss = cross_entropy(logits, y)"]
+        lines += [
+            "y = input(int64, [N])",
+            f"logits = linear({last}, {classes})",
+            "loss = cross_entropy(logits, y)",
+        ]
     else:
-        lines += ["t = input(float32, [N, 1])", f"pred = linear({last}, 1)",
-                  "loss = mse(pred, t)"]
+        lines += ["t = input(float32, [N, 1])", f"pred = linear({last}, 1)", "loss = mse(pred, t)"]
     lines.append("minimize(loss)")
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(random_networks())
 def test_random_network_gradients(text):
     g = graphc.parse(text)

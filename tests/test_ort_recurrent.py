@@ -57,8 +57,12 @@ def np_recurrent(kind, x, p, states=None, *, window=0, frozen=None):
         if kind == "rnn":
             h = np.tanh(pre(0, xt, h))
         elif kind == "lstm":
-            i, f, g, o = _sig(pre(0, xt, h)), _sig(pre(1, xt, h)), np.tanh(pre(2, xt, h)), \
-                _sig(pre(3, xt, h))
+            i, f, g, o = (
+                _sig(pre(0, xt, h)),
+                _sig(pre(1, xt, h)),
+                np.tanh(pre(2, xt, h)),
+                _sig(pre(3, xt, h)),
+            )
             c = f * c + i * g
             h = o * np.tanh(c)
         else:
@@ -71,23 +75,36 @@ def np_recurrent(kind, x, p, states=None, *, window=0, frozen=None):
 
 
 # ------------------------------------------------------------------- helpers
-def build(kind, *, dtype="float32", return_sequences=True, bptt=0, with_states=False,
-          steps=T, seed=0, loss=False):
+def build(
+    kind,
+    *,
+    dtype="float32",
+    return_sequences=True,
+    bptt=0,
+    with_states=False,
+    steps=T,
+    seed=0,
+    loss=False,
+):
     """A graph `y = <kind>(x[, h0, c0])`, random params (biases nonzero), optional loss."""
     b = Builder(f"{kind}_model")
     b.graph.dtype = dtype
     x = b.input("x", ["N", steps, F], dtype=dtype)
-    states = [b.input(s, ["N", U], dtype=dtype) for s in ("h0", "c0")[:N_STATES[kind]]] \
-        if with_states else []
-    y = getattr(b, kind)(x, *states, units=U, return_sequences=return_sequences, bptt=bptt,
-                         name="rec")
+    states = (
+        [b.input(s, ["N", U], dtype=dtype) for s in ("h0", "c0")[: N_STATES[kind]]]
+        if with_states
+        else []
+    )
+    y = getattr(b, kind)(
+        x, *states, units=U, return_sequences=return_sequences, bptt=bptt, name="rec"
+    )
     b.output(y)
     if loss:
         r = b.input("r", ["N", steps, U] if return_sequences else ["N", U], dtype=dtype)
         b.minimize(b.reduce_sum(b.mul(y, r)))
     g = b.graph
     rng = np.random.default_rng(seed)
-    for name, prm in g.params.items():
+    for _name, prm in g.params.items():
         prm.value = (0.5 * rng.standard_normal(prm.shape)).astype(dtype)
     return g
 
@@ -100,7 +117,7 @@ def feeds_for(kind, dtype, *, with_states, steps=T, return_sequences=True, seed=
     rng = np.random.default_rng(seed)
     f = {"x": rng.standard_normal((N, steps, F))}
     if with_states:
-        for s in ("h0", "c0")[:N_STATES[kind]]:
+        for s in ("h0", "c0")[: N_STATES[kind]]:
             f[s] = 0.5 * rng.standard_normal((N, U))
     f["r"] = rng.standard_normal((N, steps, U) if return_sequences else (N, U))
     return {k: v.astype(dtype) for k, v in f.items()}
@@ -117,8 +134,11 @@ def op_types(model):
 
 
 def reference_output(kind, feeds, p, *, with_states, return_sequences):
-    states = [feeds[s].astype(np.float64) for s in ("h0", "c0")[:N_STATES[kind]]] \
-        if with_states else None
+    states = (
+        [feeds[s].astype(np.float64) for s in ("h0", "c0")[: N_STATES[kind]]]
+        if with_states
+        else None
+    )
     hs, _ = np_recurrent(kind, feeds["x"].astype(np.float64), p, states)
     return hs if return_sequences else hs[:, -1]
 
@@ -129,12 +149,16 @@ def reference_output(kind, feeds, p, *, with_states, return_sequences):
 @pytest.mark.parametrize("with_states", [False, True])
 def test_forward_fused_and_unrolled_match_numpy(kind, return_sequences, with_states):
     # bptt only changes gradients: the forward values (and the fused lowering) ignore it
-    g = build(kind, return_sequences=return_sequences, with_states=with_states,
-              bptt=2 if with_states else 0)
-    feeds = feeds_for(kind, "float32", with_states=with_states,
-                      return_sequences=return_sequences)
-    want = reference_output(kind, feeds, params_of(g), with_states=with_states,
-                            return_sequences=return_sequences)
+    g = build(
+        kind,
+        return_sequences=return_sequences,
+        with_states=with_states,
+        bptt=2 if with_states else 0,
+    )
+    feeds = feeds_for(kind, "float32", with_states=with_states, return_sequences=return_sequences)
+    want = reference_output(
+        kind, feeds, params_of(g), with_states=with_states, return_sequences=return_sequences
+    )
     assert want.shape == ((N, T, U) if return_sequences else (N, U))
 
     fused = export(g)
@@ -187,8 +211,8 @@ def test_initialization():
         getattr(b, kind)(x, units=U, name=kind)
     v = b.graph.param_values()
     bias = v["lstm.bias"]
-    np.testing.assert_array_equal(bias[U:2 * U], 1.0)  # forget gate (blocks i, f, g, o)
-    np.testing.assert_array_equal(np.delete(bias, np.s_[U:2 * U]), 0.0)
+    np.testing.assert_array_equal(bias[U : 2 * U], 1.0)  # forget gate (blocks i, f, g, o)
+    np.testing.assert_array_equal(np.delete(bias, np.s_[U : 2 * U]), 0.0)
     np.testing.assert_array_equal(v["gru.bias"], 0.0)
     np.testing.assert_array_equal(v["gru.bias_hn"], 0.0)
     for kind, gates in (("rnn", 1), ("lstm", 4), ("gru", 3)):
@@ -217,9 +241,10 @@ def test_bad_inputs_are_clear_errors():
 
 # ------------------------------------------------------------------ gradients
 def _targets(kind, with_states):
-    names = ["rec.weight_ih", "rec.weight_hh", "rec.bias"] + (["rec.bias_hn"] if kind == "gru"
-                                                              else [])
-    return names + ["x"] + (list(("h0", "c0")[:N_STATES[kind]]) if with_states else [])
+    names = ["rec.weight_ih", "rec.weight_hh", "rec.bias"] + (
+        ["rec.bias_hn"] if kind == "gru" else []
+    )
+    return names + ["x"] + (list(("h0", "c0")[: N_STATES[kind]]) if with_states else [])
 
 
 def graph_gradients(g, kind, feeds, with_states):
@@ -254,19 +279,20 @@ def rel_err(a, b):
 
 def _loss_fn(kind, with_states, return_sequences, window=0, frozen=None):
     def loss(p, f):
-        states = [f[s] for s in ("h0", "c0")[:N_STATES[kind]]] if with_states else None
+        states = [f[s] for s in ("h0", "c0")[: N_STATES[kind]]] if with_states else None
         hs, _ = np_recurrent(kind, f["x"], p, states, window=window, frozen=frozen)
         return float(np.sum((hs if return_sequences else hs[:, -1]) * f["r"]))
+
     return loss
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("return_sequences,with_states", [(True, True), (False, False)])
 def test_bptt_gradients_match_finite_differences(kind, return_sequences, with_states):
-    g = build(kind, dtype="float64", return_sequences=return_sequences,
-              with_states=with_states, loss=True)
-    feeds = feeds_for(kind, "float64", with_states=with_states,
-                      return_sequences=return_sequences)
+    g = build(
+        kind, dtype="float64", return_sequences=return_sequences, with_states=with_states, loss=True
+    )
+    feeds = feeds_for(kind, "float64", with_states=with_states, return_sequences=return_sequences)
     loss, got = graph_gradients(g, kind, feeds, with_states)
     p = params_of(g)
     fn = _loss_fn(kind, with_states, return_sequences)
@@ -280,7 +306,7 @@ def test_bptt_gradients_match_finite_differences(kind, return_sequences, with_st
 def truncated_reference(kind, g, feeds, window, with_states, return_sequences=True):
     """FD gradient of the model whose carried state is a constant every `window` steps."""
     p = params_of(g)
-    states = [feeds[s] for s in ("h0", "c0")[:N_STATES[kind]]] if with_states else None
+    states = [feeds[s] for s in ("h0", "c0")[: N_STATES[kind]]] if with_states else None
     _, carried = np_recurrent(kind, feeds["x"], p, states, window=window)
     fn = _loss_fn(kind, with_states, return_sequences, window=window, frozen=carried)
     return fd_gradients(kind, fn, p, dict(feeds), _targets(kind, with_states))
@@ -337,19 +363,20 @@ def test_matches_torch_with_copied_weights(kind):
     net = cls(F, U, batch_first=True).double()
     sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     g = build(kind, dtype="float64", loss=True, with_states=True)
-    values = {"rec.weight_ih": sd["weight_ih_l0"].T.copy(),
-              "rec.weight_hh": sd["weight_hh_l0"].T.copy(),
-              "rec.bias": sd["bias_ih_l0"] + sd["bias_hh_l0"]}
+    values = {
+        "rec.weight_ih": sd["weight_ih_l0"].T.copy(),
+        "rec.weight_hh": sd["weight_hh_l0"].T.copy(),
+        "rec.bias": sd["bias_ih_l0"] + sd["bias_hh_l0"],
+    }
     if kind == "gru":  # b_hn sits inside the reset gate, so it stays its own parameter
-        values["rec.bias"][2 * U:] = sd["bias_ih_l0"][2 * U:]
-        values["rec.bias_hn"] = sd["bias_hh_l0"][2 * U:].copy()
+        values["rec.bias"][2 * U :] = sd["bias_ih_l0"][2 * U :]
+        values["rec.bias_hn"] = sd["bias_hh_l0"][2 * U :].copy()
     for k, v in values.items():
         g.params[k].value = v
     feeds = feeds_for(kind, "float64", with_states=True)
 
     xt = torch.tensor(feeds["x"], requires_grad=True)
-    st = [torch.tensor(feeds[s][None], requires_grad=True)
-          for s in ("h0", "c0")[:N_STATES[kind]]]
+    st = [torch.tensor(feeds[s][None], requires_grad=True) for s in ("h0", "c0")[: N_STATES[kind]]]
     y, _ = net(xt, tuple(st) if kind == "lstm" else st[0])
     (y * torch.tensor(feeds["r"])).sum().backward()
 
@@ -357,5 +384,6 @@ def test_matches_torch_with_copied_weights(kind):
     _, got = graph_gradients(g, kind, feeds, True)
     np.testing.assert_allclose(got["x"], xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got["h0"], st[0].grad.numpy()[0], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(got["rec.weight_hh"], net.weight_hh_l0.grad.numpy().T,
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        got["rec.weight_hh"], net.weight_hh_l0.grad.numpy().T, rtol=1e-10, atol=1e-12
+    )

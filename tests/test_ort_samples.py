@@ -15,8 +15,18 @@ from graphc.runtime import make_session, run
 
 def test_samples_exist():
     names = {p.stem for p in SAMPLES}
-    assert {"perceptron", "xor", "mlp_digits", "lenet5", "vgg_small", "resnet_small",
-            "separable_cnn", "rnn_sequence", "lstm_sequence", "gru_sequence"} <= names
+    assert {
+        "perceptron",
+        "xor",
+        "mlp_digits",
+        "lenet5",
+        "vgg_small",
+        "resnet_small",
+        "separable_cnn",
+        "rnn_sequence",
+        "lstm_sequence",
+        "gru_sequence",
+    } <= names
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
@@ -35,8 +45,9 @@ def test_sample_compiles_and_runs_like_the_reference(path):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("path", [p for p in SAMPLES if "minimize(" in p.read_text()],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in SAMPLES if "minimize(" in p.read_text()], ids=lambda p: p.stem
+)
 def test_sample_gradcheck(path):
     g = graphc.load(str(path))
     results = gradcheck(g, batch=2, coords=4)

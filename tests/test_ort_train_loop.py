@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
 import graphc
+from conftest import run_cli
 from graphc import Builder, GraphError
 from graphc.train import Model, data
 from graphc.train.cli_args import freeze, load_weights
@@ -55,8 +55,9 @@ def test_step_export_naming_and_defaults():
     assert set(outs[2:]) == {"new." + k for k in ins[4:]}
     assert {n.domain for n in model.graph.node} <= {""}  # standard ONNX ops only
     # no output is a copy of another value: the Identity before each output is folded away
-    assert not any(n.op_type == "Identity" and n.output[0].startswith("new.")
-                   for n in model.graph.node)
+    assert not any(
+        n.op_type == "Identity" and n.output[0].startswith("new.") for n in model.graph.node
+    )
     # parameters, slots, lr and step have defaults: the batch alone runs a step
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
@@ -71,7 +72,7 @@ def test_reserved_names_and_missing_loss():
     b.output(b.linear(x, 2, name="fc"))
     with pytest.raises(GraphError, match="no loss"):
         build_step(b.graph)
-    with pytest.raises(GraphError, match="(?s)unknown optimizer 'adan'.*adam"):
+    with pytest.raises(GraphError, match=r"(?s)unknown optimizer 'adan'.*adam"):
         build_step(mlp(), StepConfig("adan"))
 
 
@@ -108,8 +109,10 @@ def test_resume_rejects_another_model(tmp_path, digits):
     t.fit(*digits.train, TrainConfig(epochs=1, batch_size=256, verbose=0, checkpoint=path))
     other = Trainer(build_step(mlp(), StepConfig("adam")), threads=1)
     with pytest.raises(GraphError, match="does not match this model and optimizer"):
-        other.fit(*digits.train, TrainConfig(epochs=2, batch_size=256, verbose=0,
-                                             checkpoint=path, resume=True))
+        other.fit(
+            *digits.train,
+            TrainConfig(epochs=2, batch_size=256, verbose=0, checkpoint=path, resume=True),
+        )
 
 
 def test_early_stopping_restores_the_best_epoch(digits):
@@ -117,8 +120,11 @@ def test_early_stopping_restores_the_best_epoch(digits):
     1 + patience epochs and end with epoch 1's parameters (equal to a 1-epoch run)."""
     g, step_cfg = mlp(), StepConfig("adam", lr=0.01)
     t = Trainer(build_step(g, step_cfg), threads=1)
-    r = t.fit(*digits.train, TrainConfig(epochs=10, batch_size=128, verbose=0, patience=2,
-                                         min_delta=100.0), validation=digits.val)
+    r = t.fit(
+        *digits.train,
+        TrainConfig(epochs=10, batch_size=128, verbose=0, patience=2, min_delta=100.0),
+        validation=digits.val,
+    )
     assert r.stopped == "early_stopping" and r.epoch == 3 and r.best_epoch == 1
     one = Trainer(build_step(g, step_cfg), threads=1)
     one.fit(*digits.train, TrainConfig(epochs=1, batch_size=128, verbose=0))
@@ -131,8 +137,15 @@ def test_early_stopping_restores_the_best_epoch(digits):
 def test_nonfinite_loss_stops_and_keeps_the_checkpoint(tmp_path, digits):
     path = tmp_path / "ck.npz"
     # epoch 1 trains normally; the step schedule then multiplies the rate by 1e12
-    cfg = TrainConfig(epochs=3, batch_size=128, verbose=0, checkpoint=str(path),
-                      schedule="step", step_epochs=1, gamma=1e12)
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=128,
+        verbose=0,
+        checkpoint=str(path),
+        schedule="step",
+        step_epochs=1,
+        gamma=1e12,
+    )
     t = Trainer(build_step(mlp(), StepConfig("sgd", lr=0.5)), threads=1)
     with pytest.raises(GraphError) as err:
         t.fit(*digits.train, cfg)
@@ -163,7 +176,7 @@ def test_nonfinite_names_the_first_bad_tensor():
     state["fc.weight"] = np.abs(state["fc.weight"])
     state["fc.bias"][:] = 0
     tr.runner.set_state(state)
-    with pytest.raises(GraphError, match="(?s)step 0.*first non-finite value: 'logh'"):
+    with pytest.raises(GraphError, match=r"(?s)step 0.*first non-finite value: 'logh'"):
         tr.fit(xs, np.zeros((8, 1), np.float32), TrainConfig(epochs=1, batch_size=8, verbose=0))
 
 
@@ -174,9 +187,10 @@ def test_batch_norm_and_dropout_train_vs_eval():
     nodes = ts.graph.nodes
     assert ts.source.nodes["drop"].attrs["training"] is False
     # in the step, dropout is expanded into its training-mode mask arithmetic
-    assert any(n.tags.get("expanded_from") == "drop" and n.op in ("mod", "bitwise_xor", "mul")
-               for n in nodes.values()) or any(n.attrs.get("training") for n in nodes.values()
-                                               if n.op in ("batch_norm", "dropout"))
+    assert any(
+        n.tags.get("expanded_from") == "drop" and n.op in ("mod", "bitwise_xor", "mul")
+        for n in nodes.values()
+    ) or any(n.attrs.get("training") for n in nodes.values() if n.op in ("batch_norm", "dropout"))
     assert ts.stats == ["bn.running_mean", "bn.running_var"]
     tr = Trainer(ts, threads=1)
     rng = np.random.default_rng(0)
@@ -220,7 +234,7 @@ def test_transfer_learning_freeze_and_train_the_head(tmp_path, digits):
     from onnx import numpy_helper
 
     np.testing.assert_array_equal(numpy_helper.to_array(w1), base.get_weights()["fc1.weight"])
-    with pytest.raises(GraphError, match="(?s)no parameter starts with 'fc9'.*fc1"):
+    with pytest.raises(GraphError, match=r"(?s)no parameter starts with 'fc9'.*fc1"):
         freeze(mlp(), "fc9")
 
 
@@ -273,17 +287,18 @@ def test_data_sets_and_files(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((50, 3)), y=np.arange(50) % 3)
     ds = data.load(str(tmp_path / "d.npz"))
     assert ds.task == "classification" and ds.num_classes == 3
-    (tmp_path / "d.csv").write_text("a,b,label\n" + "\n".join(f"{i},{-i},{i % 2}"
-                                                               for i in range(30)))
+    (tmp_path / "d.csv").write_text(
+        "a,b,label\n" + "\n".join(f"{i},{-i},{i % 2}" for i in range(30))
+    )
     ds = data.load(str(tmp_path / "d.csv"), test_split=0, val_split=0)
     assert ds.train[0].shape == (30, 2) and ds.train[1].dtype == np.int64
-    with pytest.raises(GraphError, match="(?s)unknown data set 'digit'.*digits"):
+    with pytest.raises(GraphError, match=r"(?s)unknown data set 'digit'.*digits"):
         data.load("digit")
 
 
 def test_data_shape_mismatch_is_a_clear_error(digits):
     t = Trainer(build_step(graphc.load("samples/xor.gc"), StepConfig("sgd")), threads=1)
-    with pytest.raises(GraphError, match="(?s)rows have 64 values.*input 'x' expects"):
+    with pytest.raises(GraphError, match=r"(?s)rows have 64 values.*input 'x' expects"):
         t.fit(*digits.train, TrainConfig(epochs=1, verbose=0))
 
 
@@ -291,8 +306,9 @@ def test_data_shape_mismatch_is_a_clear_error(digits):
 def test_keras_like_api_solves_xor():
     ds = data.load("xor")
     model = Model("samples/xor.gc").compile("adam", lr=0.03, threads=1)
-    hist = model.fit(*ds.train, batch_size=32, epochs=40, validation_data=ds.val, verbose=0,
-                     schedule="cosine")
+    hist = model.fit(
+        *ds.train, batch_size=32, epochs=40, validation_data=ds.val, verbose=0, schedule="cosine"
+    )
     assert len(hist.history["loss"]) == 40 and hist.history["loss"][-1] < hist.history["loss"][0]
     assert model.evaluate(*ds.test)["accuracy"] >= 0.95
     corners = np.array([[-3, -3], [-3, 3], [3, -3], [3, 3]], np.float32)
@@ -313,8 +329,24 @@ def test_cli_train_writes_model_and_report(tmp_path):
     import onnxruntime as ort
 
     out, rep = tmp_path / "xor.onnx", tmp_path / "r.json"
-    r = run_cli("train", "samples/xor.gc", "--data", "xor", "--epochs", "40", "--lr", "0.03",
-                "--schedule", "cosine", "--threads", "1", "-o", str(out), "--report", str(rep))
+    r = run_cli(
+        "train",
+        "samples/xor.gc",
+        "--data",
+        "xor",
+        "--epochs",
+        "40",
+        "--lr",
+        "0.03",
+        "--schedule",
+        "cosine",
+        "--threads",
+        "1",
+        "-o",
+        str(out),
+        "--report",
+        str(rep),
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch 40/40" in r.stderr and "test: loss" in r.stdout
     report = json.loads(rep.read_text())
@@ -329,8 +361,19 @@ def test_cli_train_writes_model_and_report(tmp_path):
 
 def test_cli_resume_and_errors(tmp_path):
     ck = str(tmp_path / "ck.npz")
-    args = ["train", "samples/xor.gc", "--data", "xor", "--epochs", "3", "-q", "--threads", "1",
-            "--checkpoint", ck]
+    args = [
+        "train",
+        "samples/xor.gc",
+        "--data",
+        "xor",
+        "--epochs",
+        "3",
+        "-q",
+        "--threads",
+        "1",
+        "--checkpoint",
+        ck,
+    ]
     r = run_cli(*args, "--max-steps", "30")
     assert r.returncode == 0 and "--resume" in r.stdout
     r = run_cli(*args, "--resume")
@@ -343,8 +386,21 @@ def test_cli_resume_and_errors(tmp_path):
 
 def test_cli_compile_train(tmp_path):
     out = tmp_path / "step.onnx"
-    r = run_cli("compile", "samples/mlp_digits.gc", "--train", "--optimizer", "momentum",
-                "--lr", "0.05", "--momentum", "0.8", "--clip-norm", "1", "-o", str(out))
+    r = run_cli(
+        "compile",
+        "samples/mlp_digits.gc",
+        "--train",
+        "--optimizer",
+        "momentum",
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.8",
+        "--clip-norm",
+        "1",
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     import onnx
 
@@ -352,8 +408,17 @@ def test_cli_compile_train(tmp_path):
     names = [i.name for i in m.graph.input]
     assert names[:4] == ["x", "y", "lr", "step"] and "opt.v.fc1.weight" in names
     assert "grad_norm" in [o.name for o in m.graph.output]
-    r = run_cli("compile", "samples/mlp_digits.gc", "--train", "--optimizer", "adam",
-                "--momentum", "0.8", "-o", str(out))
+    r = run_cli(
+        "compile",
+        "samples/mlp_digits.gc",
+        "--train",
+        "--optimizer",
+        "adam",
+        "--momentum",
+        "0.8",
+        "-o",
+        str(out),
+    )
     assert r.returncode == 2 and "no hyperparameter 'momentum'" in r.stderr
 
 
@@ -368,12 +433,31 @@ def test_cli_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    base = [sys.executable, "-m", "graphc", "train", "samples/xor.gc", "--data", "xor",
-            "--epochs", "150", "--batch-size", "8", "-q", "--threads", "1", "-O0"]
+    base = [
+        sys.executable,
+        "-m",
+        "graphc",
+        "train",
+        "samples/xor.gc",
+        "--data",
+        "xor",
+        "--epochs",
+        "150",
+        "--batch-size",
+        "8",
+        "-q",
+        "--threads",
+        "1",
+        "-O0",
+    ]
     ck = tmp_path / "ck.npz"
-    proc = subprocess.Popen(base + ["--checkpoint", str(ck), "--checkpoint-every", "50",
-                                    "-o", str(tmp_path / "a.onnx")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        base
+        + ["--checkpoint", str(ck), "--checkpoint-every", "50", "-o", str(tmp_path / "a.onnx")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while not ck.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -383,19 +467,24 @@ def test_cli_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path):
         pytest.skip("the run finished before the interrupt arrived")
     assert proc.returncode == 130, err
     assert not (tmp_path / "a.onnx").exists()
-    r = subprocess.run(base + ["--checkpoint", str(ck), "--resume", "-o",
-                               str(tmp_path / "a.onnx")], check=False, capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        base + ["--checkpoint", str(ck), "--resume", "-o", str(tmp_path / "a.onnx")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(base + ["-o", str(tmp_path / "b.onnx")], check=False,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        base + ["-o", str(tmp_path / "b.onnx")], check=False, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
-    weights = [{t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f)).graph
-                .initializer} for f in ("a.onnx", "b.onnx")]
+    weights = [
+        {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f)).graph.initializer}
+        for f in ("a.onnx", "b.onnx")
+    ]
     assert set(weights[0]) == set(weights[1]) and len(weights[0]) >= 4
     for k in weights[0]:
         np.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)
-
 
 
 def test_progress_bar_and_epoch_summary():
@@ -410,8 +499,18 @@ def test_progress_bar_and_epoch_summary():
     s = Tty()
     p = Progress(epochs=2, batches=4, verbose=1, stream=s)
     p.update(1, 4, 0.5, 0.75, 12345.0)
-    p.summary({"epoch": 1, "loss": 0.5, "accuracy": 0.75, "val_loss": 0.6, "val_accuracy": 0.7,
-               "lr": 0.01, "time_s": 0.2, "samples_per_s": 12345.0})
+    p.summary(
+        {
+            "epoch": 1,
+            "loss": 0.5,
+            "accuracy": 0.75,
+            "val_loss": 0.6,
+            "val_accuracy": 0.7,
+            "lr": 0.01,
+            "time_s": 0.2,
+            "samples_per_s": 12345.0,
+        }
+    )
     text = s.getvalue()
     assert "\repoch 1/2 [" in text and "4/4" in text and "acc 0.750" in text and "12.3k/s" in text
     assert "epoch 1/2  loss 0.5000  acc 0.7500  val_loss 0.6000  val_acc 0.7000" in text
@@ -423,20 +522,48 @@ def test_progress_bar_and_epoch_summary():
 
 def test_cli_weights_and_freeze(tmp_path):
     first = tmp_path / "first.onnx"
-    r = run_cli("train", "samples/mlp_digits.gc", "--data", "digits", "--epochs", "3", "-q",
-                "--threads", "1", "-o", str(first))
+    r = run_cli(
+        "train",
+        "samples/mlp_digits.gc",
+        "--data",
+        "digits",
+        "--epochs",
+        "3",
+        "-q",
+        "--threads",
+        "1",
+        "-o",
+        str(first),
+    )
     assert r.returncode == 0, r.stderr
     second = tmp_path / "second.onnx"
-    r = run_cli("train", "samples/mlp_digits.gc", "--data", "digits", "--epochs", "1",
-                "--threads", "1", "--weights", str(first), "--freeze", "fc1", "--freeze", "fc2",
-                "-o", str(second))
+    r = run_cli(
+        "train",
+        "samples/mlp_digits.gc",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--weights",
+        str(first),
+        "--freeze",
+        "fc1",
+        "--freeze",
+        "fc2",
+        "-o",
+        str(second),
+    )
     assert r.returncode == 0, r.stderr
     assert "loaded 6 parameter(s)" in r.stderr and "2 trained tensors" in r.stderr
     import onnx
     from onnx import numpy_helper
 
-    a, b = ({t.name: numpy_helper.to_array(t) for t in onnx.load(str(f)).graph.initializer}
-            for f in (first, second))
+    a, b = (
+        {t.name: numpy_helper.to_array(t) for t in onnx.load(str(f)).graph.initializer}
+        for f in (first, second)
+    )
     fc1 = [k for k in a if k.startswith("fc1.")]
     assert fc1 and all(np.array_equal(a[k], b[k]) for k in fc1)  # frozen: unchanged
     head = [k for k in a if k.startswith("logits.")]
@@ -464,16 +591,23 @@ def test_callbacks_report_progress_and_can_stop(tmp_path, digits):
     steps, epochs = [], []
     t = Trainer(build_step(mlp(), StepConfig("adam", lr=0.01)), threads=1)
     path = str(tmp_path / "ck.npz")
-    r = t.fit(*digits.train, TrainConfig(epochs=5, batch_size=256, verbose=0, checkpoint=path),
-              validation=digits.val, on_step=lambda rec: steps.append(rec) and None,
-              on_epoch=lambda rec: epochs.append(rec) or rec["epoch"] == 2)
+    r = t.fit(
+        *digits.train,
+        TrainConfig(epochs=5, batch_size=256, verbose=0, checkpoint=path),
+        validation=digits.val,
+        on_step=lambda rec: steps.append(rec) and None,
+        on_epoch=lambda rec: epochs.append(rec) or rec["epoch"] == 2,
+    )
     assert r.stopped == "interrupted" and r.epoch == 2 and len(epochs) == 2
     assert [s["step"] for s in steps] == list(range(1, 2 * 6 + 1))  # 1295 rows: 6 batches
     assert steps[-1]["batch"] == steps[-1]["batches"] == 6 and steps[-1]["accuracy"] > 0.2
     assert epochs[-1]["val_accuracy"] is not None
-    r = t.fit(*digits.train, TrainConfig(epochs=5, batch_size=256, verbose=0, checkpoint=path,
-                                         resume=True), validation=digits.val,
-              on_step=lambda rec: rec["step"] == 15)
+    r = t.fit(
+        *digits.train,
+        TrainConfig(epochs=5, batch_size=256, verbose=0, checkpoint=path, resume=True),
+        validation=digits.val,
+        on_step=lambda rec: rec["step"] == 15,
+    )
     assert r.stopped == "interrupted" and r.step == 15
 
 

@@ -20,13 +20,25 @@ from graphc.train.step import StepConfig, build_step
 STEPS = 6
 TOL = 1e-6
 # non-default hyperparameters, so a formula that ignores one would be caught
-HYPER = {"momentum": {"momentum": 0.8}, "nesterov": {"momentum": 0.7},
-         "rmsprop": {"rho": 0.9, "eps": 1e-6}, "adagrad": {"eps": 1e-8},
-         "adadelta": {"rho": 0.95, "eps": 1e-5},
-         "adam": {"beta1": 0.8, "beta2": 0.95, "eps": 1e-6},
-         "adamw": {"beta1": 0.85, "beta2": 0.99, "eps": 1e-7, "weight_decay": 0.1}}
-LRS = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 0.01, "adagrad": 0.1,
-       "adadelta": 1.0, "adam": 0.02, "adamw": 0.02}
+HYPER = {
+    "momentum": {"momentum": 0.8},
+    "nesterov": {"momentum": 0.7},
+    "rmsprop": {"rho": 0.9, "eps": 1e-6},
+    "adagrad": {"eps": 1e-8},
+    "adadelta": {"rho": 0.95, "eps": 1e-5},
+    "adam": {"beta1": 0.8, "beta2": 0.95, "eps": 1e-6},
+    "adamw": {"beta1": 0.85, "beta2": 0.99, "eps": 1e-7, "weight_decay": 0.1},
+}
+LRS = {
+    "sgd": 0.1,
+    "momentum": 0.05,
+    "nesterov": 0.05,
+    "rmsprop": 0.01,
+    "adagrad": 0.1,
+    "adadelta": 1.0,
+    "adam": 0.02,
+    "adamw": 0.02,
+}
 
 
 def linreg(dtype="float64"):
@@ -41,8 +53,10 @@ def linreg(dtype="float64"):
 
 def batches(n_steps, dtype="float64", seed=0):
     rng = np.random.default_rng(seed)
-    return [(rng.normal(size=(8, 4)).astype(dtype), rng.normal(size=(8, 3)).astype(dtype))
-            for _ in range(n_steps)]
+    return [
+        (rng.normal(size=(8, 4)).astype(dtype), rng.normal(size=(8, 3)).astype(dtype))
+        for _ in range(n_steps)
+    ]
 
 
 def grads_np(w, b, x, t, l1=0.0, l2=0.0):
@@ -70,16 +84,19 @@ def run_reference(name, ts, hyper, lr, dtype="float64", l1=0.0, l2=0.0, clip=Non
     slots = {k: {s: np.zeros_like(p[k]) for s in opt.slots} for k in ts.params}
     out = []
     for k, (x, t) in enumerate(batches(STEPS, dtype)):
-        gw, gb = grads_np(p["fc.weight"], p["fc.bias"], x.astype(np.float64),
-                          t.astype(np.float64), l1, l2)
+        gw, gb = grads_np(
+            p["fc.weight"], p["fc.bias"], x.astype(np.float64), t.astype(np.float64), l1, l2
+        )
         g = {"fc.weight": gw, "fc.bias": gb}
         if clip is not None:
             g = clip(g)
         for name_ in ts.params:
-            p[name_], slots[name_] = opt.reference(p[name_], g[name_], slots[name_], lr, k + 1,
-                                                   hyper)
-        out.append(({k_: v.copy() for k_, v in p.items()},
-                    {k_: dict(v) for k_, v in slots.items()}))
+            p[name_], slots[name_] = opt.reference(
+                p[name_], g[name_], slots[name_], lr, k + 1, hyper
+            )
+        out.append(
+            ({k_: v.copy() for k_, v in p.items()}, {k_: dict(v) for k_, v in slots.items()})
+        )
     return out
 
 
@@ -91,12 +108,21 @@ def test_update_matches_numpy_formula(name):
     ref = run_reference(name, ts, hyperparameters(get_optimizer(name), hyper), LRS[name])
     for k, (state, (p_ref, s_ref)) in enumerate(zip(states, ref)):
         for pname in ts.params:
-            np.testing.assert_allclose(state[pname], p_ref[pname], rtol=0, atol=TOL,
-                                       err_msg=f"{name} step {k + 1}: {pname}")
+            np.testing.assert_allclose(
+                state[pname],
+                p_ref[pname],
+                rtol=0,
+                atol=TOL,
+                err_msg=f"{name} step {k + 1}: {pname}",
+            )
             for slot in get_optimizer(name).slots:
-                np.testing.assert_allclose(state[f"opt.{slot}.{pname}"], s_ref[pname][slot],
-                                           rtol=0, atol=TOL,
-                                           err_msg=f"{name} step {k + 1}: slot {slot}")
+                np.testing.assert_allclose(
+                    state[f"opt.{slot}.{pname}"],
+                    s_ref[pname][slot],
+                    rtol=0,
+                    atol=TOL,
+                    err_msg=f"{name} step {k + 1}: slot {slot}",
+                )
     # the parameters really moved (a step that returned its inputs would pass trivially)
     assert np.abs(states[-1]["fc.weight"] - ts.init["fc.weight"]).max() > 1e-3
 
@@ -105,8 +131,9 @@ def test_update_matches_numpy_formula(name):
 def test_float32_step_close_to_formula(name):
     cfg = StepConfig(optimizer=name, lr=LRS[name])
     ts, states, _ = run_step(name, cfg, dtype="float32")
-    ref = run_reference(name, ts, hyperparameters(get_optimizer(name), {}), LRS[name],
-                        dtype="float32")
+    ref = run_reference(
+        name, ts, hyperparameters(get_optimizer(name), {}), LRS[name], dtype="float32"
+    )
     for state, (p_ref, _) in zip(states, ref):
         np.testing.assert_allclose(state["fc.weight"], p_ref["fc.weight"], rtol=0, atol=1e-5)
 
@@ -116,7 +143,7 @@ def test_regularization_and_clipping():
 
     def clip(g):
         g = {k: np.clip(v, -cv, cv) for k, v in g.items()}
-        norm = np.sqrt(sum((v ** 2).sum() for v in g.values()))
+        norm = np.sqrt(sum((v**2).sum() for v in g.values()))
         return {k: v * (cn / max(norm, cn)) for k, v in g.items()}
 
     cfg = StepConfig(optimizer="sgd", lr=0.1, l1=l1, l2=l2, clip_value=cv, clip_norm=cn)
@@ -128,7 +155,7 @@ def test_regularization_and_clipping():
             np.testing.assert_allclose(state[pname], p_ref[pname], rtol=0, atol=TOL)
     # the penalty output is the L1 + L2 term of the weights the step started from
     w0 = ts.init["fc.weight"]
-    assert losses[0][1] == pytest.approx(l1 * np.abs(w0).sum() + l2 * (w0 ** 2).sum(), rel=1e-9)
+    assert losses[0][1] == pytest.approx(l1 * np.abs(w0).sum() + l2 * (w0**2).sum(), rel=1e-9)
 
 
 def test_learning_rate_is_an_input():
@@ -147,15 +174,23 @@ def test_learning_rate_is_an_input():
 TORCH = {
     "sgd": lambda ps, lr, h: ("SGD", {"lr": lr}),
     "momentum": lambda ps, lr, h: ("SGD", {"lr": lr, "momentum": h["momentum"]}),
-    "nesterov": lambda ps, lr, h: ("SGD", {"lr": lr, "momentum": h["momentum"],
-                                           "nesterov": True}),
+    "nesterov": lambda ps, lr, h: ("SGD", {"lr": lr, "momentum": h["momentum"], "nesterov": True}),
     "rmsprop": lambda ps, lr, h: ("RMSprop", {"lr": lr, "alpha": h["rho"], "eps": h["eps"]}),
     "adagrad": lambda ps, lr, h: ("Adagrad", {"lr": lr, "eps": h["eps"]}),
     "adadelta": lambda ps, lr, h: ("Adadelta", {"lr": lr, "rho": h["rho"], "eps": h["eps"]}),
-    "adam": lambda ps, lr, h: ("Adam", {"lr": lr, "betas": (h["beta1"], h["beta2"]),
-                                        "eps": h["eps"]}),
-    "adamw": lambda ps, lr, h: ("AdamW", {"lr": lr, "betas": (h["beta1"], h["beta2"]),
-                                          "eps": h["eps"], "weight_decay": h["weight_decay"]}),
+    "adam": lambda ps, lr, h: (
+        "Adam",
+        {"lr": lr, "betas": (h["beta1"], h["beta2"]), "eps": h["eps"]},
+    ),
+    "adamw": lambda ps, lr, h: (
+        "AdamW",
+        {
+            "lr": lr,
+            "betas": (h["beta1"], h["beta2"]),
+            "eps": h["eps"],
+            "weight_decay": h["weight_decay"],
+        },
+    ),
 }
 
 
@@ -176,11 +211,20 @@ def test_numpy_formula_matches_pytorch(name):
         p.grad = torch.tensor(g, dtype=torch.float64)
         opt.step()
         q, slots = ref.reference(q, g, slots, LRS[name], k + 1, hyper)
-        np.testing.assert_allclose(q, p.detach().numpy(), rtol=0, atol=1e-12,
-                                   err_msg=f"{name} step {k + 1}")
+        np.testing.assert_allclose(
+            q, p.detach().numpy(), rtol=0, atol=1e-12, err_msg=f"{name} step {k + 1}"
+        )
 
 
 def test_every_optimizer_is_declared_once():
-    assert set(optimizer_names()) == {"sgd", "momentum", "nesterov", "rmsprop", "adagrad",
-                                      "adadelta", "adam", "adamw"}
+    assert set(optimizer_names()) == {
+        "sgd",
+        "momentum",
+        "nesterov",
+        "rmsprop",
+        "adagrad",
+        "adadelta",
+        "adam",
+        "adamw",
+    }
     assert all(OPTIMIZERS[n].name == n for n in optimizer_names())

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from graphc.ops.registry import get_op
 
 import graphc
 from graphc.infer import split_inputs
+from graphc.ops.registry import get_op
 from graphc.render import backward_graph, to_dot
 from graphc.render_memory import peak_of, timeline_svg, timeline_table
 from graphc.render_model import build_view
@@ -38,7 +38,7 @@ def _attrs(text: str) -> dict[str, str]:
             j = i + 1
             while text[j] != '"' or text[j - 1] == "\\":
                 j += 1
-            out[key], i = text[i + 1:j], j + 1
+            out[key], i = text[i + 1 : j], j + 1
         elif text[i] == "<":
             depth, j = 0, i
             while True:
@@ -46,7 +46,7 @@ def _attrs(text: str) -> dict[str, str]:
                 j += 1
                 if depth == 0:
                     break
-            out[key], i = text[i + 1:j - 1], j
+            out[key], i = text[i + 1 : j - 1], j
         else:
             j = i
             while j < len(text) and text[j] not in ", ]":
@@ -97,8 +97,10 @@ def test_forward_mlp_counts_and_styles():
     layers = [n for n in g.nodes.values() if get_op(n.op).active_params(n.attrs)]
     sinks = {g.loss, *g.outputs}
     assert len(nodes) - 1 == len(g.inputs) + len(layers) + len(g.nodes) + len(sinks)  # + legend
-    expected_edges = sum(len([v for v in split_inputs(n)[0] if v]) + bool(split_inputs(n)[1])
-                         for n in g.nodes.values()) + len(sinks)
+    expected_edges = sum(
+        len([v for v in split_inputs(n)[0] if v]) + bool(split_inputs(n)[1])
+        for n in g.nodes.values()
+    ) + len(sinks)
     assert len(visible(edges)) == expected_edges
     assert sorted(clusters) == sorted(f"layer:{n.name}" for n in layers)
     # inputs and parameters differ by shape and colour; ops are filled by category
@@ -122,15 +124,18 @@ def test_same_graph_same_dot_text():
     for name in ("mlp_digits.gc", "xor.gc", "resnet_small.gc"):
         a, b = load(name), load(name)
         assert to_dot(a) == to_dot(b)
-        assert to_dot(backward_graph(a), mode="backward") == \
-            to_dot(backward_graph(b), mode="backward")
+        assert to_dot(backward_graph(a), mode="backward") == to_dot(
+            backward_graph(b), mode="backward"
+        )
         assert to_dot(a, collapse=True) == to_dot(b, collapse=True)
 
 
 def test_frozen_parameters_are_dimmed():
-    g = graphc.parse("x = input(float32, [N, 3])\n"
-                     "h = linear(x, 4, frozen=True)\n"
-                     "out = linear(h, 2)\noutput(out)\n")
+    g = graphc.parse(
+        "x = input(float32, [N, 3])\n"
+        "h = linear(x, 4, frozen=True)\n"
+        "out = linear(h, 2)\noutput(out)\n"
+    )
     nodes, *_ = parse_dot(to_dot(g))
     assert nodes["params:h"]["fillcolor"] == KIND_STYLES["frozen"].fill
     assert "dashed" in nodes["params:h"]["style"]
@@ -154,11 +159,12 @@ def test_backward_kinds_saved_edges_and_placement():
     def box_of(v):  # a layer's parameters share its box
         return f"params:{v.rsplit('.', 1)[0]}" if v in bg.params else v
 
-    saved = {(box_of(v), n.name) for n in grad_nodes for v in n.inputs
-             if v in forward or v in bg.params}
+    saved = {
+        (box_of(v), n.name) for n in grad_nodes for v in n.inputs if v in forward or v in bg.params
+    }
     drawn = {(t, h) for t, h, a in edges if a.get("style") == "dashed"}
     assert drawn == saved
-    for t, h, a in edges:
+    for _t, _h, a in edges:
         if a.get("style") == "dashed":
             assert a["constraint"] == "false"
     grad_names = {n.name for n in grad_nodes}
@@ -195,11 +201,21 @@ def test_lecture_values_and_gradients_on_edges():
     feeds = make_feeds(g, LECTURE)
     env = graphc.interp.evaluate(g, feeds)
     grads = value_gradients(g, feeds, env)
-    assert {k: float(v) for k, v in grads.items()} == \
-        {"w1": -4.0, "w2": -4.0, "w3": 3.0, "z": -4.0, "L": 1.0}
+    assert {k: float(v) for k, v in grads.items()} == {
+        "w1": -4.0,
+        "w2": -4.0,
+        "w3": 3.0,
+        "z": -4.0,
+        "L": 1.0,
+    }
     _, edges, _, _ = parse_dot(to_dot(g, values=env, grads=grads, direction="LR"))
-    expect = {("w1", "z"): ("-2", "-4"), ("w2", "z"): ("5", "-4"), ("z", "L"): ("3", "-4"),
-              ("w3", "L"): ("-4", "3"), ("L", "out:L"): ("-12", "1")}
+    expect = {
+        ("w1", "z"): ("-2", "-4"),
+        ("w2", "z"): ("5", "-4"),
+        ("z", "L"): ("3", "-4"),
+        ("w3", "L"): ("-4", "3"),
+        ("L", "out:L"): ("-12", "1"),
+    }
     for (a, b), (value, grad) in expect.items():
         label = edge_between(edges, a, b)["label"]
         assert f">{value}</font>" in label, label
@@ -227,15 +243,17 @@ def test_value_gradients_match_a_numpy_backward_pass():
     w = env["logits.weight"].astype(np.float64)
     dh = dlogits @ w.T
     hidden = env["hidden"].astype(np.float64)
-    dpre = dh * (1 - hidden ** 2)
+    dpre = dh * (1 - hidden**2)
     np.testing.assert_allclose(grads["logits"], dlogits, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(grads["hidden"], dh, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(grads["logits.weight"], hidden.T @ dlogits, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(grads["x"], dpre @ env["hidden_linear.weight"].T,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        grads["x"], dpre @ env["hidden_linear.weight"].T, rtol=1e-4, atol=1e-6
+    )
     # the probes change no forward number
-    assert float(env["loss"]) == pytest.approx(float(np.mean(-np.log(p[np.arange(5), y]))),
-                                               rel=1e-5)
+    assert float(env["loss"]) == pytest.approx(
+        float(np.mean(-np.log(p[np.arange(5), y]))), rel=1e-5
+    )
 
 
 def test_value_formatting():
@@ -253,8 +271,9 @@ def test_residual_blocks_of_resnet_small():
     blocks = [c for c in view.clusters.values() if c.kind == "block"]
     assert [c.label for c in blocks] == [f"residual block {k}" for k in (1, 2, 3, 4)]
     for k, c in enumerate(blocks, start=1):
-        members = {b.id for b in view.boxes.values() if _inside(view, b.cluster, c.id)
-                   and b.id in g.nodes}
+        members = {
+            b.id for b in view.boxes.values() if _inside(view, b.cluster, c.id) and b.id in g.nodes
+        }
         # the model file names every node of block k "r<k>..." (the shortcut included)
         assert members == {n for n in g.nodes if n.startswith(f"r{k}")}
 
@@ -273,10 +292,16 @@ def test_collapse_folds_blocks_with_parameter_counts():
     assert clusters == []
     for k in (1, 2, 3, 4):
         box = nodes[f"group:block:r{k}_residual"]
-        count = sum(int(np.prod(p.shape)) for name, p in g.params.items()
-                    if name.startswith(f"r{k}") and not p.state)
-        stats = sum(int(np.prod(p.shape)) for name, p in g.params.items()
-                    if name.startswith(f"r{k}") and p.state)
+        count = sum(
+            int(np.prod(p.shape))
+            for name, p in g.params.items()
+            if name.startswith(f"r{k}") and not p.state
+        )
+        stats = sum(
+            int(np.prod(p.shape))
+            for name, p in g.params.items()
+            if name.startswith(f"r{k}") and p.state
+        )
         label = box["label"]
         assert f"residual block {k}" in label
         total = count + stats
@@ -319,7 +344,8 @@ def test_training_step_kinds():
     assert updates, "optimizer update nodes are drawn in their own style"
     purple = [e for e in edges if e[2].get("color") == "#7c3aed"]
     assert {h for _, h, _ in purple} <= set(updates) | {f"new.{p}" for p in ts.params} | {
-        f"new.opt.v.{p}" for p in ts.params}
+        f"new.opt.v.{p}" for p in ts.params
+    }
 
 
 def test_fused_nodes_say_what_they_fused():
@@ -355,8 +381,11 @@ def test_optimized_graph_fusions_are_found_by_comparison():
     from graphc.render_fusion import note_fusions
 
     bg = backward_graph(load("xor.gc"))
-    primitives = [n.op for n in bg.nodes.values() if n.tags.get("expanded_from") == "loss"
-                  and not n.tags.get("grad")]
+    primitives = [
+        n.op
+        for n in bg.nodes.values()
+        if n.tags.get("expanded_from") == "loss" and not n.tags.get("grad")
+    ]
     og = passes.optimize(bg, level=2)
     assert note_fusions(bg, og) >= 2
     fused = {k: n.tags["fused_from"] for k, n in og.nodes.items() if n.tags.get("fused_from")}

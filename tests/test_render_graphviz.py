@@ -35,11 +35,14 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.mark.parametrize("name,mode,collapse", [
-    ("mlp_digits.gc", "forward", False),
-    ("xor.gc", "backward", False),
-    ("resnet_small.gc", "forward", True),
-])
+@pytest.mark.parametrize(
+    "name,mode,collapse",
+    [
+        ("mlp_digits.gc", "forward", False),
+        ("xor.gc", "backward", False),
+        ("resnet_small.gc", "forward", True),
+    ],
+)
 def test_svg_has_every_box_and_edge(name, mode, collapse):
     g = graphc.load(str(SAMPLES / name))
     if mode == "backward":

@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("textual")
 
+from textual.widgets import Input
+
+from graphc import parse
 from graphc.tui.app import GraphApp
 from graphc.tui.canvas import GraphCanvas
 from graphc.tui.document import Document
 from graphc.tui.screens import ConfirmScreen, PromptScreen, TextScreen
-from textual.widgets import Input
-
-from graphc import parse
 
 
 def run_async(fn):
@@ -27,7 +27,9 @@ def run_async(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return asyncio.run(fn(*args, **kwargs))
+
     return wrapper
+
 
 XOR = """\
 x = input(float32, [N, 2])
@@ -326,9 +328,11 @@ async def test_outside_change_is_noticed_and_reloaded(tmp_path):
 @run_async
 async def test_fold_a_residual_block(tmp_path):
     path = tmp_path / "res.gc"
-    path.write_text("x = input(float32, [N, 8])\n"
-                    "a = linear(x, 8)\nb = relu(a)\nc = linear(b, 8)\n"
-                    "s = add(x, c)\nout = relu(s)\noutput(out)\n")
+    path.write_text(
+        "x = input(float32, [N, 8])\n"
+        "a = linear(x, 8)\nb = relu(a)\nc = linear(b, 8)\n"
+        "s = add(x, c)\nout = relu(s)\noutput(out)\n"
+    )
     app = make_app(path)
     async with app.run_test(size=(80, 24)) as pilot:
         app.canvas.select("x")
@@ -357,8 +361,11 @@ async def test_optimized_and_memory_views_and_gradcheck(tmp_path):
 
         before = graphc.grad(parse(XOR))
         after = app.view_graph
-        changed = {n for n, node in after.nodes.items()
-                   if n not in before.nodes or before.nodes[n].op != node.op}
+        changed = {
+            n
+            for n, node in after.nodes.items()
+            if n not in before.nodes or before.nodes[n].op != node.op
+        }
         assert fused and fused == changed
         await pilot.press("1", "5")
         await app.workers.wait_for_complete()

@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 
 import pytest
+
+from graphc import parse, to_text
 from graphc.tui import edits
 from graphc.tui.check import check
 from graphc.tui.document import Document, autosave_path
 from graphc.tui.layout import dot_available, layout
-
-from graphc import parse, to_text
 
 XOR = """\
 # a tiny MLP
@@ -35,9 +35,9 @@ def _structure(g):
     """A graph as plain data: enough to say two graphs are the same model."""
     return (
         {k: (t.dtype, tuple(t.shape)) for k, t in g.inputs.items()},
-        [(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs))
-         for n in g.nodes.values()],
-        list(g.outputs), g.loss,
+        [(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs)) for n in g.nodes.values()],
+        list(g.outputs),
+        g.loss,
         {k: tuple(p.shape) for k, p in g.params.items()},
     )
 
@@ -231,7 +231,7 @@ def test_layout_boxes_do_not_overlap_and_edges_are_right_angled(engine):
     boxes = list(lay.boxes.values())
     for i, a in enumerate(boxes):
         assert (a.w, a.h) == sizes[a.name]
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             apart = a.x + a.w <= b.x or b.x + b.w <= a.x or a.y + a.h <= b.y or b.y + b.h <= a.y
             assert apart, (a, b)
     assert len(lay.routes) == len(edges)
@@ -246,11 +246,13 @@ def test_layout_boxes_do_not_overlap_and_edges_are_right_angled(engine):
         for (x0, y0), (x1, y1) in zip(r.points, r.points[1:]):
             for b in boxes:
                 if x0 == x1:
-                    crosses = b.x <= x0 < b.x + b.w and min(y0, y1) <= b.bottom \
-                        and max(y0, y1) >= b.y
+                    crosses = (
+                        b.x <= x0 < b.x + b.w and min(y0, y1) <= b.bottom and max(y0, y1) >= b.y
+                    )
                 else:
-                    crosses = b.y <= y0 <= b.bottom and min(x0, x1) < b.x + b.w \
-                        and max(x0, x1) >= b.x
+                    crosses = (
+                        b.y <= y0 <= b.bottom and min(x0, x1) < b.x + b.w and max(x0, x1) >= b.x
+                    )
                 assert not crosses, (r, b)
 
 
@@ -279,8 +281,9 @@ def test_patched_layout_keeps_positions_and_places_new_boxes():
 
 def test_file_with_a_shape_error_opens_with_the_error_on_its_node(tmp_path):
     path = tmp_path / "bad.gc"
-    path.write_text(XOR.replace("loss = cross_entropy(logits, y)",
-                                "loss = cross_entropy(logits, h)"))
+    path.write_text(
+        XOR.replace("loss = cross_entropy(logits, y)", "loss = cross_entropy(logits, h)")
+    )
     with pytest.raises(Exception, match="targets must match"):
         parse(path.read_text())  # the compiler refuses it ...
     doc = Document.open(path)  # ... the editor opens it to be fixed
@@ -332,8 +335,7 @@ def test_insert_after_moves_the_readers(xor_file):
 
 def test_delete_takes_the_constants_only_it_read(tmp_path):
     p = tmp_path / "c.gc"
-    p.write_text("x = input(float32, [N, 2])\nh = x * 2\ng = x * 3\no = relu(h + g)\n"
-                 "output(o)\n")
+    p.write_text("x = input(float32, [N, 2])\nh = x * 2\ng = x * 3\no = relu(h + g)\noutput(o)\n")
     doc = Document.open(p)
     (two,) = [c for c in doc.graph.constants if float(doc.graph.constants[c]) == 2.0]
     doc.delete("h")

@@ -41,6 +41,7 @@ def _select(name):
         await pilot.pause()
         pilot.app.canvas.select(name)
         await pilot.pause()
+
     return run_before
 
 
@@ -55,6 +56,7 @@ def test_error_on_node(snap_compare, xor_app):
         pilot.app.refresh_view()
         pilot.app.canvas.select("loss")
         await pilot.pause()
+
     assert snap_compare(xor_app, terminal_size=SIZE, run_before=run_before)
 
 
@@ -75,4 +77,5 @@ def test_backward_view_folded(snap_compare, xor_app):
         await pilot.press("Z")  # one box per gradient cluster
         pilot.app.canvas.select("∇fc1")
         await pilot.pause()
+
     assert snap_compare(xor_app, terminal_size=SIZE, run_before=run_before)

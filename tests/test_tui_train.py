@@ -10,10 +10,11 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("textual")
 
+from textual.widgets import Input
+
 from graphc.tui.app import GraphApp
 from graphc.tui.document import Document
 from graphc.tui.train_screen import TrainScreen
-from textual.widgets import Input
 
 XOR = """\
 x = input(float32, [N, 2])
@@ -54,8 +55,10 @@ def test_training_runs_in_background_and_learns(tmp_path):
         app = GraphApp(document=Document.open(path), engine="simple", autosave_s=0, watch_s=0)
         async with app.run_test(size=(100, 30)) as pilot:
             screen = await _start(pilot, "xor 15 16 0.05")
-            await _wait(pilot, lambda: not screen.running and screen.log_lines
-                        and "done" in screen.log_lines[-1])
+            await _wait(
+                pilot,
+                lambda: not screen.running and screen.log_lines and "done" in screen.log_lines[-1],
+            )
             epochs = [ln for ln in screen.log_lines if ln.startswith("epoch")]
             assert len(epochs) == 15
             acc = float(epochs[-1].split("accuracy ")[1].split(",")[0])

@@ -34,7 +34,7 @@ def _pads(attrs, x, kernel):
     p = list(p)
     if len(p) == len(spatial):
         return [(q, q) for q in p]
-    return list(zip(p[: len(spatial)], p[len(spatial):]))
+    return list(zip(p[: len(spatial)], p[len(spatial) :]))
 
 
 def _pad(F, x, pads, value=0.0):
@@ -47,8 +47,12 @@ def _pad(F, x, pads, value=0.0):
 def run_graph_in_torch(graph, feeds, params, torch):
     """Evaluate a sample's graph in PyTorch; returns (env of torch tensors, param tensors)."""
     F = torch.nn.functional
-    P = {k: torch.tensor(np.asarray(v), requires_grad=not graph.params[k].frozen
-                         and not graph.params[k].state) for k, v in params.items()}
+    P = {
+        k: torch.tensor(
+            np.asarray(v), requires_grad=not graph.params[k].frozen and not graph.params[k].state
+        )
+        for k, v in params.items()
+    }
     env = {k: torch.tensor(np.asarray(v)) for k, v in feeds.items()}
     env.update(P)
     env.update({k: torch.tensor(np.asarray(v)) for k, v in graph.constants.items()})
@@ -73,12 +77,24 @@ def run_graph_in_torch(graph, feeds, params, torch):
         elif op in ("conv1d", "conv2d", "conv3d"):
             fn = getattr(F, op)
             xp = _pad(F, x, _pads(a, x, a["kernel"]))
-            y = fn(xp, p["weight"], p.get("bias"), stride=a["stride"], dilation=a["dilation"],
-                   groups=a["groups"])
+            y = fn(
+                xp,
+                p["weight"],
+                p.get("bias"),
+                stride=a["stride"],
+                dilation=a["dilation"],
+                groups=a["groups"],
+            )
         elif op == "separable_conv2d":
             xp = _pad(F, x, _pads(a, x, a["kernel"]))
-            d = F.conv2d(xp, p["depthwise"], None, stride=a["stride"], dilation=a["dilation"],
-                         groups=x.shape[1])
+            d = F.conv2d(
+                xp,
+                p["depthwise"],
+                None,
+                stride=a["stride"],
+                dilation=a["dilation"],
+                groups=x.shape[1],
+            )
             y = F.conv2d(d, p["pointwise"], p.get("bias"))
         elif op in ("max_pool2d", "avg_pool2d"):
             pads = _pads(a, x, a["kernel"])
@@ -91,8 +107,15 @@ def run_graph_in_torch(graph, feeds, params, torch):
         elif op == "global_avg_pool":
             y = x.mean(dim=tuple(range(2, x.dim())))
         elif op == "batch_norm":
-            y = F.batch_norm(x, p["running_mean"], p["running_var"], p.get("weight"),
-                             p.get("bias"), training=False, eps=a["eps"])
+            y = F.batch_norm(
+                x,
+                p["running_mean"],
+                p["running_var"],
+                p.get("weight"),
+                p.get("bias"),
+                training=False,
+                eps=a["eps"],
+            )
         elif op == "dropout":
             y = x
         elif op == "cross_entropy":
@@ -119,7 +142,11 @@ def _recurrent(torch, op, x, p, a):
     module = cls(x.shape[-1], units, batch_first=True).to(x.dtype)
     zero = torch.zeros_like(p["bias"])
     bias_hh = torch.cat([zero[: 2 * units], p["bias_hn"]]) if op == "gru" else zero
-    weights = {"weight_ih_l0": p["weight_ih"].T, "weight_hh_l0": p["weight_hh"].T,
-               "bias_ih_l0": p["bias"], "bias_hh_l0": bias_hh}
+    weights = {
+        "weight_ih_l0": p["weight_ih"].T,
+        "weight_hh_l0": p["weight_hh"].T,
+        "bias_ih_l0": p["bias"],
+        "bias_hh_l0": bias_hh,
+    }
     out, _ = torch.func.functional_call(module, weights, (x,))
     return out if a["return_sequences"] else out[:, -1]

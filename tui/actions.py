@@ -51,21 +51,29 @@ def gradcheck_report(graph: Graph, tol: float = 1e-6) -> str:
     for r in results:
         ok = r.ok(tol)
         bad += not ok
-        lines.append(f"{r.target:<24} {r.checked:>7}  {r.rel_error:>10.2e}  "
-                     f"{'ok' if ok else 'FAIL'}")
+        lines.append(
+            f"{r.target:<24} {r.checked:>7}  {r.rel_error:>10.2e}  {'ok' if ok else 'FAIL'}"
+        )
     lines.append(f"{len(results) - bad}/{len(results)} parameters within {tol:g}")
     return "\n".join(lines)
 
 
 def summary_report(graph: Graph) -> str:
     """Parameters and FLOPs per node, and the totals."""
+    from graphc.summary import summarize
     from graphc.tui.scene import type_text
 
-    from graphc.summary import summarize
-
     rows = summarize(graph)
-    table = [(r.name, r.op, type_text(graph, r.name), f"{r.params:,}",
-              "-" if r.flops is None else f"{r.flops:,}") for r in rows]
+    table = [
+        (
+            r.name,
+            r.op,
+            type_text(graph, r.name),
+            f"{r.params:,}",
+            "-" if r.flops is None else f"{r.flops:,}",
+        )
+        for r in rows
+    ]
     total_p = sum(r.params for r in rows)
     total_f = sum(r.flops or 0 for r in rows)
     head = ("node", "op", "output", "params", "FLOPs")
@@ -73,17 +81,27 @@ def summary_report(graph: Graph) -> str:
     w = [max(len(row[i]) for row in [head, *table, foot]) for i in range(5)]
 
     def line(row) -> str:
-        return (f"{row[0]:<{w[0]}}  {row[1]:<{w[1]}}  {row[2]:<{w[2]}}  "
-                f"{row[3]:>{w[3]}}  {row[4]:>{w[4]}}")
-    out = [line(head), *map(line, table), line(foot), "",
-           "FLOPs: a multiply-add is 2; one example when the batch is symbolic."]
+        return (
+            f"{row[0]:<{w[0]}}  {row[1]:<{w[1]}}  {row[2]:<{w[2]}}  "
+            f"{row[3]:>{w[3]}}  {row[4]:>{w[4]}}"
+        )
+
+    out = [
+        line(head),
+        *map(line, table),
+        line(foot),
+        "",
+        "FLOPs: a multiply-add is 2; one example when the batch is symbolic.",
+    ]
     return "\n".join(out)
 
 
 def backward_graph(graph: Graph) -> Graph:
     if graph.loss is None:
-        raise GraphError("the backward view needs a loss",
-                         hint="select the loss node and press l (or run 'Set loss')")
+        raise GraphError(
+            "the backward view needs a loss",
+            hint="select the loss node and press l (or run 'Set loss')",
+        )
     from graphc.autodiff import grad
 
     return grad(graph.copy())
@@ -95,8 +113,11 @@ def optimized_graph(graph: Graph) -> tuple[Graph, set[str]]:
     passes = _need("graphc.passes", "the optimizer")
     src = backward_graph(graph) if graph.loss else graph.copy()
     out = passes.optimize(src.copy(), level=2)
-    changed = {n.name for n in out.nodes.values()
-               if n.name not in src.nodes or src.nodes[n.name].op != n.op}
+    changed = {
+        n.name
+        for n in out.nodes.values()
+        if n.name not in src.nodes or src.nodes[n.name].op != n.op
+    }
     return out, changed
 
 

@@ -15,13 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from graphc.tui import actions
-from graphc.tui.canvas import GraphCanvas
-from graphc.tui.document import Document
-from graphc.tui.editing import EditingMixin
-from graphc.tui.inspector import Inspector
-from graphc.tui.scene import build, fold_all_clusters, grad_nodes
-from graphc.tui.screens import ConfirmScreen, PromptScreen, TextScreen
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
@@ -29,6 +22,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from graphc import Graph, GraphError
+from graphc.tui import actions
+from graphc.tui.canvas import GraphCanvas
+from graphc.tui.document import Document
+from graphc.tui.editing import EditingMixin
+from graphc.tui.inspector import Inspector
+from graphc.tui.scene import build, fold_all_clusters, grad_nodes
+from graphc.tui.screens import ConfirmScreen, PromptScreen, TextScreen
 
 FOLD_ABOVE = 400  # derived views bigger than this open with gradient clusters folded
 
@@ -43,8 +43,7 @@ KEYS = [
     ("slash", "find", "Find", "Find node by name or op", True),
     ("question_mark", "help", "Help", "Help: all keys", True),
     ("U,ctrl+y", "redo", "Redo", "Redo", False),
-    ("I", "insert_op", "Insert", "Insert op after the selection (its readers move to it)",
-     False),
+    ("I", "insert_op", "Insert", "Insert op after the selection (its readers move to it)", False),
     ("i", "add_input", "Input", "Add graph input", False),
     ("x", "disconnect", "Disconnect", "Disconnect an input", False),
     ("D", "delete_subtree", "Delete tree", "Delete node and everything after it", False),
@@ -54,8 +53,13 @@ KEYS = [
     ("n", "next_match", "Next", "Next search match", False),
     ("E", "next_error", "Error", "Jump to the error", False),
     ("z", "collapse", "Fold", "Collapse/expand block (fork..join) or group", False),
-    ("Z", "fold_all", "Fold all", "Fold every block (or gradient cluster); again: unfold all",
-     False),
+    (
+        "Z",
+        "fold_all",
+        "Fold all",
+        "Fold every block (or gradient cluster); again: unfold all",
+        False,
+    ),
     ("1", "view('forward')", "Forward", "View: forward graph", False),
     ("2", "view('backward')", "Backward", "View: backward graph (gradients)", False),
     ("3", "view('optimized')", "Optimized", "View: optimized graph", False),
@@ -73,7 +77,8 @@ KEYS = [
 
 class EditorScreen(Screen):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(k, f"app.{a}", label, show=show) for k, a, label, _, show in KEYS]
+        Binding(k, f"app.{a}", label, show=show) for k, a, label, _, show in KEYS
+    ]
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -96,8 +101,15 @@ class GraphApp(EditingMixin, App):
     CSS_PATH = "app.tcss"
     TITLE = "graphc edit"
 
-    def __init__(self, path: str | Path | None = None, *, document: Document | None = None,
-                 engine: str = "auto", autosave_s: float = 3.0, watch_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        document: Document | None = None,
+        engine: str = "auto",
+        autosave_s: float = 3.0,
+        watch_s: float = 2.0,
+    ) -> None:
         super().__init__()
         self.doc = document or (Document.open(path) if path is not None else Document.new())
         self.engine = engine
@@ -134,10 +146,14 @@ class GraphApp(EditingMixin, App):
         gc.disable()
         self.set_interval(1.0, self._idle_collect)
         if self.doc.pending_autosave() is not None:
-            self.push_screen(ConfirmScreen(
-                f"An autosave of {self.doc.title} newer than the file was found "
-                "(the editor did not close cleanly).",
-                [("restore", "Restore it"), ("discard", "Discard it")]), self._on_autosave_answer)
+            self.push_screen(
+                ConfirmScreen(
+                    f"An autosave of {self.doc.title} newer than the file was found "
+                    "(the editor did not close cleanly).",
+                    [("restore", "Restore it"), ("discard", "Discard it")],
+                ),
+                self._on_autosave_answer,
+            )
 
     def _idle_collect(self) -> None:
         if time.monotonic() - self._last_change > 0.8 and gc.get_count()[0] > 1000:
@@ -191,8 +207,9 @@ class GraphApp(EditingMixin, App):
                 return
             g, fused, result = d[2], d[3], None
             if self.view == "optimized":
-                self.message = (f"optimized (-O2): {len(fused)} fused or rewritten node(s) "
-                                "drawn heavy green")
+                self.message = (
+                    f"optimized (-O2): {len(fused)} fused or rewritten node(s) drawn heavy green"
+                )
         self.view_graph = g
         self.shown_view = self.view
         groups = [(k, v) for k, v in self.groups.items()]
@@ -203,8 +220,7 @@ class GraphApp(EditingMixin, App):
         self._update_side()
 
     def _derive(self, view: str, base: Graph) -> None:
-        if self._deriving is not None and self._deriving[0] == view \
-                and self._deriving[1] is base:
+        if self._deriving is not None and self._deriving[0] == view and self._deriving[1] is base:
             return
         self._deriving = (view, base)
         self.say(f"computing the {view} graph…")
@@ -215,14 +231,16 @@ class GraphApp(EditingMixin, App):
                     g, fused = actions.backward_graph(base), set()
                 else:
                     g, fused = actions.optimized_graph(base)
-            except Exception as err:  # noqa: BLE001 - a pass failing must not end the session
+            except Exception as err:  # a pass failing must not end the session
                 self.call_from_thread(self._derived_done, view, base, None, set(), err)
                 return
             self.call_from_thread(self._derived_done, view, base, g, fused, None)
+
         self.run_worker(work, thread=True, group="derive", exclusive=True)
 
-    def _derived_done(self, view: str, base: Graph, g: Graph | None, fused: set,
-                      err: Exception | None) -> None:
+    def _derived_done(
+        self, view: str, base: Graph, g: Graph | None, fused: set, err: Exception | None
+    ) -> None:
         if self._deriving is not None and self._deriving[1] is base:
             self._deriving = None
         if err is not None:
@@ -250,18 +268,26 @@ class GraphApp(EditingMixin, App):
         self.canvas.select(sel if sel in self.canvas.scene.boxes else None)
         if self.selected is None:
             self.canvas.reveal_first()
-        self.say(f"{self.view} view" + (" — select a forward op to see its gradient nodes"
-                                        if self.view == "backward" else ""))
+        self.say(
+            f"{self.view} view"
+            + (
+                " — select a forward op to see its gradient nodes"
+                if self.view == "backward"
+                else ""
+            )
+        )
 
     def _update_side(self) -> None:
         sel = self.selected
         prob = self.doc.result.problem_for(sel) if sel and self.shown_view == "forward" else None
         editable = self.shown_view == "forward"
         box = self.canvas.scene.boxes.get(sel) if sel and self.canvas.scene else None
-        self.inspector.show(self.view_graph, sel if editable or sel in self.view_graph.nodes
-                            or box is not None else None,
-                            prob.status(self.doc.graph) if prob else None,
-                            box.members if box is not None else ())
+        self.inspector.show(
+            self.view_graph,
+            sel if editable or sel in self.view_graph.nodes or box is not None else None,
+            prob.status(self.doc.graph) if prob else None,
+            box.members if box is not None else (),
+        )
         self._update_status()
 
     def _update_status(self) -> None:
@@ -306,21 +332,28 @@ class GraphApp(EditingMixin, App):
     def _show_gradients(self, name: str) -> None:
         g = self.view_graph
         grads = grad_nodes(g, name)
-        read = sorted({v for n in grads for v in n.inputs
-                       if v in g.inputs or (v in g.nodes and not g.nodes[v].tags.get("grad"))})
+        read = sorted(
+            {
+                v
+                for n in grads
+                for v in n.inputs
+                if v in g.inputs or (v in g.nodes and not g.nodes[v].tags.get("grad"))
+            }
+        )
         self.canvas.matches = {n.name for n in grads} | set(read)
         self.canvas.refresh()
         self.canvas._rows.clear()
         if grads:
-            self.message = (f"{name}: {len(grads)} gradient node(s); they read "
-                            f"{', '.join(read) or 'no activations'}")
+            self.message = (
+                f"{name}: {len(grads)} gradient node(s); they read "
+                f"{', '.join(read) or 'no activations'}"
+            )
 
     def action_summary(self) -> None:
         if not self.doc.ok:
             self.say("the summary needs a graph without errors", error=True)
             return
-        self.push_screen(TextScreen("Parameters and FLOPs", actions.summary_report(
-            self.doc.graph)))
+        self.push_screen(TextScreen("Parameters and FLOPs", actions.summary_report(self.doc.graph)))
 
     def action_memory(self) -> None:
         self._run_report("Memory plan", actions.memory_report)
@@ -336,8 +369,10 @@ class GraphApp(EditingMixin, App):
             "  click          select; wheel / pgup / pgdn: pan",
             "  enter          (in the inspector) apply a field; esc leaves it",
             "",
-            ("Every edit re-infers shapes; an error is drawn red on the node and its input "
-             "edges and shown in the status line. Save refuses until it is fixed."),
+            (
+                "Every edit re-infers shapes; an error is drawn red on the node and its input "
+                "edges and shown in the status line. Save refuses until it is fixed."
+            ),
             "Autosave writes .FILE.autosave beside the file every few seconds.",
         ]
         self.push_screen(TextScreen("graphc edit — help", "\n".join(lines)))
@@ -362,11 +397,13 @@ class GraphApp(EditingMixin, App):
             except GraphError as err:
                 self.call_from_thread(self.say, f"{title}: {err.message}", True)
                 return
-            except Exception as err:  # noqa: BLE001 - a stage bug must not end the session
-                self.call_from_thread(self.say, f"{title} failed: {type(err).__name__}: {err}",
-                                      True)
+            except Exception as err:  # a stage bug must not end the session
+                self.call_from_thread(
+                    self.say, f"{title} failed: {type(err).__name__}: {err}", True
+                )
                 return
             self.call_from_thread(self._report_done, title, text)
+
         self.run_worker(work, thread=True, group="actions", exclusive=False)
 
     def _report_done(self, title: str, text: str) -> None:
@@ -411,8 +448,9 @@ class GraphApp(EditingMixin, App):
             self.say(f"saved {path}")
 
     def action_save_as(self) -> None:
-        self.push_screen(PromptScreen("Save as (path):", str(self.doc.path or "model.gc")),
-                         self._save_as)
+        self.push_screen(
+            PromptScreen("Save as (path):", str(self.doc.path or "model.gc")), self._save_as
+        )
 
     def _save_as(self, path: str | None) -> None:
         if path:
@@ -432,8 +470,10 @@ class GraphApp(EditingMixin, App):
             self.groups.clear()
             self.refresh_view()
             self.say(f"new graph {p} (a: add op, i: add input)")
-        self._ask_unsaved(lambda: self.push_screen(
-            PromptScreen("New graph file (path):", "model.gc"), start))
+
+        self._ask_unsaved(
+            lambda: self.push_screen(PromptScreen("New graph file (path):", "model.gc"), start)
+        )
 
     def _ask_unsaved(self, then) -> None:
         if not self.doc.dirty:
@@ -447,14 +487,20 @@ class GraphApp(EditingMixin, App):
             elif choice != "discard":
                 return
             then()
-        self.push_screen(ConfirmScreen(f"{self.doc.title} has unsaved changes.",
-                                       [("save", "Save"), ("discard", "Discard"),
-                                        ("cancel", "Cancel")]), answer)
+
+        self.push_screen(
+            ConfirmScreen(
+                f"{self.doc.title} has unsaved changes.",
+                [("save", "Save"), ("discard", "Discard"), ("cancel", "Cancel")],
+            ),
+            answer,
+        )
 
     async def action_quit(self) -> None:
         def leave() -> None:
             self.doc.discard_autosave()  # saved, or the user chose to discard
             self.exit()
+
         self._ask_unsaved(leave)
 
     def _autosave(self) -> None:
@@ -474,9 +520,14 @@ class GraphApp(EditingMixin, App):
                 self._guard(self.doc.reload)
                 self.refresh_view()
                 self.say("reloaded from disk (u undoes)")
-        self.push_screen(ConfirmScreen(
-            f"{self.doc.title} was changed outside the editor.",
-            [("reload", "Reload it"), ("keep", "Keep mine")]), answer)
+
+        self.push_screen(
+            ConfirmScreen(
+                f"{self.doc.title} was changed outside the editor.",
+                [("reload", "Reload it"), ("keep", "Keep mine")],
+            ),
+            answer,
+        )
 
     # --------------------------------------------------------- palette
     def get_system_commands(self, screen: Screen):

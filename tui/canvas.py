@@ -12,8 +12,6 @@ import time
 from itertools import pairwise
 from typing import ClassVar
 
-from graphc.tui.layout import Layout, layout, patch
-from graphc.tui.scene import Scene
 from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding, BindingType
@@ -24,15 +22,29 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from graphc.tui.layout import Layout, layout, patch
+from graphc.tui.scene import Scene
+
 UP, DOWN, LEFT, RIGHT = 1, 2, 4, 8
 # From this many boxes on, an edit shows a patched copy of the old layout at once and
 # the exact layout (Graphviz: ~0.1 s at 300 nodes, ~0.7 s at 1,000) follows from a thread.
 ASYNC_LAYOUT_MIN = 150
 _LINES = {
-    UP | DOWN: "│", LEFT | RIGHT: "─", DOWN | RIGHT: "┌", DOWN | LEFT: "┐",
-    UP | RIGHT: "└", UP | LEFT: "┘", UP | DOWN | RIGHT: "├", UP | DOWN | LEFT: "┤",
-    DOWN | LEFT | RIGHT: "┬", UP | LEFT | RIGHT: "┴", UP | DOWN | LEFT | RIGHT: "┼",
-    UP: "│", DOWN: "│", LEFT: "─", RIGHT: "─",
+    UP | DOWN: "│",
+    LEFT | RIGHT: "─",
+    DOWN | RIGHT: "┌",
+    DOWN | LEFT: "┐",
+    UP | RIGHT: "└",
+    UP | LEFT: "┘",
+    UP | DOWN | RIGHT: "├",
+    UP | DOWN | LEFT: "┤",
+    DOWN | LEFT | RIGHT: "┬",
+    UP | LEFT | RIGHT: "┴",
+    UP | DOWN | LEFT | RIGHT: "┼",
+    UP: "│",
+    DOWN: "│",
+    LEFT: "─",
+    RIGHT: "─",
 }
 
 STYLES = {
@@ -109,8 +121,11 @@ class GraphCanvas(ScrollView, can_focus=True):
                 # Show a stand-in now: the old layout patched (an edit), or the quick
                 # built-in layout (a different graph, e.g. another view); dot follows.
                 kept = sum(k in self.lay.boxes for k in sizes) if self.lay else 0
-                self.lay = (patch(self.lay, sizes, scene.edges) if kept >= len(sizes) // 2
-                            else layout(sizes, scene.edges, "simple"))
+                self.lay = (
+                    patch(self.lay, sizes, scene.edges)
+                    if kept >= len(sizes) // 2
+                    else layout(sizes, scene.edges, "simple")
+                )
                 self._layout_later(key, sizes, list(scene.edges))
             else:
                 self.lay = layout(sizes, scene.edges, self.engine)
@@ -133,6 +148,7 @@ class GraphCanvas(ScrollView, can_focus=True):
         def work() -> None:
             lay = layout(sizes, edges, self.engine)
             self.app.call_from_thread(self._layout_done, key, lay)
+
         self.run_worker(work, thread=True, group="layout", exclusive=True)
 
     def _layout_done(self, key: tuple, lay: Layout) -> None:
@@ -207,7 +223,8 @@ class GraphCanvas(ScrollView, can_focus=True):
             if 0 <= x < width:
                 chars[x] = _LINES.get(m, "·")
                 kinds[x] = self._edge_style.get((x, row)) or (
-                    "edge_hi" if (x, row) in self._highlight else "edge")
+                    "edge_hi" if (x, row) in self._highlight else "edge"
+                )
         for x in self._arrow_rows.get(row, ()):
             if 0 <= x < width:
                 chars[x] = "▼"
@@ -227,10 +244,19 @@ class GraphCanvas(ScrollView, can_focus=True):
     def _paint_box(self, name: str, row: int, chars: list, kinds: list) -> None:
         box = self.lay.boxes[name]
         sb = self.scene.boxes[name]
-        border = ("selected" if name == self.selected else "error" if sb.error else
-                  "match" if name in self.matches else "blocked" if sb.blocked else
-                  {"input": "input", "grad": "grad", "group": "group",
-                   "fused": "fused"}.get(sb.kind, "node"))
+        border = (
+            "selected"
+            if name == self.selected
+            else "error"
+            if sb.error
+            else "match"
+            if name in self.matches
+            else "blocked"
+            if sb.blocked
+            else {"input": "input", "grad": "grad", "group": "group", "fused": "fused"}.get(
+                sb.kind, "node"
+            )
+        )
         rounded = sb.kind == "input"
         r = row - box.y
         w = box.w
@@ -243,7 +269,7 @@ class GraphCanvas(ScrollView, can_focus=True):
             if r == 0 and sb.marks:
                 tag = " out " if sb.marks == "out" else " loss "
                 if len(tag) + 2 < w:
-                    text = text[: w - len(tag) - 2] + tag + text[w - 2:]
+                    text = text[: w - len(tag) - 2] + tag + text[w - 2 :]
             self._put(chars, kinds, box.x, text, border)
             if r == 0 and sb.marks:
                 i = text.find(tag)
@@ -255,8 +281,11 @@ class GraphCanvas(ScrollView, can_focus=True):
         line_i = r - 1
         text = sb.lines[line_i] if line_i < len(sb.lines) else ""
         text = text[: w - 4].center(w - 4)
-        style = ("title_sel" if name == self.selected else "title") if line_i == 0 else (
-            "op" if line_i == 1 else "shape")
+        style = (
+            ("title_sel" if name == self.selected else "title")
+            if line_i == 0
+            else ("op" if line_i == 1 else "shape")
+        )
         if sb.blocked and line_i:
             style = "blocked"
         if sb.error and line_i == 2:
@@ -293,8 +322,7 @@ class GraphCanvas(ScrollView, can_focus=True):
     def reveal(self, name: str) -> None:
         box = self.lay.boxes.get(name) if self.lay else None
         if box is not None:
-            self.scroll_to_region(Region(box.x, box.y, box.w, box.h), animate=False,
-                                  force=True)
+            self.scroll_to_region(Region(box.x, box.y, box.w, box.h), animate=False, force=True)
 
     def reveal_first(self) -> None:
         """Scroll to the top box (after the new layout's size is known)."""
@@ -350,8 +378,9 @@ class GraphCanvas(ScrollView, can_focus=True):
             self.select(self._first())
             return
         me = self.lay.boxes[self.selected]
-        same = sorted((b for b in self.lay.boxes.values() if abs(b.y - me.y) < b.h),
-                      key=lambda b: b.x)
+        same = sorted(
+            (b for b in self.lay.boxes.values() if abs(b.y - me.y) < b.h), key=lambda b: b.x
+        )
         i = [b.name for b in same].index(me.name)
         if 0 <= i + step < len(same):
             self.select(same[i + step].name)

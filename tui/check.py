@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from graphc.ops.registry import get_op
-
 from graphc import Graph, GraphError, TensorType
 from graphc.infer import infer, infer_node, split_inputs
+from graphc.ops.registry import get_op
 
 
 @dataclass
@@ -57,9 +56,11 @@ def _unconnected(graph: Graph, node) -> GraphError | None:
     data, _ = split_inputs(node)
     for spec, value in zip(op.inputs, data):
         if not value and not spec.endswith("?"):
-            return GraphError(f"input '{spec.rstrip('?*')}' of {node.op} '{node.name}' is not "
-                              f"connected", node=node.name,
-                              hint="select the node and press c to connect it")
+            return GraphError(
+                f"input '{spec.rstrip('?*')}' of {node.op} '{node.name}' is not connected",
+                node=node.name,
+                hint="select the node and press c to connect it",
+            )
     if op.variadic and len(data) < len(op.inputs):
         return GraphError(f"{node.op} '{node.name}' needs at least one input", node=node.name)
     return None
@@ -95,9 +96,10 @@ def check(graph: Graph) -> CheckResult:
                 continue
             except GraphError as e:
                 err = e
-            except Exception as e:  # noqa: BLE001 - a shape rule tripping over a malformed edit
-                err = GraphError(f"{node.op} '{node.name}': {type(e).__name__}: {e}",
-                                 node=node.name)
+            except Exception as e:  # a shape rule tripping over a malformed edit
+                err = GraphError(
+                    f"{node.op} '{node.name}': {type(e).__name__}: {e}", node=node.name
+                )
         problems.append(Problem(node.name, err, [v for v in data if v]))
         failed_values.update(node.outputs)
     if not problems:

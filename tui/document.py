@@ -11,6 +11,7 @@ exact by construction.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -18,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphc.tui import edits
-from graphc.tui.check import CheckResult, check
-
 from graphc import Graph, GraphError
 from graphc.fileio import atomic_write_text, read_text
+from graphc.tui import edits
+from graphc.tui.check import CheckResult, check
 
 UNDO_LIMIT = 200
 
@@ -69,8 +69,9 @@ class Snapshot:
 class Document:
     """A model file being edited."""
 
-    def __init__(self, graph: Graph, path: str | os.PathLike | None = None,
-                 disk_text: str | None = None) -> None:
+    def __init__(
+        self, graph: Graph, path: str | os.PathLike | None = None, disk_text: str | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self.graph = graph
         self.result: CheckResult = check(graph)
@@ -166,8 +167,9 @@ class Document:
         return self.apply(f"add {opname}", edits.add_node, opname, inputs, attrs, name, after)
 
     def insert_after(self, opname: str, value: str, attrs=None, name=None) -> str:
-        return self.apply(f"insert {opname} after {value}", edits.insert_after, opname, value,
-                          attrs, name)
+        return self.apply(
+            f"insert {opname} after {value}", edits.insert_after, opname, value, attrs, name
+        )
 
     def add_input(self, name: str, shape: tuple, dtype: str = "float32") -> str:
         return self.apply(f"add input {name}", edits.add_input, name, shape, dtype)
@@ -208,8 +210,11 @@ class Document:
             raise GraphError("this graph has no file yet", hint="save it with a file name")
         if not self.ok:
             p = self.result.problems[0]
-            raise GraphError(f"not saved: {p.status(self.graph)}", node=p.node,
-                             hint="fix the error first (or undo the edit that made it)")
+            raise GraphError(
+                f"not saved: {p.status(self.graph)}",
+                node=p.node,
+                hint="fix the error first (or undo the edit that made it)",
+            )
         text = self.text()
         mode = _file_mode(self.path)
         atomic_write_text(self.path, text)
@@ -236,10 +241,8 @@ class Document:
 
     def discard_autosave(self) -> None:
         if self.path is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 autosave_path(self.path).unlink()
-            except FileNotFoundError:
-                pass
 
     def pending_autosave(self) -> str | None:
         """Text of an autosave left by a crashed session, if it differs from the file."""

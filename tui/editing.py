@@ -11,13 +11,12 @@ from __future__ import annotations
 import re
 from functools import partial
 
+from graphc import Graph, GraphError
 from graphc.ops.registry import all_ops, get_op
 from graphc.tui import edits
 from graphc.tui.inspector import Inspector
 from graphc.tui.scene import fold_all_blocks, fold_all_clusters, grad_nodes, residual_block
 from graphc.tui.screens import PromptScreen
-
-from graphc import Graph, GraphError
 
 
 class EditingMixin:
@@ -45,8 +44,10 @@ class EditingMixin:
     def _read_only(self) -> bool:
         if self.view == "forward":
             return False
-        self.say(f"the {self.view} view is read-only: press 1 for the forward graph to edit it",
-                 error=True)
+        self.say(
+            f"the {self.view} view is read-only: press 1 for the forward graph to edit it",
+            error=True,
+        )
         return True
 
     def _need_selection(self, what: str = "node", edit: bool = True) -> str | None:
@@ -55,8 +56,12 @@ class EditingMixin:
         sel = self.selected
         if sel is None:
             self.say(f"select a {what} first (click it, or use the arrow keys)", error=True)
-        elif edit and sel not in self.doc.graph.nodes and sel not in self.doc.graph.inputs \
-                and sel not in self.groups:
+        elif (
+            edit
+            and sel not in self.doc.graph.nodes
+            and sel not in self.doc.graph.inputs
+            and sel not in self.groups
+        ):
             self.say(f"'{sel}' is not part of the model", error=True)
             return None
         return sel
@@ -65,16 +70,20 @@ class EditingMixin:
         if self._read_only():
             return
         ops = all_ops()
-        cmds = [(name, partial(self._add_op, name), f"{op.category}: {op.doc}")
-                for name, op in ops.items()]
+        cmds = [
+            (name, partial(self._add_op, name), f"{op.category}: {op.doc}")
+            for name, op in ops.items()
+        ]
         self.search_commands(cmds, placeholder="Add op… (type to search the op registry)")
 
     def action_insert_op(self) -> None:
         sel = self._need_selection()
         if sel is None or sel in self.groups:
             return
-        cmds = [(name, partial(self._add_op, name, True), f"{op.category}: {op.doc}")
-                for name, op in all_ops().items()]
+        cmds = [
+            (name, partial(self._add_op, name, True), f"{op.category}: {op.doc}")
+            for name, op in all_ops().items()
+        ]
         self.search_commands(cmds, placeholder=f"Insert op after {sel} (its readers move to it)…")
 
     def _add_op(self, opname: str, insert: bool = False) -> None:
@@ -85,8 +94,14 @@ class EditingMixin:
         if insert and inputs:
             name = self._edit(self.doc.insert_after, opname, sel)
         else:
-            name = self._edit(self.doc.add_node, opname, inputs, None, None,
-                              sel if sel in self.doc.graph.nodes else None)
+            name = self._edit(
+                self.doc.add_node,
+                opname,
+                inputs,
+                None,
+                None,
+                sel if sel in self.doc.graph.nodes else None,
+            )
         if name:
             self.canvas.select(name)
             if any(a.required for a in get_op(opname).attrs.values()):
@@ -95,8 +110,9 @@ class EditingMixin:
     def action_add_input(self) -> None:
         if self._read_only():
             return
-        self.push_screen(PromptScreen("New graph input: NAME [SHAPE] DTYPE", "x [N, 2] float32"),
-                         self._add_input)
+        self.push_screen(
+            PromptScreen("New graph input: NAME [SHAPE] DTYPE", "x [N, 2] float32"), self._add_input
+        )
 
     def _add_input(self, text: str | None) -> None:
         if not text:
@@ -108,23 +124,33 @@ class EditingMixin:
         shape = self._guard(edits.parse_shape, m.group(2) or "")
         if shape is None:
             return
-        self._edit(self.doc.add_input, m.group(1), shape, m.group(3) or "float32",
-                   select=m.group(1))
+        self._edit(
+            self.doc.add_input, m.group(1), shape, m.group(3) or "float32", select=m.group(1)
+        )
 
     def action_connect(self) -> None:
         sel = self._need_selection()
         if sel is None:
             return
         if sel not in self.doc.graph.nodes:
-            self.say(f"'{sel}' has no inputs: select the node that should read it, then c",
-                     error=True)
+            self.say(
+                f"'{sel}' has no inputs: select the node that should read it, then c", error=True
+            )
             return
         slots = edits.data_slots(self.doc.graph, sel)
         desc = ", ".join(f"{s}←{v or '·'}" for s, v in slots)
-        values = sorted(self.doc.graph.value_names() - set(self.doc.graph.params)
-                        - set(self.doc.graph.constants) - set(self.doc.graph.nodes[sel].outputs))
-        self.push_screen(PromptScreen(f"Connect into {sel} ({desc}). Type VALUE or SLOT=VALUE",
-                                      suggestions=values), partial(self._connect, sel))
+        values = sorted(
+            self.doc.graph.value_names()
+            - set(self.doc.graph.params)
+            - set(self.doc.graph.constants)
+            - set(self.doc.graph.nodes[sel].outputs)
+        )
+        self.push_screen(
+            PromptScreen(
+                f"Connect into {sel} ({desc}). Type VALUE or SLOT=VALUE", suggestions=values
+            ),
+            partial(self._connect, sel),
+        )
 
     def _connect(self, node: str, text: str | None) -> None:
         if not text:
@@ -134,8 +160,9 @@ class EditingMixin:
         if "=" in text:
             slot_name, value = (s.strip() for s in text.split("=", 1))
             if slot_name not in names:
-                self.say(f"{node} has no input '{slot_name}' (inputs: {', '.join(names)})",
-                         error=True)
+                self.say(
+                    f"{node} has no input '{slot_name}' (inputs: {', '.join(names)})", error=True
+                )
                 return
             slot = names.index(slot_name)
         else:
@@ -153,9 +180,10 @@ class EditingMixin:
         if len(slots) == 1:
             self._edit(self.doc.disconnect, sel, slots[0][0], select=sel)
             return
-        self.push_screen(PromptScreen(f"Disconnect which input of {sel}?",
-                                      suggestions=[s for _, s in slots]),
-                         partial(self._disconnect, sel))
+        self.push_screen(
+            PromptScreen(f"Disconnect which input of {sel}?", suggestions=[s for _, s in slots]),
+            partial(self._disconnect, sel),
+        )
 
     def _disconnect(self, node: str, slot_name: str | None) -> None:
         names = [s for s, _ in edits.data_slots(self.doc.graph, node)]
@@ -178,6 +206,7 @@ class EditingMixin:
             for n in names:
                 if n in g.nodes:
                     edits.delete(g, n)
+
         self.doc.apply(f"delete {len(names)} nodes", fn)
 
     def action_delete_subtree(self) -> None:
@@ -186,8 +215,7 @@ class EditingMixin:
     def action_rename(self) -> None:
         sel = self._need_selection()
         if sel is not None and (sel in self.doc.graph.nodes or sel in self.doc.graph.inputs):
-            self.push_screen(PromptScreen(f"Rename {sel} to:", sel),
-                             partial(self._rename, sel))
+            self.push_screen(PromptScreen(f"Rename {sel} to:", sel), partial(self._rename, sel))
 
     def _rename(self, old: str, new: str | None) -> None:
         if new and new != old:
@@ -217,8 +245,7 @@ class EditingMixin:
         self.canvas.focus()
 
     def on_inspector_input_type_changed(self, event: Inspector.InputTypeChanged) -> None:
-        self._edit(self.doc.set_input_type, event.name, event.shape, event.dtype,
-                   select=event.name)
+        self._edit(self.doc.set_input_type, event.name, event.shape, event.dtype, select=event.name)
         self.canvas.focus()
 
     def action_undo(self) -> None:
@@ -238,16 +265,18 @@ class EditingMixin:
     # ---------------------------------------------------- find, errors, fold
     def action_find(self) -> None:
         names = list(self.view_graph.nodes) + list(self.view_graph.inputs)
-        self.push_screen(PromptScreen("Find node (name or op):", suggestions=names),
-                         self._find)
+        self.push_screen(PromptScreen("Find node (name or op):", suggestions=names), self._find)
 
     def _find(self, text: str | None) -> None:
         if not text:
             return
         q = text.strip().lower()
         g = self.view_graph
-        hits = [n for n in list(g.inputs) + list(g.nodes)
-                if q in n.lower() or (n in g.nodes and q in g.nodes[n].op.lower())]
+        hits = [
+            n
+            for n in list(g.inputs) + list(g.nodes)
+            if q in n.lower() or (n in g.nodes and q in g.nodes[n].op.lower())
+        ]
         self.matches = hits
         self.canvas.matches = set(hits)
         if not hits:
@@ -291,8 +320,11 @@ class EditingMixin:
             members = sorted(residual_block(self.view_graph, sel))
             name = f"{sel}…"
         if not members:
-            self.say("z folds the block between a node with several consumers and the node "
-                     "where its paths meet again (select such a fork)", error=True)
+            self.say(
+                "z folds the block between a node with several consumers and the node "
+                "where its paths meet again (select such a fork)",
+                error=True,
+            )
             return
         self.groups[name] = members
         self.refresh_view()
@@ -304,8 +336,11 @@ class EditingMixin:
         if self.groups:
             self.groups.clear()
         else:
-            self.groups = (fold_all_blocks(self.view_graph) if self.view == "forward"
-                           else fold_all_clusters(self.view_graph))
+            self.groups = (
+                fold_all_blocks(self.view_graph)
+                if self.view == "forward"
+                else fold_all_clusters(self.view_graph)
+            )
         sel = self.selected
         self.refresh_view()
         if sel is not None and sel in self.canvas.scene.boxes:

@@ -11,10 +11,10 @@ import re
 from typing import Any
 
 import networkx as nx
-from graphc.ops.registry import get_op
 
 from graphc import Graph, GraphError, Node, TensorType
 from graphc.infer import split_inputs
+from graphc.ops.registry import get_op
 from graphc.shapes import DTYPES
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -23,12 +23,13 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def check_name(graph: Graph, name: str, *, old: str | None = None) -> str:
     name = name.strip()
     if not _NAME.match(name):
-        raise GraphError(f"'{name}' is not a valid name",
-                         hint="use letters, digits and underscores, not starting with a digit")
+        raise GraphError(
+            f"'{name}' is not a valid name",
+            hint="use letters, digits and underscores, not starting with a digit",
+        )
     taken = (graph.value_names() | set(graph.nodes)) - {old}
     if name in taken:
-        raise GraphError(f"the name '{name}' is already used", node=name,
-                         hint="pick another name")
+        raise GraphError(f"the name '{name}' is already used", node=name, hint="pick another name")
     return name
 
 
@@ -63,9 +64,14 @@ def _param_inputs(opname: str, name: str, attrs: dict) -> list[str]:
     return [f"{name}.{p.name}" for p in get_op(opname).active_params(attrs)]
 
 
-def add_node(graph: Graph, opname: str, inputs: list[str] | None = None,
-             attrs: dict[str, Any] | None = None, name: str | None = None,
-             after: str | None = None) -> str:
+def add_node(
+    graph: Graph,
+    opname: str,
+    inputs: list[str] | None = None,
+    attrs: dict[str, Any] | None = None,
+    name: str | None = None,
+    after: str | None = None,
+) -> str:
     """Add a node; missing required inputs are left unconnected ("")."""
     op = get_op(opname)
     given = dict(placeholder_attrs(opname))
@@ -85,14 +91,20 @@ def add_node(graph: Graph, opname: str, inputs: list[str] | None = None,
     return name
 
 
-def insert_after(graph: Graph, opname: str, value: str, attrs: dict[str, Any] | None = None,
-                 name: str | None = None) -> str:
+def insert_after(
+    graph: Graph,
+    opname: str,
+    value: str,
+    attrs: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> str:
     """Add a node reading `value` and move every reader of `value` over to it (a layer
     slipped into an existing chain: dropout after a dense layer)."""
     readers = [n for n in graph.nodes.values() if value in split_inputs(n)[0]]
     producer = graph.producers().get(value)
-    new = add_node(graph, opname, [value], attrs, name,
-                   after=producer.name if producer is not None else None)
+    new = add_node(
+        graph, opname, [value], attrs, name, after=producer.name if producer is not None else None
+    )
     for n in readers:
         data, params = split_inputs(n)
         n.inputs = [new if v == value else v for v in data] + params
@@ -219,9 +231,9 @@ def rename(graph: Graph, old: str, new: str) -> None:
     mapping: dict[str, str] = {}
     if old in graph.nodes:
         n = graph.nodes[old]
-        mapping = {v: new + v[len(old):] for v in n.outputs}
+        mapping = {v: new + v[len(old) :] for v in n.outputs}
         for p in split_inputs(n)[1]:
-            mapping[p] = new + p[len(old):]
+            mapping[p] = new + p[len(old) :]
         n.name = new
         graph.nodes = {(new if k == old else k): v for k, v in graph.nodes.items()}
         for p_old, p_new in mapping.items():
@@ -258,8 +270,10 @@ def parse_shape(text: str) -> tuple:
         elif _NAME.match(part):
             dims.append(part)
         else:
-            raise GraphError(f"'{part}' is not a dimension",
-                             hint="write dims as numbers or names, e.g. N, 28, 28")
+            raise GraphError(
+                f"'{part}' is not a dimension",
+                hint="write dims as numbers or names, e.g. N, 28, 28",
+            )
     return tuple(dims)
 
 

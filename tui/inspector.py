@@ -11,9 +11,6 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
-from graphc.ops.registry import get_op
-from graphc.tui import edits
-from graphc.tui.scene import split_inputs_safe, type_text
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -23,8 +20,11 @@ from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Static
 
 from graphc import Graph, GraphError
+from graphc.ops.registry import get_op
 from graphc.shapes import DTYPES
 from graphc.summary import node_flops, node_params
+from graphc.tui import edits
+from graphc.tui.scene import split_inputs_safe, type_text
 
 
 def parse_literal(text: str, kinds: tuple) -> Any:
@@ -37,8 +37,9 @@ def parse_literal(text: str, kinds: tuple) -> Any:
     except (ValueError, SyntaxError):
         if str in kinds:
             return text
-        raise GraphError(f"'{text}' is not a value", hint="write a number, True/False or "
-                                                          "a list like [3, 3]") from None
+        raise GraphError(
+            f"'{text}' is not a value", hint="write a number, True/False or a list like [3, 3]"
+        ) from None
     if isinstance(value, list):
         value = tuple(value)
     return value
@@ -137,10 +138,19 @@ class Inspector(VerticalScroll, can_focus=False):
         self.focus_next_show = False  # focus the first field (a required one first) next time
         self._focus = False
 
-    def show(self, graph: Graph, target: str | None, problem: str | None = None,
-             members: tuple[str, ...] = ()) -> None:
-        same = (graph is self.graph and target == self.target and problem == self.problem
-                and members == self.members)
+    def show(
+        self,
+        graph: Graph,
+        target: str | None,
+        problem: str | None = None,
+        members: tuple[str, ...] = (),
+    ) -> None:
+        same = (
+            graph is self.graph
+            and target == self.target
+            and problem == self.problem
+            and members == self.members
+        )
         if same and not self.focus_next_show:
             return  # nothing new: keep the form (and the field being typed in) as it is
         self.graph, self.target, self.problem, self.members = graph, target, problem, members
@@ -151,38 +161,51 @@ class Inspector(VerticalScroll, can_focus=False):
         g, name = self.graph, self.target
         if g is not None and self.members:
             yield Label(f"[b]{escape(name or '')}[/b]  fold", markup=True)
-            yield Static("\n".join(escape(f"{m}: {g.nodes[m].op}") for m in self.members
-                                   if m in g.nodes), markup=True)
+            yield Static(
+                "\n".join(escape(f"{m}: {g.nodes[m].op}") for m in self.members if m in g.nodes),
+                markup=True,
+            )
             yield Static("[dim]z unfolds it[/]", markup=True)
             return
         if g is None or name is None or (name not in g.nodes and name not in g.inputs):
-            yield Static("[b]Inspector[/b]\n\nSelect a node (click, or arrow keys).\n\n"
-                         "[dim]a[/] add op   [dim]i[/] add input\n[dim]?[/] all keys",
-                         classes="empty")
+            yield Static(
+                "[b]Inspector[/b]\n\nSelect a node (click, or arrow keys).\n\n"
+                "[dim]a[/] add op   [dim]i[/] add input\n[dim]?[/] all keys",
+                classes="empty",
+            )
             return
         if self.problem:
-            yield Static(f"[b red]error:[/] {escape(self.problem)}", classes="problem",
-                         markup=True)
+            yield Static(f"[b red]error:[/] {escape(self.problem)}", classes="problem", markup=True)
         if name in g.inputs:
             t = g.inputs[name]
             yield Label(f"[b]{escape(name)}[/b]  graph input", markup=True)
             if g.comments.get(name):
-                yield Static("\n".join(f"# {c}" for c in g.comments[name]), markup=False,
-                             classes="doc")
+                yield Static(
+                    "\n".join(f"# {c}" for c in g.comments[name]), markup=False, classes="doc"
+                )
             yield Label("dtype", classes="field")
             field = FocusedInput if self._focus else Input
-            yield field(t.dtype, id="f-dtype", validators=[DtypeValidator()],
-                        validate_on=["changed", "submitted"])
+            yield field(
+                t.dtype,
+                id="f-dtype",
+                validators=[DtypeValidator()],
+                validate_on=["changed", "submitted"],
+            )
             yield Label("shape", classes="field")
-            yield Input(", ".join(map(str, t.shape)), id="f-shape",
-                        validators=[ShapeValidator()], validate_on=["changed", "submitted"])
+            yield Input(
+                ", ".join(map(str, t.shape)),
+                id="f-shape",
+                validators=[ShapeValidator()],
+                validate_on=["changed", "submitted"],
+            )
             return
         node = g.nodes[name]
         op = get_op(node.op)
         yield Label(f"[b]{escape(name)}[/b]  {node.op}", markup=True)
         if node.comment:
-            yield Static("\n".join(f"# {c.lstrip('# ')}" for c in node.comment), markup=False,
-                         classes="doc")
+            yield Static(
+                "\n".join(f"# {c.lstrip('# ')}" for c in node.comment), markup=False, classes="doc"
+            )
         yield Static(op.doc, markup=False, classes="doc")
         _, params = split_inputs_safe(node)
         for slot, v in edits.data_slots(g, name):
@@ -193,19 +216,26 @@ class Inspector(VerticalScroll, can_focus=False):
         for key, a in spec.items():
             yield Label(f"{key}" + (" *" if a.required else ""), classes="field")
             field = FocusedInput if self._focus and key == first else Input
-            yield field(_fmt(node.attrs.get(key)), id=f"attr-{key}",
-                        validators=[AttrValidator(node.op, key, node.attrs)],
-                        validate_on=["changed", "submitted"], tooltip=a.doc or None)
+            yield field(
+                _fmt(node.attrs.get(key)),
+                id=f"attr-{key}",
+                validators=[AttrValidator(node.op, key, node.attrs)],
+                validate_on=["changed", "submitted"],
+                tooltip=a.doc or None,
+            )
         yield Static(f"[dim]out[/] {escape(type_text(g, node.outputs[0]))}", markup=True)
         for p in params:
             if p in g.params:
-                yield Static(f"[dim]param[/] {p.split('.')[-1]} "
-                             f"{escape(type_text(g, p))}", markup=True)
+                yield Static(
+                    f"[dim]param[/] {p.split('.')[-1]} {escape(type_text(g, p))}", markup=True
+                )
         try:
             flops = node_flops(g, node)
             count = node_params(g, node)
-            yield Static(f"[dim]params[/] {count:,}  [dim]FLOPs[/] "
-                         f"{'-' if flops is None else f'{flops:,}'}", markup=True)
+            yield Static(
+                f"[dim]params[/] {count:,}  [dim]FLOPs[/] {'-' if flops is None else f'{flops:,}'}",
+                markup=True,
+            )
         except (KeyError, GraphError):  # types missing while an error upstream blocks them
             yield Static("[dim]params and FLOPs: after the error is fixed[/]", markup=True)
 
@@ -215,8 +245,9 @@ class Inspector(VerticalScroll, can_focus=False):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         if event.validation_result is not None and not event.validation_result.is_valid:
-            self.app.notify("; ".join(event.validation_result.failure_descriptions),
-                            severity="error")
+            self.app.notify(
+                "; ".join(event.validation_result.failure_descriptions), severity="error"
+            )
             return
         name = self.target
         wid = event.input.id or ""

@@ -76,8 +76,9 @@ def dot_available() -> bool:
     return shutil.which("dot") is not None
 
 
-def layout(sizes: dict[str, tuple[int, int]], edges: Sequence[tuple[str, str]],
-           engine: str = "auto") -> Layout:
+def layout(
+    sizes: dict[str, tuple[int, int]], edges: Sequence[tuple[str, str]], engine: str = "auto"
+) -> Layout:
     """Place boxes (name -> (width, height) in cells) and route edges (src, dst).
 
     engine: "dot", "simple", or "auto" (dot when installed, up to DOT_MAX_BOXES boxes).
@@ -116,8 +117,13 @@ def _dot_positions(sizes, edges):
     for a, b in edges:
         lines.append(f"{ids[a]} -> {ids[b]};")
     lines.append("}")
-    out = subprocess.run(["dot", "-Tplain"], input="\n".join(lines).encode(),
-                         capture_output=True, timeout=DOT_TIMEOUT_S, check=True).stdout.decode()
+    out = subprocess.run(
+        ["dot", "-Tplain"],
+        input="\n".join(lines).encode(),
+        capture_output=True,
+        timeout=DOT_TIMEOUT_S,
+        check=True,
+    ).stdout.decode()
     back = {v: k for k, v in ids.items()}
     height = 0.0
     centres: dict[str, tuple[float, float]] = {}
@@ -132,8 +138,10 @@ def _dot_positions(sizes, edges):
             centres[back[parts[1]]] = (float(parts[2]) / _CX, (height - float(parts[3])) / _CY)
         elif parts[0] == "edge":
             n = int(parts[3])
-            pts = [(float(parts[4 + 2 * i]) / _CX, (height - float(parts[5 + 2 * i])) / _CY)
-                   for i in range(n)]
+            pts = [
+                (float(parts[4 + 2 * i]) / _CX, (height - float(parts[5 + 2 * i])) / _CY)
+                for i in range(n)
+            ]
             # Control and on-curve points of the spline lie close to its path; enough
             # to read off the lane dot kept free at each rank it crosses.
             waypoints[(back[parts[1]], back[parts[2]])] = pts
@@ -168,8 +176,11 @@ def _simple_positions(sizes, edges):
     order = {n: i for layer in layers.values() for i, n in enumerate(layer)}
     for _ in range(2):
         for r in sorted(layers)[1:]:
-            layers[r].sort(key=lambda n: (sum(order[p] for p in preds[n]) / len(preds[n])
-                                          if preds[n] else order[n]))
+            layers[r].sort(
+                key=lambda n: (
+                    sum(order[p] for p in preds[n]) / len(preds[n]) if preds[n] else order[n]
+                )
+            )
             order.update({n: i for i, n in enumerate(layers[r])})
     centres = {}
     y = 0
@@ -221,19 +232,29 @@ def _finish(sizes, edges, centres, waypoints, engine) -> Layout:
         if ib > ia and not samples:  # fallback layout: one jog, in the gap above the target
             turn = _turn_row(bands, ib - 1)
             if ib - ia == 1:
-                pts = [(sa.cx, sa.bottom + 1), (sa.cx, turn), (port[(a, b)], turn),
-                       (port[(a, b)], sb.y - 1)]
+                pts = [
+                    (sa.cx, sa.bottom + 1),
+                    (sa.cx, turn),
+                    (port[(a, b)], turn),
+                    (port[(a, b)], sb.y - 1),
+                ]
             else:  # a long edge runs down a lane right of the drawing, clear of every box
                 first = _turn_row(bands, ia)
-                pts = [(sa.cx, sa.bottom + 1), (sa.cx, first), ("lane", first),
-                       ("lane", turn), (port[(a, b)], turn), (port[(a, b)], sb.y - 1)]
+                pts = [
+                    (sa.cx, sa.bottom + 1),
+                    (sa.cx, first),
+                    ("lane", first),
+                    ("lane", turn),
+                    (port[(a, b)], turn),
+                    (port[(a, b)], sb.y - 1),
+                ]
         elif ib > ia:  # through the lane dot kept free at every rank the edge crosses
             ys = [p[0] for p in samples]
             xs = [sa.cx]
             for k in range(ia + 1, ib):
                 mid = (bands[k][0] + bands[k][1]) / 2
                 i = bisect.bisect_left(ys, mid)
-                near = min(samples[max(i - 1, 0):i + 1], key=lambda p: abs(p[0] - mid))
+                near = min(samples[max(i - 1, 0) : i + 1], key=lambda p: abs(p[0] - mid))
                 xs.append(round(near[1]))
             xs.append(port[(a, b)])
             pts = [(xs[0], sa.bottom + 1)]
@@ -243,8 +264,12 @@ def _finish(sizes, edges, centres, waypoints, engine) -> Layout:
                 pts += [(xs[j], turn), (xs[j + 1], turn)]
                 pts.append((xs[j + 1], sb.y - 1 if k + 1 == ib else bands[k + 1][1] + 1))
         else:  # back or flat edge (only on a cycle): go round the left side
-            pts = [(sa.cx, sa.bottom + 1), (0, sa.bottom + 1), (0, sb.y - 1),
-                   (port[(a, b)], sb.y - 1)]
+            pts = [
+                (sa.cx, sa.bottom + 1),
+                (0, sa.bottom + 1),
+                (0, sb.y - 1),
+                (port[(a, b)], sb.y - 1),
+            ]
         routes.append(Route(a, b, pts if pts[2][0] == "lane" else _dedupe(pts)))
     width = max(b.x + b.w for b in boxes.values()) + 2
     width = _assign_lanes(routes, width)
@@ -303,8 +328,9 @@ def _dedupe(pts):
     return out
 
 
-def patch(old: Layout, sizes: dict[str, tuple[int, int]],
-          edges: Sequence[tuple[str, str]]) -> Layout:
+def patch(
+    old: Layout, sizes: dict[str, tuple[int, int]], edges: Sequence[tuple[str, str]]
+) -> Layout:
     """A quick stand-in for `layout(sizes, edges)` that reuses `old`'s positions.
 
     Used for big graphs while the exact layout runs in the background, so an
@@ -335,13 +361,22 @@ def patch(old: Layout, sizes: dict[str, tuple[int, int]],
     for a, b in edges:
         sa, sb = boxes[a], boxes[b]
         r = kept.get((a, b))
-        if r is not None and r.points[0] == (sa.cx, sa.bottom + 1) \
-                and sb.x <= r.points[-1][0] < sb.x + sb.w and r.points[-1][1] == sb.y - 1:
+        if (
+            r is not None
+            and r.points[0] == (sa.cx, sa.bottom + 1)
+            and sb.x <= r.points[-1][0] < sb.x + sb.w
+            and r.points[-1][1] == sb.y - 1
+        ):
             routes.append(r)
             continue
         turn = sb.y - 2 if sb.y - 2 > sa.bottom else sa.bottom + 1
-        routes.append(Route(a, b, _dedupe([(sa.cx, sa.bottom + 1), (sa.cx, turn),
-                                           (sb.cx, turn), (sb.cx, sb.y - 1)])))
+        routes.append(
+            Route(
+                a,
+                b,
+                _dedupe([(sa.cx, sa.bottom + 1), (sa.cx, turn), (sb.cx, turn), (sb.cx, sb.y - 1)]),
+            )
+        )
     width = max((b.x + b.w for b in boxes.values()), default=0) + 2
     height = max((b.y + b.h for b in boxes.values()), default=0) + 1
     out = Layout(boxes, routes, width, height, old.engine + "+patched")

@@ -11,19 +11,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import networkx as nx
-from graphc.ops.registry import get_op
-from graphc.tui.check import CheckResult
 
 from graphc import Graph, GraphError
 from graphc.infer import split_inputs
+from graphc.ops.registry import get_op
 from graphc.shapes import fmt_shape
+from graphc.tui.check import CheckResult
 
 MAX_W = 30
 MIN_W = 12
 BOX_H = 5  # border, three text lines, border
 
-_SHORT_DTYPE = {"float32": "", "float64": "f64", "float16": "f16", "int64": "i64",
-                "int32": "i32", "bool": "bool"}
+_SHORT_DTYPE = {
+    "float32": "",
+    "float64": "f64",
+    "float16": "f16",
+    "int64": "i64",
+    "int32": "i32",
+    "bool": "bool",
+}
 
 
 @dataclass
@@ -74,15 +80,17 @@ def attr_text(node) -> str:
     for k in op.key_attrs:
         v = node.attrs.get(k)
         if v is not None:
-            parts.append(f"{k}={v}" if not isinstance(v, tuple) else
-                         f"{k}={','.join(map(str, v))}")
+            parts.append(f"{k}={v}" if not isinstance(v, tuple) else f"{k}={','.join(map(str, v))}")
     return " ".join(parts)
 
 
 def node_lines(graph: Graph, node) -> list[str]:
     extra = attr_text(node)
-    return [_fit(node.name), _fit(f"{node.op} {extra}".strip()),
-            _fit(type_text(graph, node.outputs[0]))]
+    return [
+        _fit(node.name),
+        _fit(f"{node.op} {extra}".strip()),
+        _fit(type_text(graph, node.outputs[0])),
+    ]
 
 
 def residual_block(graph: Graph, fork: str) -> set[str]:
@@ -106,13 +114,17 @@ def residual_block(graph: Graph, fork: str) -> set[str]:
     join = idom.get(fork)
     if join is None or join == "__exit__":
         return set()
-    between = (nx.descendants(sub, fork) & nx.ancestors(sub, join))
+    between = nx.descendants(sub, fork) & nx.ancestors(sub, join)
     return between
 
 
-def build(graph: Graph, result: CheckResult | None = None,
-          groups: Iterable[tuple[str, Iterable[str]]] = (),
-          hidden: Iterable[str] = (), fused: Iterable[str] = ()) -> Scene:
+def build(
+    graph: Graph,
+    result: CheckResult | None = None,
+    groups: Iterable[tuple[str, Iterable[str]]] = (),
+    hidden: Iterable[str] = (),
+    fused: Iterable[str] = (),
+) -> Scene:
     """The scene for `graph`: one box per input and node, groups folded into one box."""
     hidden = set(hidden)
     fused = set(fused)
@@ -128,9 +140,10 @@ def build(graph: Graph, result: CheckResult | None = None,
     for node in graph.nodes.values():
         if node.name in hidden:
             continue
-        kind = ("fused" if node.name in fused else "grad" if node.tags.get("grad") else "node")
-        boxes[node.name] = SceneBox(node.name, node_lines(graph, node), kind,
-                                    node.name in problems, node.name in blocked)
+        kind = "fused" if node.name in fused else "grad" if node.tags.get("grad") else "node"
+        boxes[node.name] = SceneBox(
+            node.name, node_lines(graph, node), kind, node.name in problems, node.name in blocked
+        )
         owner[node.name] = node.name
     for gname, members in groups:
         members = [m for m in members if m in boxes]
@@ -141,9 +154,17 @@ def build(graph: Graph, result: CheckResult | None = None,
             del boxes[m]
             owner[m] = gname
         last = graph.nodes.get(members[-1])
-        boxes[gname] = SceneBox(gname, [_fit(f"▸ {gname}"), f"{len(members)} nodes",
-                                        _fit(type_text(graph, last.outputs[0])) if last else ""],
-                                "group", err, members=tuple(members))
+        boxes[gname] = SceneBox(
+            gname,
+            [
+                _fit(f"▸ {gname}"),
+                f"{len(members)} nodes",
+                _fit(type_text(graph, last.outputs[0])) if last else "",
+            ],
+            "group",
+            err,
+            members=tuple(members),
+        )
     for value in graph.outputs:
         b = owner.get(_base(value))
         if b in boxes:
@@ -196,8 +217,9 @@ def fold_all_blocks(g: Graph) -> dict[str, list[str]]:
 
 def fold_all_clusters(g: Graph) -> dict[str, list[str]]:
     """One fold per forward node's gradient nodes, and one per expanded composite."""
-    composite = {n.name: n.tags["expanded_from"] for n in g.nodes.values()
-                 if n.tags.get("expanded_from")}
+    composite = {
+        n.name: n.tags["expanded_from"] for n in g.nodes.values() if n.tags.get("expanded_from")
+    }
     groups: dict[str, list[str]] = {}
     for n in g.nodes.values():
         of = n.tags.get("grad_of")

@@ -17,8 +17,13 @@ class PromptScreen(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, question: str, value: str = "", suggestions: list[str] | None = None,
-                 placeholder: str = "") -> None:
+    def __init__(
+        self,
+        question: str,
+        value: str = "",
+        suggestions: list[str] | None = None,
+        placeholder: str = "",
+    ) -> None:
         super().__init__()
         self.question = question
         self.value = value
@@ -29,8 +34,9 @@ class PromptScreen(ModalScreen[str | None]):
         with Vertical(classes="dialog"):
             yield Static(self.question, classes="question", markup=False)
             suggester = SuggestFromList(self.suggestions) if self.suggestions else None
-            yield Input(self.value, placeholder=self.placeholder, suggester=suggester,
-                        id="prompt-input")
+            yield Input(
+                self.value, placeholder=self.placeholder, suggester=suggester, id="prompt-input"
+            )
             if self.suggestions:
                 shown = ", ".join(self.suggestions[:12])
                 more = " …" if len(self.suggestions) > 12 else ""

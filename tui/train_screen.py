@@ -45,7 +45,10 @@ def default_dataset(graph: Graph) -> str:
 
 
 class TrainScreen(ModalScreen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("x", "stop", "Stop"), Binding("escape", "close", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("x", "stop", "Stop"),
+        Binding("escape", "close", "Close"),
+    ]
 
     def __init__(self, graph: Graph, path: Path | None) -> None:
         super().__init__()
@@ -86,8 +89,9 @@ class TrainScreen(ModalScreen[None]):
         self.stop_flag.clear()
         event.input.disabled = True  # frees the keys (x stops) while the worker runs
         self.set_focus(None)
-        self.run_worker(lambda: self._train(name, epochs, batch, lr), thread=True,
-                        group="train", exclusive=True)
+        self.run_worker(
+            lambda: self._train(name, epochs, batch, lr), thread=True, group="train", exclusive=True
+        )
 
     # ------------------------------------------------------------ worker
     def _train(self, dataset: str, epochs: int, batch: int, lr: float | None) -> None:
@@ -95,7 +99,7 @@ class TrainScreen(ModalScreen[None]):
             self._loop(dataset, epochs, batch, lr)
         except GraphError as err:
             self.app.call_from_thread(self.log_line, f"error: {err.message}")
-        except Exception as err:  # noqa: BLE001 - keep the editor alive whatever the trainer does
+        except Exception as err:  # keep the editor alive whatever the trainer does
             self.app.call_from_thread(self.log_line, f"failed: {type(err).__name__}: {err}")
         finally:
             self.running = False
@@ -131,7 +135,7 @@ class TrainScreen(ModalScreen[None]):
                 if self.stop_flag.is_set():
                     say(f"stopped at step {step} (epoch {epoch + 1})")
                     return
-                idx = order[k * bs:(k + 1) * bs]
+                idx = order[k * bs : (k + 1) * bs]
                 vals = trainer.runner.step({a: v[idx] for a, v in feeds.items()}, lr_value, step)
                 step += 1
                 if not math.isfinite(vals[0]):

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphc",
         description="Compile neural networks written as graphs: check shapes, differentiate, "
-                    "build training steps, export ONNX, run on ONNX Runtime.",
+        "build training steps, export ONNX, run on ONNX Runtime.",
     )
     parser.add_argument("--version", action="version", version="graphc 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 
 def add_parser(sub):
-    p = sub.add_parser("check", help="parse and type-check a model file; print a summary table",
-                       description="Parse and infer shapes; print nodes, output shapes, "
-                                   "parameter counts and FLOPs per node and in total.")
+    p = sub.add_parser(
+        "check",
+        help="parse and type-check a model file; print a summary table",
+        description="Parse and infer shapes; print nodes, output shapes, "
+        "parameter counts and FLOPs per node and in total.",
+    )
     p.add_argument("file", help="a .gc model file")
-    p.add_argument("--batch", type=int, default=1,
-                   help="batch size used for FLOP counts (symbolic dims take this value)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="batch size used for FLOP counts (symbolic dims take this value)",
+    )
     return p
 
 

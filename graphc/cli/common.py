@@ -26,8 +26,9 @@ def parse_inputs(items: list[str] | None) -> dict[str, np.ndarray]:
     feeds: dict[str, np.ndarray] = {}
     for item in items or []:
         if "=" not in item:
-            raise GraphError(f"--input '{item}' is not NAME=FILE.npy",
-                             hint="e.g. --input x=batch.npy")
+            raise GraphError(
+                f"--input '{item}' is not NAME=FILE.npy", hint="e.g. --input x=batch.npy"
+            )
         name, src = item.split("=", 1)
         feeds[name] = _load_array(src, name)
     return feeds
@@ -49,14 +50,16 @@ def _load_array(src: str, name: str) -> Any:
         keys = list(data.keys())
         key = key or (name if name in keys else keys[0] if len(keys) == 1 else "")
         if key not in keys:
-            raise GraphError(f"--input {name}: '{path}' has arrays {keys}",
-                             hint=f"pick one: {name}={path}:KEY")
+            raise GraphError(
+                f"--input {name}: '{path}' has arrays {keys}", hint=f"pick one: {name}={path}:KEY"
+            )
         return data[key]
     return data
 
 
-def random_feeds(graph, batch: int = 4, seed: int = 0, float_dtype: str | None = None
-                 ) -> dict[str, np.ndarray]:
+def random_feeds(
+    graph, batch: int = 4, seed: int = 0, float_dtype: str | None = None
+) -> dict[str, np.ndarray]:
     """Random inputs for a graph: normal floats; integer labels in their valid range."""
     from graphc.shapes import concrete
 

@@ -1,24 +1,33 @@
-"""graphc compile FILE -o OUT.onnx: inference model, forward+backward (--grad) or a training step."""
+"""graphc compile FILE -o OUT.onnx.
+
+Writes the inference model, forward+backward (--grad) or a training step.
+"""
 
 from __future__ import annotations
 
 
 def add_parser(sub):
     p = sub.add_parser(
-        "compile", help="compile a model file to ONNX",
+        "compile",
+        help="compile a model file to ONNX",
         description="Compile a .gc model to ONNX. By default the inference model (parameters as "
-                    "initializers). --grad exports forward + backward: inputs are the model "
-                    "inputs plus every parameter (initializers kept as defaults), outputs are "
-                    "the loss and one gradient per parameter named <param>.grad. --train "
-                    "exports one whole training step.")
+        "initializers). --grad exports forward + backward: inputs are the model "
+        "inputs plus every parameter (initializers kept as defaults), outputs are "
+        "the loss and one gradient per parameter named <param>.grad. --train "
+        "exports one whole training step.",
+    )
     p.add_argument("file", help="a .gc model file")
     p.add_argument("-o", "--output", required=True, help="where to write the .onnx model")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--grad", action="store_true", help="export forward + backward")
     mode.add_argument("--train", action="store_true", help="export one training step")
-    p.add_argument("--wrt", action="append", metavar="NAME",
-                   help="with --grad: differentiate with respect to these values (repeatable; "
-                        "default: every trainable parameter); name an input for saliency")
+    p.add_argument(
+        "--wrt",
+        action="append",
+        metavar="NAME",
+        help="with --grad: differentiate with respect to these values (repeatable; "
+        "default: every trainable parameter); name an input for saliency",
+    )
     _optional_args(p)
     return p
 
@@ -58,13 +67,20 @@ def run(args) -> int:
         if opt:
             bg = opt(bg)
         outputs = [bg.loss] + list(bg.meta["grads"].values())
-        model = export(bg, outputs=outputs, params_as_inputs=True, keep_inputs=True,
-                       doc="graphc forward + backward")
+        model = export(
+            bg,
+            outputs=outputs,
+            params_as_inputs=True,
+            keep_inputs=True,
+            doc="graphc forward + backward",
+        )
         what = "forward + backward"
     else:
         if not g.outputs:
-            raise GraphError(f"{args.file} declares no outputs",
-                             hint="add `output(name)` for the values the model returns")
+            raise GraphError(
+                f"{args.file} declares no outputs",
+                hint="add `output(name)` for the values the model returns",
+            )
         if opt:
             g = opt(g)
         model = export(g, doc="graphc inference model")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 def add_parser(sub):
-    p = sub.add_parser("ops", help="list the ops the model-file language knows",
-                       description="List every op in the registry, grouped by family.")
+    p = sub.add_parser(
+        "ops",
+        help="list the ops the model-file language knows",
+        description="List every op in the registry, grouped by family.",
+    )
     p.add_argument("name", nargs="?", help="show one op in detail")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     return p
@@ -20,8 +23,11 @@ def run(args) -> int:
         print(f"  family: {op.category}")
         print(f"  {op.doc}")
         for k, a in op.attrs.items():
-            kind = a.kind.__name__ if isinstance(a.kind, type) else "/".join(
-                t.__name__ for t in a.kind)
+            kind = (
+                a.kind.__name__
+                if isinstance(a.kind, type)
+                else "/".join(t.__name__ for t in a.kind)
+            )
             default = "required" if a.required else f"default {a.default!r}"
             print(f"  {k}: {kind}, {default}{' — ' + a.doc if a.doc else ''}")
         for p in op.params:

@@ -7,22 +7,38 @@ import re
 
 def add_parser(sub):
     p = sub.add_parser(
-        "plan", help="print the memory plan of a model or of its training step",
+        "plan",
+        help="print the memory plan of a model or of its training step",
         description="Plan the memory of a model (or, with --train, of its whole training "
-                    "step): the schedule, each tensor's size, first and last use and its place "
-                    "in one shared arena, then the planned peak, the liveness lower bound and "
-                    "a naive one-buffer-per-tensor plan. Symbolic dims take --dim sizes "
-                    "(default 32).")
+        "step): the schedule, each tensor's size, first and last use and its place "
+        "in one shared arena, then the planned peak, the liveness lower bound and "
+        "a naive one-buffer-per-tensor plan. Symbolic dims take --dim sizes "
+        "(default 32).",
+    )
     p.add_argument("file", help="a .gc model file")
-    p.add_argument("--train", action="store_true",
-                   help="plan the training step (forward, backward and update)")
+    p.add_argument(
+        "--train", action="store_true", help="plan the training step (forward, backward and update)"
+    )
     p.add_argument("--grad", action="store_true", help="plan forward + backward only")
-    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
-                   help="size of a symbolic dim, e.g. --dim N=128 (repeatable)")
-    p.add_argument("--limit", type=int, default=60, metavar="K",
-                   help="show the first K tensors of the table (0: all; default 60)")
-    p.add_argument("--timeline", metavar="OUT.svg",
-                   help="also draw the memory timeline (live bytes per step) as SVG")
+    p.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=SIZE",
+        help="size of a symbolic dim, e.g. --dim N=128 (repeatable)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=60,
+        metavar="K",
+        help="show the first K tensors of the table (0: all; default 60)",
+    )
+    p.add_argument(
+        "--timeline",
+        metavar="OUT.svg",
+        help="also draw the memory timeline (live bytes per step) as SVG",
+    )
     try:
         from graphc.train import add_train_args
 
@@ -76,13 +92,16 @@ def run(args) -> int:
     from graphc.passes.memory import ort_schedule
 
     ort = plan_memory(graph, ort_schedule(graph), offsets=False)
-    print(f"ORT's order    {fmt_bytes(ort.peak)}  (live peak in the order ONNX Runtime runs "
-          "the exported model)")
+    print(
+        f"ORT's order    {fmt_bytes(ort.peak)}  (live peak in the order ONNX Runtime runs "
+        "the exported model)"
+    )
     if args.timeline:
         from graphc.fileio import atomic_write_text
         from graphc.render_memory import timeline_svg
 
-        atomic_write_text(args.timeline, timeline_svg(plan.timeline,
-                                                      title=f"live memory: {args.file}"))
+        atomic_write_text(
+            args.timeline, timeline_svg(plan.timeline, title=f"live memory: {args.file}")
+        )
         print(f"wrote {args.timeline}")
     return 0

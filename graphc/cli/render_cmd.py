@@ -7,47 +7,95 @@ import argparse
 
 def add_parser(sub):
     p = sub.add_parser(
-        "render", help="draw the forward graph, backward graph or training step with Graphviz",
+        "render",
+        help="draw the forward graph, backward graph or training step with Graphviz",
         description="Draw a .gc model as a computation graph: ops as boxes with their key "
-                    "attributes, inputs and parameters by shape and colour, edges labelled "
-                    "with tensor shapes, layers and residual blocks in clusters. --backward "
-                    "adds the gradient nodes (red) beside the forward nodes they belong to, "
-                    "with the activations they read as dashed edges; --train draws the whole "
-                    "training step with its optimizer updates. Without Graphviz installed "
-                    "the .dot file is written instead (exit status 2).")
+        "attributes, inputs and parameters by shape and colour, edges labelled "
+        "with tensor shapes, layers and residual blocks in clusters. --backward "
+        "adds the gradient nodes (red) beside the forward nodes they belong to, "
+        "with the activations they read as dashed edges; --train draws the whole "
+        "training step with its optimizer updates. Without Graphviz installed "
+        "the .dot file is written instead (exit status 2).",
+    )
     p.add_argument("file", help="a .gc model file")
-    p.add_argument("-o", "--output", required=True,
-                   help="picture to write: .svg, .png, .pdf or .dot (DOT text)")
-    p.add_argument("--format", choices=("svg", "png", "pdf", "dot"), default=None,
-                   help="picture format (default: from the output's suffix)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="picture to write: .svg, .png, .pdf or .dot (DOT text)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("svg", "png", "pdf", "dot"),
+        default=None,
+        help="picture format (default: from the output's suffix)",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--backward", action="store_true",
-                      help="forward + backward graph (gradients of the loss)")
-    mode.add_argument("--train", action="store_true",
-                      help="the whole training step: gradients, optimizer updates")
-    p.add_argument("--optimized", action="store_true",
-                   help="draw the graph after the -O2 optimizer (fused nodes show what they fused)")
-    p.add_argument("--collapse", action="store_true",
-                   help="fold each layer, composite and residual block into one box")
-    p.add_argument("--values", action="store_true",
-                   help="run the graph and write each value (and its gradient) on the edges")
-    p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
-                   help="with --values: an input's value: a number, NAME=FILE.npy or .npz "
-                        "(repeatable; other inputs are random)")
-    p.add_argument("--batch", type=int, default=4,
-                   help="with --values: size of symbolic dims such as N (default 4)")
+    mode.add_argument(
+        "--backward", action="store_true", help="forward + backward graph (gradients of the loss)"
+    )
+    mode.add_argument(
+        "--train", action="store_true", help="the whole training step: gradients, optimizer updates"
+    )
+    p.add_argument(
+        "--optimized",
+        action="store_true",
+        help="draw the graph after the -O2 optimizer (fused nodes show what they fused)",
+    )
+    p.add_argument(
+        "--collapse",
+        action="store_true",
+        help="fold each layer, composite and residual block into one box",
+    )
+    p.add_argument(
+        "--values",
+        action="store_true",
+        help="run the graph and write each value (and its gradient) on the edges",
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --values: an input's value: a number, NAME=FILE.npy or .npz "
+        "(repeatable; other inputs are random)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        help="with --values: size of symbolic dims such as N (default 4)",
+    )
     p.add_argument("--seed", type=int, default=0, help="with --values: random seed (default 0)")
-    p.add_argument("--memory", action="store_true",
-                   help="draw the planned memory timeline (live bytes, peak) beside the graph")
-    p.add_argument("--memory-plot", metavar="FILE", default=None,
-                   help="also write the memory timeline alone as FILE (.svg, .png or .pdf)")
-    p.add_argument("--direction", choices=("TB", "LR"), default="TB",
-                   help="top-to-bottom (default) or left-to-right layout")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="draw the planned memory timeline (live bytes, peak) beside the graph",
+    )
+    p.add_argument(
+        "--memory-plot",
+        metavar="FILE",
+        default=None,
+        help="also write the memory timeline alone as FILE (.svg, .png or .pdf)",
+    )
+    p.add_argument(
+        "--direction",
+        choices=("TB", "LR"),
+        default="TB",
+        help="top-to-bottom (default) or left-to-right layout",
+    )
     p.add_argument("--no-legend", dest="legend", action="store_false", help="leave out the legend")
-    p.add_argument("--no-shapes", dest="shapes", action="store_false",
-                   help="leave the tensor shapes off the edges")
-    p.add_argument("--constants", action="store_true",
-                   help="draw scalar constants as boxes (default: folded into their reader)")
+    p.add_argument(
+        "--no-shapes",
+        dest="shapes",
+        action="store_false",
+        help="leave the tensor shapes off the edges",
+    )
+    p.add_argument(
+        "--constants",
+        action="store_true",
+        help="draw scalar constants as boxes (default: folded into their reader)",
+    )
     try:
         from graphc.train.cli_args import add_train_args
     except ImportError:
@@ -63,8 +111,10 @@ def _optimize(graph):
     try:
         from graphc.passes import optimize
     except ImportError as err:
-        raise GraphError(f"--optimized needs the graph optimizer (graphc.passes): {err}",
-                         hint="render without --optimized") from None
+        raise GraphError(
+            f"--optimized needs the graph optimizer (graphc.passes): {err}",
+            hint="render without --optimized",
+        ) from None
     from graphc.render_fusion import note_fusions
 
     out = optimize(graph, level=2)
@@ -113,8 +163,10 @@ def _memory_points(graph) -> list[tuple[int, int]]:
     try:
         from graphc.passes import plan_memory
     except ImportError as err:
-        raise GraphError(f"--memory needs the memory planner (graphc.passes): {err}",
-                         hint="render without --memory") from None
+        raise GraphError(
+            f"--memory needs the memory planner (graphc.passes): {err}",
+            hint="render without --memory",
+        ) from None
     plan = plan_memory(graph)
     timeline = getattr(plan, "timeline", None)
     if callable(timeline):
@@ -145,15 +197,25 @@ def run(args) -> int:
     values = grads = None
     if args.values:
         given = {**extra, **parse_inputs(args.input)}
-        feeds = make_feeds(graph, given, seed=args.seed, batch=args.batch,
-                           int_highs=_label_ranges(graph))
+        feeds = make_feeds(
+            graph, given, seed=args.seed, batch=args.batch, int_highs=_label_ranges(graph)
+        )
         values = evaluate(graph, feeds)
         if mode == "forward":
             grads = value_gradients(graph, feeds, values)
     points = _memory_points(graph) if (args.memory or args.memory_plot) else None
-    text = to_dot(graph, mode=mode, collapse=args.collapse, direction=args.direction,
-                  legend=args.legend, shapes=args.shapes, show_constants=args.constants,
-                  values=values, grads=grads, memory=points if args.memory else None)
+    text = to_dot(
+        graph,
+        mode=mode,
+        collapse=args.collapse,
+        direction=args.direction,
+        legend=args.legend,
+        shapes=args.shapes,
+        show_constants=args.constants,
+        values=values,
+        grads=grads,
+        memory=points if args.memory else None,
+    )
     if args.memory_plot:
         plot = Path(args.memory_plot)
         pfmt = format_of(plot)
@@ -167,6 +229,9 @@ def run(args) -> int:
             atomic_write_bytes(plot, run_dot(timeline_dot(points), pfmt))
         print(f"wrote {plot}")
     path = render_file(text, args.output, fmt)
-    print(f"wrote {path} ({mode} graph, {len(graph.nodes)} nodes"
-          + (", folded" if args.collapse else "") + ")")
+    print(
+        f"wrote {path} ({mode} graph, {len(graph.nodes)} nodes"
+        + (", folded" if args.collapse else "")
+        + ")"
+    )
     return 0

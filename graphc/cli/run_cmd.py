@@ -5,18 +5,31 @@ from __future__ import annotations
 
 def add_parser(sub):
     p = sub.add_parser(
-        "run", help="run a model on ONNX Runtime (CPU or CUDA)",
+        "run",
+        help="run a model on ONNX Runtime (CPU or CUDA)",
         description="Run a .gc model (compiled in memory) or an .onnx file on ONNX Runtime "
-                    "and print its outputs. Missing inputs can be drawn at random.")
+        "and print its outputs. Missing inputs can be drawn at random.",
+    )
     p.add_argument("model", help="a .gc model file or an .onnx model")
-    p.add_argument("--input", "-i", action="append", metavar="NAME=FILE",
-                   help="an input array: NAME=FILE.npy, NAME=FILE.npz[:KEY] or NAME=NUMBER "
-                        "(repeatable)")
-    p.add_argument("--random", action="store_true",
-                   help="draw inputs that were not given at random (normal floats, valid labels)")
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        metavar="NAME=FILE",
+        help="an input array: NAME=FILE.npy, NAME=FILE.npz[:KEY] or NAME=NUMBER (repeatable)",
+    )
+    p.add_argument(
+        "--random",
+        action="store_true",
+        help="draw inputs that were not given at random (normal floats, valid labels)",
+    )
     p.add_argument("--batch", type=int, default=4, help="batch size for --random (default 4)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="execution device (cuda falls back to cpu with a notice)")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="execution device (cuda falls back to cpu with a notice)",
+    )
     p.add_argument("-o", "--output", help="save all outputs to this .npz file")
     return p
 
@@ -29,7 +42,8 @@ def run(args) -> int:
     from graphc.cli.common import parse_inputs, random_feeds
     from graphc.errors import GraphError
     from graphc.fileio import atomic_write_bytes
-    from graphc.runtime import make_session, run as ort_run
+    from graphc.runtime import make_session
+    from graphc.runtime import run as ort_run
 
     feeds = parse_inputs(args.input)
     if args.model.endswith(".gc"):
@@ -38,8 +52,10 @@ def run(args) -> int:
 
         g = load_graph(args.model)
         if not g.outputs:
-            raise GraphError(f"{args.model} declares no outputs",
-                             hint="add `output(name)` for the values the model returns")
+            raise GraphError(
+                f"{args.model} declares no outputs",
+                hint="add `output(name)` for the values the model returns",
+            )
         model = export(g)
         types = {k: t.dtype for k, t in g.inputs.items()}
         if args.random:
@@ -60,8 +76,9 @@ def run(args) -> int:
             for i in session.get_inputs():
                 if i.name not in feeds:
                     shape = [d if isinstance(d, int) else args.batch for d in i.shape]
-                    feeds[i.name] = (rng.integers(0, 2, shape) if "int" in i.type
-                                     else rng.standard_normal(shape))
+                    feeds[i.name] = (
+                        rng.integers(0, 2, shape) if "int" in i.type else rng.standard_normal(shape)
+                    )
     feeds = {k: np.asarray(v, dtype=types.get(k) or None) for k, v in feeds.items()}
     out = ort_run(session, feeds)
     np.set_printoptions(precision=4, suppress=True, threshold=20, edgeitems=3)
@@ -81,6 +98,11 @@ def _inputs_of(model) -> set[str]:
 
 
 def _np_type(onnx_type: str) -> str:
-    return {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
-            "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(float16)": "float16"
-            }.get(onnx_type, "float32")
+    return {
+        "tensor(float)": "float32",
+        "tensor(double)": "float64",
+        "tensor(int64)": "int64",
+        "tensor(int32)": "int32",
+        "tensor(bool)": "bool",
+        "tensor(float16)": "float16",
+    }.get(onnx_type, "float32")

@@ -31,10 +31,17 @@ from graphc.passes.manager import PASSES, PIPELINES, PipelineResult, pipeline, r
 from graphc.passes.memory import MemoryPlan, plan_memory
 
 
-def optimize(graph: Graph, level: int = 1, *, print_stats: bool = False,
-             dump_after: str | Sequence[str] | None = None, dump_dir: str = ".",
-             memory_budget: int | str | None = None, passes: Sequence[str] | None = None,
-             check: bool = True) -> Graph:
+def optimize(
+    graph: Graph,
+    level: int = 1,
+    *,
+    print_stats: bool = False,
+    dump_after: str | Sequence[str] | None = None,
+    dump_dir: str = ".",
+    memory_budget: int | str | None = None,
+    passes: Sequence[str] | None = None,
+    check: bool = True,
+) -> Graph:
     """Run the -O`level` pipeline (or the named `passes`) and return the optimized graph.
 
     `memory_budget` (bytes, or "auto") adds recomputation: activations the
@@ -50,8 +57,7 @@ def optimize(graph: Graph, level: int = 1, *, print_stats: bool = False,
     if memory_budget is not None:
         graph = graph.copy()
         graph.meta["memory_budget"] = memory_budget
-    out = run_passes(graph, names, check=check, dump_after=dumps, dump_dir=dump_dir,
-                     result=result)
+    out = run_passes(graph, names, check=check, dump_after=dumps, dump_dir=dump_dir, result=result)
     out.meta["pass_stats"] = result.stats
     if print_stats:
         print(result.table(), file=sys.stderr)
@@ -61,17 +67,36 @@ def optimize(graph: Graph, level: int = 1, *, print_stats: bool = False,
 def add_opt_args(parser) -> None:
     """-O0/-O1/-O2, --print-passes, --dump-after, --memory-budget for a CLI command."""
     g = parser.add_argument_group("optimizer")
-    g.add_argument("-O", dest="opt_level", type=int, choices=sorted(PIPELINES), default=1,
-                   metavar="LEVEL", help="optimization level: 0 none, 1 clean-up, "
-                   "2 clean-up + fusion + memory-aware order (default 1)")
-    g.add_argument("--print-passes", action="store_true",
-                   help="print per-pass statistics (nodes, bytes, FLOPs, time) to stderr")
-    g.add_argument("--dump-after", action="append", default=[], metavar="PASS",
-                   help="write the graph after PASS (repeatable) to --dump-dir")
+    g.add_argument(
+        "-O",
+        dest="opt_level",
+        type=int,
+        choices=sorted(PIPELINES),
+        default=1,
+        metavar="LEVEL",
+        help="optimization level: 0 none, 1 clean-up, "
+        "2 clean-up + fusion + memory-aware order (default 1)",
+    )
+    g.add_argument(
+        "--print-passes",
+        action="store_true",
+        help="print per-pass statistics (nodes, bytes, FLOPs, time) to stderr",
+    )
+    g.add_argument(
+        "--dump-after",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help="write the graph after PASS (repeatable) to --dump-dir",
+    )
     g.add_argument("--dump-dir", default=".", metavar="DIR", help="where --dump-after writes")
-    g.add_argument("--memory-budget", default=None, metavar="BYTES|auto",
-                   help="recompute activations in the backward pass to fit this peak "
-                        "(e.g. 200MB, 1.5GiB or auto = the sqrt(n) checkpointing point)")
+    g.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="BYTES|auto",
+        help="recompute activations in the backward pass to fit this peak "
+        "(e.g. 200MB, 1.5GiB or auto = the sqrt(n) checkpointing point)",
+    )
 
 
 def optimize_from_args(graph: Graph, args) -> Graph:
@@ -79,12 +104,23 @@ def optimize_from_args(graph: Graph, args) -> Graph:
     from graphc.passes.recompute import parse_budget
 
     budget = getattr(args, "memory_budget", None)
-    return optimize(graph, getattr(args, "opt_level", 1),
-                    print_stats=getattr(args, "print_passes", False),
-                    dump_after=getattr(args, "dump_after", None) or None,
-                    dump_dir=getattr(args, "dump_dir", "."),
-                    memory_budget=parse_budget(budget) if budget is not None else None)
+    return optimize(
+        graph,
+        getattr(args, "opt_level", 1),
+        print_stats=getattr(args, "print_passes", False),
+        dump_after=getattr(args, "dump_after", None) or None,
+        dump_dir=getattr(args, "dump_dir", "."),
+        memory_budget=parse_budget(budget) if budget is not None else None,
+    )
 
 
-__all__ = ["PASSES", "PIPELINES", "MemoryPlan", "add_opt_args", "optimize",
-           "optimize_from_args", "plan_memory", "verify"]
+__all__ = [
+    "PASSES",
+    "PIPELINES",
+    "MemoryPlan",
+    "add_opt_args",
+    "optimize",
+    "optimize_from_args",
+    "plan_memory",
+    "verify",
+]

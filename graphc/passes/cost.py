@@ -30,16 +30,18 @@ _FLOPS: dict[tuple, int] = {}
 
 
 def _sizes_key(sizes) -> tuple:
-    return tuple(sorted(sizes.items())) + (getattr(sizes, "default_factory", None) and
-                                           sizes.default_factory(),)
+    return tuple(sorted(sizes.items())) + (
+        getattr(sizes, "default_factory", None) and sizes.default_factory(),
+    )
 
 
 def numel_of(t: TensorType, sizes: dict[str, int]) -> int:
     key = (t.shape, _sizes_key(sizes))
     n = _NUMEL.get(key)
     if n is None:
-        n = _NUMEL[key] = int(np.prod(concrete(t.shape, sizes, default=DEFAULT_DIM),
-                                      dtype=np.int64))
+        n = _NUMEL[key] = int(
+            np.prod(concrete(t.shape, sizes, default=DEFAULT_DIM), dtype=np.int64)
+        )
     return n
 
 
@@ -67,7 +69,7 @@ def _flops(op, node: Node, ins, outs, sizes) -> int:
 
     data, params = split_inputs(node)
     k = len(data)
-    types = [fix(t) for t in ins[:k]] + [fix(t) for t in ins[k:k + len(params)]]
+    types = [fix(t) for t in ins[:k]] + [fix(t) for t in ins[k : k + len(params)]]
     ctx = InferCtx(op, node.name, types, node.attrs, node.loc)
     try:
         return int(op.flops(ctx, [fix(t) for t in outs]))
@@ -78,8 +80,12 @@ def _flops(op, node: Node, ins, outs, sizes) -> int:
 def totals(graph: Graph) -> dict[str, int]:
     """Node count, bytes of every node output, FLOPs of every node."""
     sizes = dim_sizes(graph)
-    b = sum(nbytes(graph.types[o], sizes) for n in graph.nodes.values() for o in n.outputs
-            if o in graph.types)
+    b = sum(
+        nbytes(graph.types[o], sizes)
+        for n in graph.nodes.values()
+        for o in n.outputs
+        if o in graph.types
+    )
     f = sum(node_flops(graph, n, sizes) for n in graph.nodes.values())
     return {"nodes": len(graph.nodes), "bytes": b, "flops": f}
 

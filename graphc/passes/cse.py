@@ -34,9 +34,10 @@ def _merge_constants(g: Graph) -> int:
     return len(rename)
 
 
-@register("eliminate_common_subexpressions",
-          "merge nodes that compute the same op on the same inputs (never random or "
-          "recomputed ones)")
+@register(
+    "eliminate_common_subexpressions",
+    "merge nodes that compute the same op on the same inputs (never random or recomputed ones)",
+)
 def eliminate_common_subexpressions(g: Graph) -> Graph:
     merged_consts = _merge_constants(g)
     keep = protected(g)
@@ -56,5 +57,6 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
             replace_uses(g, mine, theirs)
         merged += 1
     g.meta["_pass_note"] = (f"{merged} nodes merged" if merged else "") + (
-        f"{', ' if merged else ''}{merged_consts} constants merged" if merged_consts else "")
+        f"{', ' if merged else ''}{merged_consts} constants merged" if merged_consts else ""
+    )
     return g

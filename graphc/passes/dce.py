@@ -34,5 +34,7 @@ def eliminate_dead_code(g: Graph) -> Graph:
     for c in consts:
         del g.constants[c]
         g.types.pop(c, None)
-    g.meta["_pass_note"] = f"{len(dead)} nodes, {len(consts)} constants removed" if dead or consts else ""
+    g.meta["_pass_note"] = (
+        f"{len(dead)} nodes, {len(consts)} constants removed" if dead or consts else ""
+    )
     return g

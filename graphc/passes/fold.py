@@ -33,8 +33,7 @@ def _fold_value(g: Graph, node, sources_const) -> list[np.ndarray] | str:
     if node.op in SHAPE_ONLY:
         if not all(is_static(g.types[v].shape) for v in node.inputs if v):
             return "input shape not static"
-        arrays = [np.zeros(g.types[v].shape, g.types[v].dtype) if v else None
-                  for v in node.inputs]
+        arrays = [np.zeros(g.types[v].shape, g.types[v].dtype) if v else None for v in node.inputs]
     else:
         if not all(sources_const(v) for v in node.inputs if v):
             return "non-constant input"
@@ -43,8 +42,10 @@ def _fold_value(g: Graph, node, sources_const) -> list[np.ndarray] | str:
     return [np.asarray(o, dtype=g.types[name].dtype) for o, name in zip(outs, node.outputs)]
 
 
-@register("fold_constants", "evaluate nodes whose inputs are constants (or whose result "
-          "depends only on static shapes)")
+@register(
+    "fold_constants",
+    "evaluate nodes whose inputs are constants (or whose result depends only on static shapes)",
+)
 def fold_constants(g: Graph) -> Graph:
     keep = protected(g)
     folded = 0

@@ -21,16 +21,16 @@ LAYERS = {"linear": 1, "conv1d": 3, "conv2d": 4, "conv3d": 5}  # op -> weight ra
 def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     if node.attrs.get("training"):
         return "batch norm in training mode"
-    if g.meta.get("grads") or any(n.tags.get("grad") or n.tags.get("train")
-                                  for n in g.nodes.values()):
+    if g.meta.get("grads") or any(
+        n.tags.get("grad") or n.tags.get("train") for n in g.nodes.values()
+    ):
         return "a gradient or training graph: its parameters are what is trained"
     layer = ctx["producers"].get(node.inputs[0])
     if layer is None or layer.op not in LAYERS:
         return "the input is not a linear or conv layer"
     if layer.attrs.get("groups", 1) != 1 and layer.op != "linear":
         return "grouped convolution"
-    if len(ctx["consumers"].get(layer.outputs[0], ())) != 1 or layer.outputs[0] in \
-            ctx["protected"]:
+    if len(ctx["consumers"].get(layer.outputs[0], ())) != 1 or layer.outputs[0] in ctx["protected"]:
         return "the layer's output has other uses"
     if any(v.startswith(layer.name + ".") is False for v in layer.inputs[1:]):
         return "the layer's parameters are shared"
@@ -49,17 +49,29 @@ def rewrite(g: Graph, m: Match) -> None:
     scale = gamma / np.sqrt(var + bn.attrs["eps"])
     wname = f"{layer.name}.weight"
     w = values[wname]
-    w = w * scale[None, :] if layer.op == "linear" else w * scale.reshape((-1,) + (1,) *
-                                                                           (w.ndim - 1))
+    w = (
+        w * scale[None, :]
+        if layer.op == "linear"
+        else w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    )
     bname = f"{layer.name}.bias"
-    bias = values.get(bname, np.zeros_like(mean)) if layer.attrs.get("bias") else np.zeros_like(
-        mean)
+    bias = (
+        values.get(bname, np.zeros_like(mean)) if layer.attrs.get("bias") else np.zeros_like(mean)
+    )
     bias = (bias - mean) * scale + beta
     old = g.params[wname]
-    g.params[wname] = Param(wname, old.shape, old.dtype, old.init, old.frozen, old.fan,
-                            w.astype(old.dtype))
-    g.params[bname] = Param(bname, tuple(bias.shape), old.dtype, "zeros", old.frozen,
-                            (bias.shape[0], bias.shape[0]), bias.astype(old.dtype))
+    g.params[wname] = Param(
+        wname, old.shape, old.dtype, old.init, old.frozen, old.fan, w.astype(old.dtype)
+    )
+    g.params[bname] = Param(
+        bname,
+        tuple(bias.shape),
+        old.dtype,
+        "zeros",
+        old.frozen,
+        (bias.shape[0], bias.shape[0]),
+        bias.astype(old.dtype),
+    )
     g.types[bname] = g.params[bname].type
     if not layer.attrs.get("bias"):
         layer.attrs["bias"] = True
@@ -75,8 +87,15 @@ def rewrite(g: Graph, m: Match) -> None:
             g.types.pop(v, None)
 
 
-RULES = [Rule("fold_batch_norm", ("batch_norm",), check, rewrite,
-              "batch_norm(layer(x)) -> layer'(x) with scaled weights and shifted bias")]
+RULES = [
+    Rule(
+        "fold_batch_norm",
+        ("batch_norm",),
+        check,
+        rewrite,
+        "batch_norm(layer(x)) -> layer'(x) with scaled weights and shifted bias",
+    )
+]
 
 
 @register("fold_batch_norm", "fold inference batch norms into the linear/conv layer before them")

@@ -23,14 +23,18 @@ from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses, tagged
 
 
 def check(g: Graph, node: Node, ctx: dict) -> Match | str:
-    if node.tags.get("grad") or node.tags.get("expanded_op") != "batch_norm" or \
-            node.name != node.tags.get("expanded_from"):
+    if (
+        node.tags.get("grad")
+        or node.tags.get("expanded_op") != "batch_norm"
+        or node.name != node.tags.get("expanded_from")
+    ):
         return "not the output node of a decomposed batch norm"
     region = [n for n in tagged(g, ctx, "expanded_from", node.name) if not n.tags.get("grad")]
     made = {o for n in region for o in n.outputs}
     means = [n for n in region if n.op == "reduce_mean" and n.inputs[0] not in made]
-    divs = [n for n in region if n.op == "div" and g.types[n.outputs[0]] == g.types[
-        node.outputs[0]]]
+    divs = [
+        n for n in region if n.op == "div" and g.types[n.outputs[0]] == g.types[node.outputs[0]]
+    ]
     if len(means) != 1 or len(divs) != 1:
         return "not the training-mode decomposition (mean, x - mean, ... / std)"
     x, axes = means[0].inputs[0], means[0].attrs["axes"]
@@ -47,13 +51,21 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         return "no backward pass"
     gmade = {o for n in group for o in n.outputs}
     outside = {v for n in region for v in n.inputs if v and v not in made}
-    seeds = {v for n in group for v in n.inputs if v and v not in gmade and v not in made
-             and v not in outside and v not in g.constants}
+    seeds = {
+        v
+        for n in group
+        for v in n.inputs
+        if v and v not in gmade and v not in made and v not in outside and v not in g.constants
+    }
     if len(seeds) != 1 or g.types[next(iter(seeds))] != g.types[node.outputs[0]]:
         return "the backward reads gradients other than the output's"
     gnames = {n.name for n in group}
-    exits = {o for n in group for o in n.outputs
-             if any(c.name not in gnames for c in ctx["consumers"].get(o, ()))}
+    exits = {
+        o
+        for n in group
+        for o in n.outputs
+        if any(c.name not in gnames for c in ctx["consumers"].get(o, ()))
+    }
     dx = [v for v in exits if g.types[v] == g.types[x]]
     rest = [v for v in exits if v not in dx]
     if len(dx) != 1 or len(rest) > 2:
@@ -63,15 +75,28 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         if g.types[v].rank != 1:
             return "a parameter gradient is not a per-channel vector"
         params[v] = "gamma" if _reads(ctx, v, xhat, gnames) else "beta"
-    return Match(node, {"x": x, "axes": axes, "xhat": xhat, "std": std, "gamma": gamma,
-                        "seed": next(iter(seeds)), "dx": dx[0], "params": params})
+    return Match(
+        node,
+        {
+            "x": x,
+            "axes": axes,
+            "xhat": xhat,
+            "std": std,
+            "gamma": gamma,
+            "seed": next(iter(seeds)),
+            "dx": dx[0],
+            "params": params,
+        },
+    )
 
 
 def rewrite(g: Graph, m: Match) -> None:
     v = m.values
-    b = Builder(g, prefix=f"d_{m.node.name}_bn_", tags={"grad": True,
-                                                        "grad_of": m.node.name,
-                                                        "bn_fused": m.node.name})
+    b = Builder(
+        g,
+        prefix=f"d_{m.node.name}_bn_",
+        tags={"grad": True, "grad_of": m.node.name, "bn_fused": m.node.name},
+    )
     b.loc = m.node.loc
     t = b.tensor
     gy, xhat, std = t(v["seed"]), t(v["xhat"]), t(v["std"])
@@ -102,13 +127,23 @@ def _reads(ctx: dict, value: str, target: str, within: set[str]) -> bool:
     return False
 
 
-RULES = [Rule("batch_norm_backward", ("add", "div"), check, rewrite,
-              "autodiff of the decomposed batch norm -> the closed-form gradient",
-              local=False)]
+RULES = [
+    Rule(
+        "batch_norm_backward",
+        ("add", "div"),
+        check,
+        rewrite,
+        "autodiff of the decomposed batch norm -> the closed-form gradient",
+        local=False,
+    )
+]
 
 
-@register("fuse_batch_norm_grad", "a training batch norm's backward in closed form "
-          "(five full-size nodes instead of about fifteen)")
+@register(
+    "fuse_batch_norm_grad",
+    "a training batch norm's backward in closed form "
+    "(five full-size nodes instead of about fifteen)",
+)
 def fuse_batch_norm_grad(g: Graph) -> Graph:
     report = apply_rules(g, RULES)
     g.meta["_pass_note"] = report.summary()

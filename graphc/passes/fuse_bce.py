@@ -28,7 +28,7 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         return "not the node that produces the loss value"
     region = [n for n in tagged(g, ctx, "expanded_from", node.name) if not n.tags.get("grad")]
     ops = {n.op for n in region}
-    if not STABLE_FORM <= ops:
+    if not ops >= STABLE_FORM:
         return "not the logits form relu(z) - z*t + softplus(-|z|)"
     absn = next(n for n in region if n.op == "abs")
     z = absn.inputs[0]
@@ -42,8 +42,9 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         reduction = "mean" if node.op == "reduce_mean" else "sum"
     else:
         reduction = "none"
-    if any(n.op == "binary_cross_entropy_logits_grad"
-           for n in tagged(g, ctx, "grad_of", node.name)):
+    if any(
+        n.op == "binary_cross_entropy_logits_grad" for n in tagged(g, ctx, "grad_of", node.name)
+    ):
         return "already fused"
     names = {n.name for n in region}
     made = {o for n in region for o in n.outputs}
@@ -51,37 +52,66 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     if not group:
         return "no backward pass"
     gmade = {o for n in group for o in n.outputs}
-    seeds = {v for n in group for v in n.inputs
-             if v and v not in gmade and v not in made and v not in g.constants
-             and g.types[v].shape == g.types[node.outputs[0]].shape}
+    seeds = {
+        v
+        for n in group
+        for v in n.inputs
+        if v
+        and v not in gmade
+        and v not in made
+        and v not in g.constants
+        and g.types[v].shape == g.types[node.outputs[0]].shape
+    }
     if len(seeds) != 1:
         return "cannot tell the loss's incoming gradient (run before fold_constants)"
     gnames = {n.name for n in group}
-    exits = {o for n in group for o in n.outputs
-             if any(c.name not in gnames for c in ctx["consumers"].get(o, ()))}
+    exits = {
+        o
+        for n in group
+        for o in n.outputs
+        if any(c.name not in gnames for c in ctx["consumers"].get(o, ()))
+    }
     if len(exits) != 1 or g.types[next(iter(exits))] != g.types[z]:
         return "the gradient leaves the loss in more than one value"
-    return Match(node, {"z": z, "t": t, "reduction": reduction, "seed": seeds.pop(),
-                        "dz": exits.pop()})
+    return Match(
+        node, {"z": z, "t": t, "reduction": reduction, "seed": seeds.pop(), "dz": exits.pop()}
+    )
 
 
 def rewrite(g: Graph, m: Match) -> None:
     v = m.values
     name = g.unique_name(f"d_{m.node.name}_binary_cross_entropy_grad")
-    g.add_node(Node(name, "binary_cross_entropy_logits_grad", [v["seed"], v["z"], v["t"]],
-                    [name], {"reduction": v["reduction"]}, m.node.loc,
-                    tags={"grad": True, "grad_of": m.node.name}))
+    g.add_node(
+        Node(
+            name,
+            "binary_cross_entropy_logits_grad",
+            [v["seed"], v["z"], v["t"]],
+            [name],
+            {"reduction": v["reduction"]},
+            m.node.loc,
+            tags={"grad": True, "grad_of": m.node.name},
+        )
+    )
     g.types[name] = TensorType(g.types[v["z"]].dtype, g.types[v["z"]].shape)
     replace_uses(g, v["dz"], name)
 
 
-RULES = [Rule("binary_cross_entropy_logits", ("reduce_mean", "reduce_sum", "add"), check, rewrite,
-              "the gradient of relu(z) - z*t + softplus(-|z|) -> (sigmoid(z) - t) * g / n",
-              local=False)]
+RULES = [
+    Rule(
+        "binary_cross_entropy_logits",
+        ("reduce_mean", "reduce_sum", "add"),
+        check,
+        rewrite,
+        "the gradient of relu(z) - z*t + softplus(-|z|) -> (sigmoid(z) - t) * g / n",
+        local=False,
+    )
+]
 
 
-@register("fuse_binary_cross_entropy",
-          "binary cross-entropy on logits: its backward as one (sigmoid(z) - t) * g / n")
+@register(
+    "fuse_binary_cross_entropy",
+    "binary cross-entropy on logits: its backward as one (sigmoid(z) - t) * g / n",
+)
 def fuse_binary_cross_entropy(g: Graph) -> Graph:
     report = apply_rules(g, RULES)
     g.meta["_pass_note"] = report.summary()

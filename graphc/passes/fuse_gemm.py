@@ -34,8 +34,11 @@ def check_operands(g: Graph, node: Node, ctx: dict) -> Match | str:
     ta, tb = _transposed(ctx, g, a), _transposed(ctx, g, b)
     if ta is None and tb is None:
         return "no operand is a 2-D transpose"
-    attrs = dict(node.attrs) if node.op == "gemm" else {"transA": False, "transB": False,
-                                                         "alpha": 1.0, "beta": 1.0}
+    attrs = (
+        dict(node.attrs)
+        if node.op == "gemm"
+        else {"transA": False, "transB": False, "alpha": 1.0, "beta": 1.0}
+    )
     ins = list(node.inputs)
     if ta is not None:
         ins[0], attrs["transA"] = ta, not attrs["transA"]
@@ -64,25 +67,43 @@ def check_bias(g: Graph, node: Node, ctx: dict) -> Match | str:
         if len(ctx["consumers"].get(prod, ())) != 1 or prod in ctx["protected"]:
             return "the product has other uses"
         shape = g.types[prod].shape
-        if broadcast(g.types[bias].shape, shape) != shape or g.types[bias].dtype != \
-                g.types[prod].dtype:
+        if (
+            broadcast(g.types[bias].shape, shape) != shape
+            or g.types[bias].dtype != g.types[prod].dtype
+        ):
             return "the bias does not broadcast to the product"
-        attrs = dict(p.attrs) if p.op == "gemm" else {"transA": False, "transB": False,
-                                                      "alpha": 1.0, "beta": 1.0}
+        attrs = (
+            dict(p.attrs)
+            if p.op == "gemm"
+            else {"transA": False, "transB": False, "alpha": 1.0, "beta": 1.0}
+        )
         return Match(node, {"inputs": [p.inputs[0], p.inputs[1], bias], "attrs": attrs})
     return "no operand is a matmul"
 
 
 RULES = [
-    Rule("gemm_transposed_operands", ("matmul", "gemm"), check_operands, rewrite_operands,
-         "matmul(transpose(a), b) -> gemm(a, b, transA=1) (and transB)"),
-    Rule("gemm_bias", ("add",), check_bias, rewrite_operands,
-         "add(matmul(a, b), bias) -> gemm(a, b, bias)"),
+    Rule(
+        "gemm_transposed_operands",
+        ("matmul", "gemm"),
+        check_operands,
+        rewrite_operands,
+        "matmul(transpose(a), b) -> gemm(a, b, transA=1) (and transB)",
+    ),
+    Rule(
+        "gemm_bias",
+        ("add",),
+        check_bias,
+        rewrite_operands,
+        "add(matmul(a, b), bias) -> gemm(a, b, bias)",
+    ),
 ]
 
 
-@register("fuse_gemm", "matmul with transposed operands and a bias add -> one Gemm "
-          "(forward and backward of dense layers)")
+@register(
+    "fuse_gemm",
+    "matmul with transposed operands and a bias add -> one Gemm "
+    "(forward and backward of dense layers)",
+)
 def fuse_gemm(g: Graph) -> Graph:
     report = apply_rules(g, RULES)
     g.meta["_pass_note"] = report.summary()

@@ -28,8 +28,25 @@ from graphc.passes.rewrite import sort_nodes
 NEW, SLOT = "new.", "opt."
 MAX_ELEMENTS = 1 << 16
 VECTORS_ONLY = False  # only biases and other 1-D parameters (no Reshape in or out)
-ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "sqrt", "square", "exp", "log", "abs", "sign",
-               "reciprocal", "maximum", "minimum", "pow", "clip", "identity"}
+ELEMENTWISE = {
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "neg",
+    "sqrt",
+    "square",
+    "exp",
+    "log",
+    "abs",
+    "sign",
+    "reciprocal",
+    "maximum",
+    "minimum",
+    "pow",
+    "clip",
+    "identity",
+}
 
 
 def _is_scalar(g: Graph, v: str) -> bool:
@@ -90,9 +107,9 @@ def _updates(g: Graph) -> dict[str, dict[str, str]]:
     for o in g.outputs:
         if not o.startswith(NEW):
             continue
-        target = o[len(NEW):]
+        target = o[len(NEW) :]
         if target.startswith(SLOT):
-            slot, _, param = target[len(SLOT):].partition(".")
+            slot, _, param = target[len(SLOT) :].partition(".")
             found.setdefault(param, {})[slot] = o
         else:
             found.setdefault(target, {})[""] = o
@@ -108,8 +125,10 @@ def _add(g: Graph, name: str, op: str, inputs: list[str], attrs: dict, n_out: in
     return node
 
 
-@register("fuse_optimizer_update", "the optimizer update of all small parameters as a few "
-          "element-wise ops over one flat buffer")
+@register(
+    "fuse_optimizer_update",
+    "the optimizer update of all small parameters as a few element-wise ops over one flat buffer",
+)
 def fuse_optimizer_update(g: Graph) -> Graph:
     producers, consumers = g.producers(), g.consumers()
     groups: dict[tuple, list] = {}
@@ -136,8 +155,10 @@ def fuse_optimizer_update(g: Graph) -> Graph:
             continue
         _, sig, out_refs = key
         n_leaves = len(members[0][2])
-        flat = [_add(g, f"opt_flat{gi}_in{j}", "flatten_concat",
-                     [m[2][j] for m in members], {}).name for j in range(n_leaves)]
+        flat = [
+            _add(g, f"opt_flat{gi}_in{j}", "flatten_concat", [m[2][j] for m in members], {}).name
+            for j in range(n_leaves)
+        ]
         made: list[str] = []
         for i, (op, _attrs, refs) in enumerate(sig):
             attrs = dict(members[0][3][i].attrs)  # equal in every member: part of the key
@@ -145,8 +166,14 @@ def fuse_optimizer_update(g: Graph) -> Graph:
             made.append(_add(g, f"opt_flat{gi}_{op}", op, ins, attrs).name)
         shapes = tuple(tuple(g.types[m[0]].shape) for m in members)
         for kind, ref in out_refs:
-            parts = _add(g, f"opt_flat{gi}_unflatten", "unflatten", [made[ref]],
-                         {"shapes": shapes}, n_out=len(members))
+            parts = _add(
+                g,
+                f"opt_flat{gi}_unflatten",
+                "unflatten",
+                [made[ref]],
+                {"shapes": shapes},
+                n_out=len(members),
+            )
             for m, part in zip(members, parts.outputs):
                 producers[m[1][kind]].inputs = [part]
         fused += len(members)
@@ -155,8 +182,8 @@ def fuse_optimizer_update(g: Graph) -> Graph:
     eliminate_dead_code(g)
     sort_nodes(g)
     n_groups = sum(1 for m in groups.values() if len(m) > 1)
-    g.meta["_pass_note"] = (f"{fused} parameters in {n_groups} flat group(s)" if fused else
-                            "nothing fused") + (f"; kept apart: {len(skipped)}" if skipped else "")
+    g.meta["_pass_note"] = (
+        f"{fused} parameters in {n_groups} flat group(s)" if fused else "nothing fused"
+    ) + (f"; kept apart: {len(skipped)}" if skipped else "")
     g.meta["fuse_optimizer_skipped"] = skipped
     return g
-

@@ -39,13 +39,20 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     if g.types[target] != g.types[logits]:
         return "the target is not one-hot / probabilities of the logits' shape"
     onehot = ctx["producers"].get(target)
-    if onehot is not None and onehot.op == "one_hot" and onehot.attrs["depth"] == \
-            g.types[logits].shape[1]:
+    if (
+        onehot is not None
+        and onehot.op == "one_hot"
+        and onehot.attrs["depth"] == g.types[logits].shape[1]
+    ):
         target = onehot.inputs[0]
     chain = [node, mul]
     nxt = _forward_users(ctx, mul.outputs[0])
-    if len(nxt) != 1 or nxt[0].op != "reduce_sum" or tuple(nxt[0].attrs["axes"] or ()) not in (
-            (1,), (-1,)) or nxt[0].attrs["keepdims"]:
+    if (
+        len(nxt) != 1
+        or nxt[0].op != "reduce_sum"
+        or tuple(nxt[0].attrs["axes"] or ()) not in ((1,), (-1,))
+        or nxt[0].attrs["keepdims"]
+    ):
         return "the product is not summed over the classes"
     chain.append(nxt[0])
     nxt = _forward_users(ctx, nxt[0].outputs[0])
@@ -54,8 +61,12 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     chain.append(nxt[0])
     final, reduction = nxt[0], "none"
     nxt = _forward_users(ctx, final.outputs[0])
-    if len(nxt) == 1 and nxt[0].op in ("reduce_mean", "reduce_sum") and \
-            nxt[0].attrs["axes"] in (None, (0,), 0) and not nxt[0].attrs["keepdims"]:
+    if (
+        len(nxt) == 1
+        and nxt[0].op in ("reduce_mean", "reduce_sum")
+        and nxt[0].attrs["axes"] in (None, (0,), 0)
+        and not nxt[0].attrs["keepdims"]
+    ):
         final, reduction = nxt[0], "mean" if nxt[0].op == "reduce_mean" else "sum"
         chain.append(final)
     for n in chain[:-1]:
@@ -68,15 +79,30 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         inner = {o for n in chain for o in n.outputs}
         group = [n for c in chain for n in _grad_group(g, c.name)]
         made = {o for n in group for o in n.outputs}
-        cands = {v for n in group for v in n.inputs
-                 if v and v not in made and v not in inner and v not in g.constants
-                 and g.types[v].shape == g.types[final.outputs[0]].shape}
+        cands = {
+            v
+            for n in group
+            for v in n.inputs
+            if v
+            and v not in made
+            and v not in inner
+            and v not in g.constants
+            and g.types[v].shape == g.types[final.outputs[0]].shape
+        }
         if len(cands) != 1:
             return "cannot tell the loss's incoming gradient (run before fold_constants)"
         seed = cands.pop()
-    return Match(node, {"logits": logits, "target": target, "final": final,
-                        "reduction": reduction, "dlogits": dlogits[0].outputs[0]
-                        if dlogits else None, "seed": seed})
+    return Match(
+        node,
+        {
+            "logits": logits,
+            "target": target,
+            "final": final,
+            "reduction": reduction,
+            "dlogits": dlogits[0].outputs[0] if dlogits else None,
+            "seed": seed,
+        },
+    )
 
 
 def rewrite(g: Graph, m: Match) -> None:
@@ -96,20 +122,38 @@ def rewrite(g: Graph, m: Match) -> None:
     name = g.unique_name(f"d_{final.name}_softmax_cross_entropy_grad")
     from graphc.ir import Node as _Node
 
-    g.add_node(_Node(name, "softmax_cross_entropy_grad", [v["seed"], logp, v["target"]], [name],
-                     {"reduction": v["reduction"]}, final.loc,
-                     tags={"grad": True, "grad_of": final.name}))
+    g.add_node(
+        _Node(
+            name,
+            "softmax_cross_entropy_grad",
+            [v["seed"], logp, v["target"]],
+            [name],
+            {"reduction": v["reduction"]},
+            final.loc,
+            tags={"grad": True, "grad_of": final.name},
+        )
+    )
     g.types[name] = TensorType(g.types[logp].dtype, g.types[logp].shape)
     replace_uses(g, v["dlogits"], name)
 
 
-RULES = [Rule("softmax_cross_entropy", ("log_softmax",), check, rewrite,
-              "log_softmax, one_hot, mul, sum, neg, mean and their gradients -> "
-              "softmax_cross_entropy + softmax_cross_entropy_grad", local=False)]
+RULES = [
+    Rule(
+        "softmax_cross_entropy",
+        ("log_softmax",),
+        check,
+        rewrite,
+        "log_softmax, one_hot, mul, sum, neg, mean and their gradients -> "
+        "softmax_cross_entropy + softmax_cross_entropy_grad",
+        local=False,
+    )
+]
 
 
-@register("fuse_softmax_cross_entropy",
-          "decomposed cross-entropy forward and backward -> one stable kernel each")
+@register(
+    "fuse_softmax_cross_entropy",
+    "decomposed cross-entropy forward and backward -> one stable kernel each",
+)
 def fuse_softmax_cross_entropy(g: Graph) -> Graph:
     report = apply_rules(g, RULES)
     g.meta["_pass_note"] = report.summary()

@@ -30,16 +30,23 @@ PASSES: dict[str, Pass] = {}
 
 def register(name: str, doc: str):
     """Decorator: register `fn(graph) -> graph` as a named pass."""
+
     def deco(fn: Callable[[Graph], Graph]) -> Callable[[Graph], Graph]:
         if name in PASSES:
             raise ValueError(f"pass '{name}' registered twice")
         PASSES[name] = Pass(name, fn, doc)
         return fn
+
     return deco
 
 
-CLEANUP = ["eliminate_dead_code", "fold_constants", "simplify",
-           "eliminate_common_subexpressions", "eliminate_dead_code"]
+CLEANUP = [
+    "eliminate_dead_code",
+    "fold_constants",
+    "simplify",
+    "eliminate_common_subexpressions",
+    "eliminate_dead_code",
+]
 
 # What each pass buys on top of ONNX Runtime's own optimizations is measured by
 # benchmarks/bench_passes.py (docs/optimizer.md). fuse_optimizer_update is not in
@@ -48,9 +55,18 @@ PIPELINES: dict[int, list[str]] = {
     0: [],
     1: list(CLEANUP),
     # the fusions that read autodiff's structure run before the clean-up rewrites it
-    2: ["fuse_softmax_cross_entropy", "fuse_binary_cross_entropy", "fuse_batch_norm_grad",
-        "fold_batch_norm", *CLEANUP, "fuse_gemm", "simplify",
-        "eliminate_common_subexpressions", "eliminate_dead_code", "order_for_memory"],
+    2: [
+        "fuse_softmax_cross_entropy",
+        "fuse_binary_cross_entropy",
+        "fuse_batch_norm_grad",
+        "fold_batch_norm",
+        *CLEANUP,
+        "fuse_gemm",
+        "simplify",
+        "eliminate_common_subexpressions",
+        "eliminate_dead_code",
+        "order_for_memory",
+    ],
 }
 
 
@@ -72,8 +88,10 @@ class PipelineResult:
     stats: list[PassStats] = field(default_factory=list)
 
     def table(self) -> str:
-        head = (f"{'pass':34} {'nodes':>13} {'Δ':>5} {'bytes before→after':>23} "
-                f"{'FLOPs before→after':>21} {'ms':>7}  what")
+        head = (
+            f"{'pass':34} {'nodes':>13} {'Δ':>5} {'bytes before→after':>23} "
+            f"{'FLOPs before→after':>21} {'ms':>7}  what"
+        )
         lines = [head, "-" * len(head)]
         for s in self.stats:
             b, a = s.before, s.after
@@ -81,7 +99,8 @@ class PipelineResult:
                 f"{s.name:34} {b['nodes']:>6}→{a['nodes']:<6} {a['nodes'] - b['nodes']:>+5} "
                 f"{cost.fmt_bytes(b['bytes']):>11}→{cost.fmt_bytes(a['bytes']):<11} "
                 f"{cost.fmt_count(b['flops']):>10}→{cost.fmt_count(a['flops']):<10} "
-                f"{s.seconds * 1e3:>7.1f}  {s.note}")
+                f"{s.seconds * 1e3:>7.1f}  {s.note}"
+            )
         return "\n".join(lines)
 
 
@@ -93,8 +112,11 @@ def verify(g: Graph, after: str = "") -> None:
     where = f" after pass '{after}'" if after else ""
 
     def fail(msg: str, node: str | None = None) -> GraphError:
-        return GraphError(f"invalid graph{where}: {msg}", node=node,
-                          hint="this is a graphc bug in that pass; run with -O0 to work around")
+        return GraphError(
+            f"invalid graph{where}: {msg}",
+            node=node,
+            hint="this is a graphc bug in that pass; run with -O0 to work around",
+        )
 
     g.topo_order()
     defined = set(g.inputs) | set(g.params) | set(g.constants)
@@ -132,15 +154,22 @@ def pipeline(level: int) -> list[str]:
 def get_pass(name: str) -> Pass:
     if name not in PASSES:
         near = closest(name, PASSES)
-        raise GraphError(f"unknown pass '{name}'",
-                         hint=f"did you mean '{near}'?" if near else
-                         "passes: " + ", ".join(sorted(PASSES)))
+        raise GraphError(
+            f"unknown pass '{name}'",
+            hint=f"did you mean '{near}'?" if near else "passes: " + ", ".join(sorted(PASSES)),
+        )
     return PASSES[name]
 
 
-def run_passes(graph: Graph, names: Sequence[str], *, check: bool = True,
-               dump_after: Sequence[str] = (), dump_dir: str = ".",
-               result: PipelineResult | None = None) -> Graph:
+def run_passes(
+    graph: Graph,
+    names: Sequence[str],
+    *,
+    check: bool = True,
+    dump_after: Sequence[str] = (),
+    dump_dir: str = ".",
+    result: PipelineResult | None = None,
+) -> Graph:
     """Run passes in order on copies of the graph, verifying after each."""
     passes = [get_pass(n) for n in names]
     for name in dump_after:
@@ -189,8 +218,10 @@ def listing(g: Graph) -> str:
         outs = ", ".join(n.outputs)
         types = ", ".join(str(g.types.get(o)) for o in n.outputs)
         tags = " ".join(f"{k}={v}" for k, v in n.tags.items() if k != "grad")
-        lines.append(f"{outs} = {n.op}({', '.join(n.inputs)}{', ' if attrs else ''}{attrs})"
-                     f"  # {types}{'  ' + tags if tags else ''}")
+        lines.append(
+            f"{outs} = {n.op}({', '.join(n.inputs)}{', ' if attrs else ''}{attrs})"
+            f"  # {types}{'  ' + tags if tags else ''}"
+        )
     lines.append("output " + ", ".join(g.outputs))
     if g.loss:
         lines.append(f"minimize {g.loss}")

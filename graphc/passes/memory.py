@@ -64,23 +64,29 @@ class MemoryPlan:
         head = f"{'tensor':{width}} {'size':>10} {'first':>6} {'last':>6}  buffer (offset)"
         lines = [head, "-" * len(head)]
         for t in rows if limit is None else rows[:limit]:
-            where = (f"view of {t.view_of}" if t.view_of else
-                     f"@{t.offset}" + (f" (in place of {t.inplace_of})" if t.inplace_of else ""))
+            where = (
+                f"view of {t.view_of}"
+                if t.view_of
+                else f"@{t.offset}" + (f" (in place of {t.inplace_of})" if t.inplace_of else "")
+            )
             last = "end" if t.last >= len(self.schedule) else str(t.last)
-            lines.append(f"{t.name[:width]:{width}} {fb(t.size):>10} {t.first:>6} {last:>6}  "
-                         f"{where}")
+            lines.append(
+                f"{t.name[:width]:{width}} {fb(t.size):>10} {t.first:>6} {last:>6}  {where}"
+            )
         if limit is not None and len(rows) > limit:
             lines.append(f"... {len(rows) - limit} more tensors")
         return "\n".join(lines + ["", self.summary()])
 
     def summary(self) -> str:
         fb = cost.fmt_bytes
-        return (f"steps {len(self.schedule)}, tensors {len(self.tensors)}, "
-                f"{self.inplace} in place\n"
-                f"planned peak   {fb(self.peak)}  (activations, gradients, updates)\n"
-                f"lower bound    {fb(self.lower_bound)}  (largest live set at one step)\n"
-                f"naive plan     {fb(self.naive)}  (one buffer per tensor)\n"
-                f"fixed          {fb(self.fixed)}  (inputs, parameters, constants)")
+        return (
+            f"steps {len(self.schedule)}, tensors {len(self.tensors)}, "
+            f"{self.inplace} in place\n"
+            f"planned peak   {fb(self.peak)}  (activations, gradients, updates)\n"
+            f"lower bound    {fb(self.lower_bound)}  (largest live set at one step)\n"
+            f"naive plan     {fb(self.naive)}  (one buffer per tensor)\n"
+            f"fixed          {fb(self.fixed)}  (inputs, parameters, constants)"
+        )
 
 
 def _root(views: dict[str, str], v: str) -> str:
@@ -89,8 +95,9 @@ def _root(views: dict[str, str], v: str) -> str:
     return v
 
 
-def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None, *,
-                offsets: bool = True) -> MemoryPlan:
+def plan_memory(
+    graph: Graph, schedule: Sequence[Node] | None = None, *, offsets: bool = True
+) -> MemoryPlan:
     """Plan memory for `graph` executed in `schedule` (default: its topological order).
 
     With `offsets=False` only liveness is computed (fast): the plan's `peak` is then
@@ -132,8 +139,15 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None, *,
             if i >= len(n.outputs) or j >= len(n.inputs):
                 continue
             o, src = n.outputs[i], n.inputs[j]
-            if (o in slot_of and src in slot_of and last[src] == step and src not in keep
-                    and size[o] <= size[src] and slot_of[src] == src and src not in taken):
+            if (
+                o in slot_of
+                and src in slot_of
+                and last[src] == step
+                and src not in keep
+                and size[o] <= size[src]
+                and slot_of[src] == src
+                and src not in taken
+            ):
                 slot_of[o] = slot_of[src]
                 inplace_of[o] = src
                 taken.add(src)
@@ -141,8 +155,12 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None, *,
     for v in roots:
         slots.setdefault(_slot(slot_of, v), []).append(v)
     if offsets:
-        offset = _assign_offsets({s: (max(size[m] for m in ms), min(first[m] for m in ms),
-                                      max(last[m] for m in ms)) for s, ms in slots.items()})
+        offset = _assign_offsets(
+            {
+                s: (max(size[m] for m in ms), min(first[m] for m in ms), max(last[m] for m in ms))
+                for s, ms in slots.items()
+            }
+        )
     else:
         offset = dict.fromkeys(slots)
     tensors = []
@@ -150,8 +168,9 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None, *,
         if v in views:
             tensors.append(Tensor(v, nb, first[v], last[v], None, _root(views, v)))
         else:
-            tensors.append(Tensor(v, nb, first[v], last[v], offset[_slot(slot_of, v)],
-                                  None, inplace_of.get(v)))
+            tensors.append(
+                Tensor(v, nb, first[v], last[v], offset[_slot(slot_of, v)], None, inplace_of.get(v))
+            )
     diff = [0] * (end + 2)
     for ms in slots.values():
         lo, hi = min(first[m] for m in ms), max(last[m] for m in ms)
@@ -161,14 +180,27 @@ def plan_memory(graph: Graph, schedule: Sequence[Node] | None = None, *,
     for step in range(end):
         running += diff[step]
         timeline.append((step, running))
-    fixed = sum(cost.nbytes(graph.types[v], sizes)
-                for v in list(graph.inputs) + list(graph.params) + list(graph.constants)
-                if v in graph.types)
+    fixed = sum(
+        cost.nbytes(graph.types[v], sizes)
+        for v in list(graph.inputs) + list(graph.params) + list(graph.constants)
+        if v in graph.types
+    )
     lower = max((b for _, b in timeline), default=0)
-    peak = max((offset[s] + max(size[m] for m in ms) for s, ms in slots.items()),
-               default=0) if offsets else lower
-    return MemoryPlan([n.name for n in order], tensors, peak, lower, sum(size[v] for v in roots),
-                      fixed, timeline, len(inplace_of))
+    peak = (
+        max((offset[s] + max(size[m] for m in ms) for s, ms in slots.items()), default=0)
+        if offsets
+        else lower
+    )
+    return MemoryPlan(
+        [n.name for n in order],
+        tensors,
+        peak,
+        lower,
+        sum(size[v] for v in roots),
+        fixed,
+        timeline,
+        len(inplace_of),
+    )
 
 
 def _slot(slot_of: dict[str, str], v: str) -> str:
@@ -224,8 +256,10 @@ def ort_schedule(graph: Graph) -> list[Node]:
             continue
         seen.add(name)
         stack.append((name, True))
-        deps = sorted({producers[v].name for v in graph.nodes[name].inputs if v in producers},
-                      key=index.__getitem__)
+        deps = sorted(
+            {producers[v].name for v in graph.nodes[name].inputs if v in producers},
+            key=index.__getitem__,
+        )
         stack.extend((d, False) for d in deps if d not in seen)
     return out
 
@@ -256,8 +290,11 @@ def memory_order(graph: Graph) -> list[Node]:
     def gain(name: str) -> int:
         """Bytes allocated minus bytes freed by running `name` now (negative: it frees)."""
         n = graph.nodes[name]
-        freed = sum(nbytes[v] for v in set(n.inputs)
-                    if v in remaining and remaining[v] == 1 and v not in keep)
+        freed = sum(
+            nbytes[v]
+            for v in set(n.inputs)
+            if v in remaining and remaining[v] == 1 and v not in keep
+        )
         return sum(nbytes[o] for o in n.outputs) - freed
 
     # two heaps with lazy deletion: ready nodes by position, and those that free memory
@@ -304,8 +341,11 @@ def memory_order(graph: Graph) -> list[Node]:
     return order
 
 
-@register("order_for_memory", "reorder the schedule greedily to keep the live set small "
-          "(kept only if ONNX Runtime's own order of the result holds less, too)")
+@register(
+    "order_for_memory",
+    "reorder the schedule greedily to keep the live set small "
+    "(kept only if ONNX Runtime's own order of the result holds less, too)",
+)
 def order_for_memory(g: Graph) -> Graph:
     # The new order is the exported node order. ORT does not run it as such: its
     # depth-first order only uses node indices to break ties, so the reorder is kept
@@ -320,9 +360,13 @@ def order_for_memory(g: Graph) -> Graph:
     fb = cost.fmt_bytes
     if after < before and ort_after <= ort_before:
         g.nodes = {n.name: g.nodes[n.name] for n in order}
-        g.meta["_pass_note"] = (f"live peak {fb(before)} -> {fb(after)}; in ORT's order "
-                                f"{fb(ort_before)} -> {fb(ort_after)}")
+        g.meta["_pass_note"] = (
+            f"live peak {fb(before)} -> {fb(after)}; in ORT's order "
+            f"{fb(ort_before)} -> {fb(ort_after)}"
+        )
     else:
-        g.meta["_pass_note"] = (f"kept the order (live peak {fb(before)} -> {fb(after)}, "
-                                f"ORT's order {fb(ort_before)} -> {fb(ort_after)})")
+        g.meta["_pass_note"] = (
+            f"kept the order (live peak {fb(before)} -> {fb(after)}, "
+            f"ORT's order {fb(ort_before)} -> {fb(ort_after)})"
+        )
     return g

@@ -36,8 +36,16 @@ from graphc.passes.memory import ort_schedule, plan_memory
 from graphc.passes.rewrite import protected
 
 EXPENSIVE = 8  # FLOPs per output element above which an op's output is worth keeping
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 
 
 def parse_budget(text: str | int) -> int | str:
@@ -49,8 +57,10 @@ def parse_budget(text: str | int) -> int | str:
         return "auto"
     m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([kmg]i?b|b)?", t)
     if not m:
-        raise GraphError(f"cannot read the memory budget '{text}'",
-                         hint="give bytes (500000000), a size (200MB, 1.5GiB) or auto")
+        raise GraphError(
+            f"cannot read the memory budget '{text}'",
+            hint="give bytes (500000000), a size (200MB, 1.5GiB) or auto",
+        )
     return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
 
 
@@ -73,8 +83,7 @@ def backward_nodes(g: Graph, order: list[Node]) -> set[str]:
     return after
 
 
-def recompute_graph(g: Graph, segments: int, keep_expensive: bool = False
-                    ) -> tuple[Graph, int]:
+def recompute_graph(g: Graph, segments: int, keep_expensive: bool = False) -> tuple[Graph, int]:
     """A copy of `g` with √n-style checkpointing over `segments` segments; (graph, FLOPs added).
 
     With `keep_expensive`, outputs of ops that cost more than EXPENSIVE FLOPs per
@@ -91,8 +100,9 @@ def recompute_graph(g: Graph, segments: int, keep_expensive: bool = False
     # forward nodes by depth, so a mask computed late in the file sits next to its layer
     level: dict[str, int] = {}
     for n in fwd_all:
-        level[n.name] = 1 + max((level.get(producers[v].name, 0) for v in n.inputs
-                                 if v in producers), default=0)
+        level[n.name] = 1 + max(
+            (level.get(producers[v].name, 0) for v in n.inputs if v in producers), default=0
+        )
     rank = {n.name: i for i, n in enumerate(order)}
     fwd = sorted(fwd_all, key=lambda n: (level[n.name], rank[n.name]))
     seg_of: dict[str, int] = {}
@@ -115,7 +125,8 @@ def recompute_graph(g: Graph, segments: int, keep_expensive: bool = False
         if get_op(n.op, n.loc).random:
             kept.update(n.outputs)  # a second draw would differ
         elif keep_expensive and cost.node_flops(g, n) > EXPENSIVE * sum(
-                cost.numel_of(g.types[o], sizes) for o in n.outputs):
+            cost.numel_of(g.types[o], sizes) for o in n.outputs
+        ):
             kept.update(n.outputs)
     # the last segment is not dropped: the backward pass starts with it right away
     # (Chen et al. make the same remark), so recomputing it would buy nothing
@@ -136,8 +147,16 @@ def recompute_graph(g: Graph, segments: int, keep_expensive: bool = False
         if v in seg_of:  # a kept activation: read through a barrier so ORT's CSE keeps copies
             if v not in barriers:
                 name = g.unique_name(f"{v}_rc_in")
-                node = Node(name, "recompute_barrier", [v, anchor(before)], [name], {}, None,
-                            [], {"grad": True, "recompute": True})
+                node = Node(
+                    name,
+                    "recompute_barrier",
+                    [v, anchor(before)],
+                    [name],
+                    {},
+                    None,
+                    [],
+                    {"grad": True, "recompute": True},
+                )
                 g.add_node(node)
                 g.types[name] = g.types[v]
                 new_nodes.setdefault(before, []).append(node)
@@ -160,8 +179,16 @@ def recompute_graph(g: Graph, segments: int, keep_expensive: bool = False
         ins = [source(i, before) if i else "" for i in p.inputs]
         name = g.unique_name(f"{p.name}_rc")
         outs = [name] + [f"{name}:{i}" for i in range(1, len(p.outputs))]
-        node = Node(name, p.op, ins, outs, dict(p.attrs), p.loc, [],
-                    dict(p.tags, grad=True, recompute=True, recompute_of=p.name))
+        node = Node(
+            name,
+            p.op,
+            ins,
+            outs,
+            dict(p.attrs),
+            p.loc,
+            [],
+            dict(p.tags, grad=True, recompute=True, recompute_of=p.name),
+        )
         g.add_node(node)
         for o, c in zip(p.outputs, outs):
             g.types[c] = g.types[o]
@@ -206,32 +233,44 @@ def _choose(g: Graph, budget: int | str) -> tuple[Graph, str]:
     base = plan_memory(g, ort_schedule(g), offsets=False).peak
     root = max(int(math.sqrt(max(n_fwd, 1))), 2)
     tried = []
-    for k in sorted({2, 3, 4, 6, root // 2, root, 3 * root // 2, 2 * root, 3 * root,
-                     4 * root} - {0, 1}):
+    for k in sorted(
+        {2, 3, 4, 6, root // 2, root, 3 * root // 2, 2 * root, 3 * root, 4 * root} - {0, 1}
+    ):
         for cheap in (False, True):
             cand, flops = recompute_graph(g, k, keep_expensive=cheap)
-            tried.append((k, plan_memory(cand, ort_schedule(cand), offsets=False).peak, flops,
-                          cand, cheap))
+            tried.append(
+                (k, plan_memory(cand, ort_schedule(cand), offsets=False).peak, flops, cand, cheap)
+            )
     if budget == "auto":
         # near the smallest peak (within 5%), the candidate that recomputes least
         best = min(t[1] for t in tried)
-        k, peak, flops, cand, cheap = min((t for t in tried if t[1] <= 1.05 * best),
-                                          key=lambda t: (t[2], t[1]))
+        k, peak, flops, cand, cheap = min(
+            (t for t in tried if t[1] <= 1.05 * best), key=lambda t: (t[2], t[1])
+        )
     else:
         fits = [t for t in tried if t[1] <= budget]
-        k, peak, flops, cand, cheap = min(fits, key=lambda t: (t[2], t[1])) if fits else min(
-            tried, key=lambda t: (t[1], t[2]))
+        k, peak, flops, cand, cheap = (
+            min(fits, key=lambda t: (t[2], t[1]))
+            if fits
+            else min(tried, key=lambda t: (t[1], t[2]))
+        )
     if peak >= base:
         return g, f"no gain: planned peak {cost.fmt_bytes(base)} is already the best"
-    note = (f"{k} segments{' (matmul/conv outputs kept)' if cheap else ''}: planned peak {cost.fmt_bytes(base)} -> {cost.fmt_bytes(peak)}, "
-            f"+{cost.fmt_count(flops)} FLOPs recomputed")
+    note = (
+        f"{k} segments{' (matmul/conv outputs kept)' if cheap else ''}: "
+        f"planned peak {cost.fmt_bytes(base)} -> {cost.fmt_bytes(peak)}, "
+        f"+{cost.fmt_count(flops)} FLOPs recomputed"
+    )
     if budget != "auto" and peak > budget:
         note += f" (budget {cost.fmt_bytes(budget)} not reached)"
     return cand, note
 
 
-@register("recompute", "drop activations and recompute them in the backward pass to fit "
-          "meta['memory_budget'] (bytes or 'auto')")
+@register(
+    "recompute",
+    "drop activations and recompute them in the backward pass to fit "
+    "meta['memory_budget'] (bytes or 'auto')",
+)
 def recompute(g: Graph) -> Graph:
     budget = g.meta.get("memory_budget", "auto")
     budget = parse_budget(budget) if isinstance(budget, str) else budget

@@ -110,8 +110,10 @@ def _near(ctx: dict, node: Node, hops: int) -> set[str]:
     for _ in range(hops):
         nxt = []
         for n in frontier:
-            if n is not node and (len(n.inputs) > HUB or any(
-                    len(ctx["consumers"].get(o, ())) > HUB for o in n.outputs)):
+            if n is not node and (
+                len(n.inputs) > HUB
+                or any(len(ctx["consumers"].get(o, ())) > HUB for o in n.outputs)
+            ):
                 continue
             for v in n.inputs:
                 p = ctx["producers"].get(v)
@@ -150,8 +152,11 @@ def apply_rules(g: Graph, rules: Iterable[Rule], *, max_rounds: int = 200) -> Ru
     report = RuleReport()
     for _ in range(max_rounds):
         changed = False
-        ctx: dict = {"consumers": g.consumers(), "producers": g.producers(),
-                     "protected": protected(g)}
+        ctx: dict = {
+            "consumers": g.consumers(),
+            "producers": g.producers(),
+            "protected": protected(g),
+        }
         blocked: set[str] = set()
         stop = False
         for node in list(g.nodes.values()):

@@ -90,8 +90,13 @@ def check_reshape(g, node, ctx):
     if node.op == "flatten":
         return "flatten's result depends on its input's dims"
     inner = ctx["producers"].get(node.inputs[0])
-    if inner is None or inner.op not in ("reshape", "reshape_like", "flatten", "squeeze",
-                                         "unsqueeze"):
+    if inner is None or inner.op not in (
+        "reshape",
+        "reshape_like",
+        "flatten",
+        "squeeze",
+        "unsqueeze",
+    ):
         return "the input is not a reshape and the shape changes"
     if node.op == "reshape" and 0 in node.attrs["shape"]:
         return "the outer reshape copies dims (0) from the inner result"
@@ -208,30 +213,72 @@ def rewrite_mask_mul(g, m):
 
 RULES = [
     Rule("identity", ("identity",), check_identity, _replace, "identity(x) -> x"),
-    Rule("neutral_element", ("add", "sub", "mul", "div"), check_neutral, _replace,
-         "x + 0, x - 0, x * 1, x / 1 -> x"),
+    Rule(
+        "neutral_element",
+        ("add", "sub", "mul", "div"),
+        check_neutral,
+        _replace,
+        "x + 0, x - 0, x * 1, x / 1 -> x",
+    ),
     Rule("double_negation", ("neg",), check_double_neg, _replace, "-(-x) -> x"),
-    Rule("transpose_chain", ("transpose",), check_transpose, rewrite_transpose,
-         "transpose(transpose(x)) -> one transpose (or none)"),
-    Rule("reshape_chain", ("reshape", "reshape_like", "flatten"), check_reshape,
-         rewrite_reshape, "reshape(reshape(x)) -> reshape(x); no-op reshapes go"),
+    Rule(
+        "transpose_chain",
+        ("transpose",),
+        check_transpose,
+        rewrite_transpose,
+        "transpose(transpose(x)) -> one transpose (or none)",
+    ),
+    Rule(
+        "reshape_chain",
+        ("reshape", "reshape_like", "flatten"),
+        check_reshape,
+        rewrite_reshape,
+        "reshape(reshape(x)) -> reshape(x); no-op reshapes go",
+    ),
     Rule("noop_cast", ("cast",), check_noop_cast, _replace, "cast to the same dtype -> x"),
-    Rule("noop_broadcast", ("broadcast_to",), check_broadcast, _replace,
-         "broadcast to the same shape -> x"),
+    Rule(
+        "noop_broadcast",
+        ("broadcast_to",),
+        check_broadcast,
+        _replace,
+        "broadcast to the same shape -> x",
+    ),
     Rule("single_add_n", ("add_n",), check_add_n, _replace, "add_n(x) -> x"),
-    Rule("add_of_neg", ("add", "sub"), check_add_neg, rewrite_add_neg,
-         "a + (-b) -> a - b, a - (-b) -> a + b"),
-    Rule("implicit_broadcast", _BROADCASTING, check_implicit_broadcast,
-         rewrite_implicit_broadcast, "op(broadcast_to(a, like), b) -> op(a, b)"),
-    Rule("div_by_small", ("div",), check_div_small, rewrite_div_small,
-         "a / b -> a * reciprocal(b) for a small broadcast divisor"),
-    Rule("mask_multiply", ("mul",), check_mask_mul, rewrite_mask_mul,
-         "g * cast(mask) -> where(mask, g, 0)"),
+    Rule(
+        "add_of_neg",
+        ("add", "sub"),
+        check_add_neg,
+        rewrite_add_neg,
+        "a + (-b) -> a - b, a - (-b) -> a + b",
+    ),
+    Rule(
+        "implicit_broadcast",
+        _BROADCASTING,
+        check_implicit_broadcast,
+        rewrite_implicit_broadcast,
+        "op(broadcast_to(a, like), b) -> op(a, b)",
+    ),
+    Rule(
+        "div_by_small",
+        ("div",),
+        check_div_small,
+        rewrite_div_small,
+        "a / b -> a * reciprocal(b) for a small broadcast divisor",
+    ),
+    Rule(
+        "mask_multiply",
+        ("mul",),
+        check_mask_mul,
+        rewrite_mask_mul,
+        "g * cast(mask) -> where(mask, g, 0)",
+    ),
 ]
 
 
-@register("simplify", "algebraic identities: x*1, x+0, -(-x), transpose/reshape chains, "
-          "no-op casts and broadcasts")
+@register(
+    "simplify",
+    "algebraic identities: x*1, x+0, -(-x), transpose/reshape chains, no-op casts and broadcasts",
+)
 def simplify(g: Graph) -> Graph:
     report = apply_rules(g, RULES)
     g.meta["_pass_note"] = report.summary()

@@ -29,6 +29,18 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["OPTIMIZERS", "FitResult", "Model", "StepConfig", "TrainConfig", "TrainStep", "Trainer",
-           "add_train_args", "build_step", "build_step_from_args", "get_optimizer",
-           "optimizer_names", "step_from_args"]
+__all__ = [
+    "OPTIMIZERS",
+    "FitResult",
+    "Model",
+    "StepConfig",
+    "TrainConfig",
+    "TrainStep",
+    "Trainer",
+    "add_train_args",
+    "build_step",
+    "build_step_from_args",
+    "get_optimizer",
+    "optimizer_names",
+    "step_from_args",
+]

@@ -48,19 +48,38 @@ class Model:
         self.step: TrainStep | None = None
         self.trainer: Trainer | None = None
 
-    def compile(self, optimizer: str = "adam", loss: str | None = None, *,
-                lr: float | None = None, l1: float = 0.0, l2: float = 0.0,
-                clip_value: float | None = None, clip_norm: float | None = None,
-                device: str = "cpu", threads: int | None = None, **hyper: float) -> Model:
+    def compile(
+        self,
+        optimizer: str = "adam",
+        loss: str | None = None,
+        *,
+        lr: float | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        clip_value: float | None = None,
+        clip_norm: float | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        **hyper: float,
+    ) -> Model:
         """Build the training step; `hyper` holds momentum, beta1, beta2, eps, rho, …"""
         g = self.graph
         if loss is not None:
             g = _with_loss(g, loss)
         elif g.loss is None:
-            raise GraphError("the model has no loss", hint="compile(loss='cross_entropy') or "
-                             "add minimize(...) to the model file")
-        cfg = StepConfig(optimizer=optimizer, lr=lr, hyper=hyper, l1=l1, l2=l2,
-                         clip_value=clip_value, clip_norm=clip_norm)
+            raise GraphError(
+                "the model has no loss",
+                hint="compile(loss='cross_entropy') or add minimize(...) to the model file",
+            )
+        cfg = StepConfig(
+            optimizer=optimizer,
+            lr=lr,
+            hyper=hyper,
+            l1=l1,
+            l2=l2,
+            clip_value=clip_value,
+            clip_norm=clip_norm,
+        )
         self.step = build_step(g, cfg)
         self.trainer = Trainer(self.step, device, threads)
         return self
@@ -70,16 +89,36 @@ class Model:
             raise GraphError("the model is not compiled", hint="call model.compile(...) first")
         return self.trainer
 
-    def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32, epochs: int = 1,
-            validation_data: tuple[np.ndarray, np.ndarray] | None = None, *,
-            shuffle: bool = True, seed: int = 0, verbose: int = 1, on_step=None, on_epoch=None,
-            **options: Any) -> History:
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int = 32,
+        epochs: int = 1,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        verbose: int = 1,
+        on_step=None,
+        on_epoch=None,
+        **options: Any,
+    ) -> History:
         """Train; `options` are TrainConfig fields (schedule, warmup, patience, checkpoint, …);
         `on_step`/`on_epoch` are callbacks (see Trainer.fit)."""
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                          verbose=verbose, **options)
-        return History(self._need().fit(x, y, cfg, validation=validation_data, on_step=on_step,
-                                        on_epoch=on_epoch))
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            verbose=verbose,
+            **options,
+        )
+        return History(
+            self._need().fit(
+                x, y, cfg, validation=validation_data, on_step=on_step, on_epoch=on_epoch
+            )
+        )
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
         return self._need().evaluate(x, y, batch_size)
@@ -121,8 +160,7 @@ def _with_loss(graph: Graph, loss: str) -> Graph:
     if loss not in LOSSES:
         raise GraphError(f"unknown loss '{loss}'", hint="use " + " or ".join(LOSSES))
     if not graph.outputs:
-        raise GraphError("the model has no output to compute a loss on",
-                         hint="add output(logits)")
+        raise GraphError("the model has no output to compute a loss on", hint="add output(logits)")
     g = graph.copy()
     b = Builder(g)
     pred = Tensor(b, g.outputs[0])

@@ -36,7 +36,7 @@ class Dataset:
         if self.test is not None:
             parts.append(f"test {len(self.test[0])}")
         shape = "x".join(map(str, self.train[0].shape[1:]))
-        kind = (f"{self.num_classes} classes" if self.task == "classification" else "regression")
+        kind = f"{self.num_classes} classes" if self.task == "classification" else "regression"
         return ", ".join(parts) + f" ({shape} features, {kind})"
 
 
@@ -77,11 +77,20 @@ def digits(seed: int = 0, val_split: float = 0.1, test_split: float = 0.2) -> Da
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise GraphError("the digits data set needs scikit-learn",
-                         hint="pip install scikit-learn") from None
+        raise GraphError(
+            "the digits data set needs scikit-learn", hint="pip install scikit-learn"
+        ) from None
     d = load_digits()
-    return _finish("digits", d.data / 16.0, d.target, "classification", val_split=val_split,
-                   test_split=test_split, seed=seed, doc="1,797 8x8 digit images, 10 classes")
+    return _finish(
+        "digits",
+        d.data / 16.0,
+        d.target,
+        "classification",
+        val_split=val_split,
+        test_split=test_split,
+        seed=seed,
+        doc="1,797 8x8 digit images, 10 classes",
+    )
 
 
 def _playground(kind: str, n: int, noise: float, rng) -> Split:
@@ -118,26 +127,49 @@ def _playground(kind: str, n: int, noise: float, rng) -> Split:
     return x, y
 
 
-def playground(kind: str, n: int = 1000, noise: float = 0.0, seed: int = 0,
-               val_split: float = 0.1, test_split: float = 0.2) -> Dataset:
+def playground(
+    kind: str,
+    n: int = 1000,
+    noise: float = 0.0,
+    seed: int = 0,
+    val_split: float = 0.1,
+    test_split: float = 0.2,
+) -> Dataset:
     """TensorFlow Playground's two-feature classification problems."""
     x, y = _playground(kind, n, noise, np.random.default_rng(seed))
-    return _finish(kind, x, y, "classification", val_split=val_split, test_split=test_split,
-                   seed=seed, doc=f"{kind} in the plane, 2 classes")
+    return _finish(
+        kind,
+        x,
+        y,
+        "classification",
+        val_split=val_split,
+        test_split=test_split,
+        seed=seed,
+        doc=f"{kind} in the plane, 2 classes",
+    )
 
 
-def parity(n: int = 2000, length: int = 8, seed: int = 0, val_split: float = 0.1,
-           test_split: float = 0.2) -> Dataset:
+def parity(
+    n: int = 2000, length: int = 8, seed: int = 0, val_split: float = 0.1, test_split: float = 0.2
+) -> Dataset:
     """Bit strings [N, T, 1]; the label is 1 when the number of ones is odd."""
     rng = np.random.default_rng(seed)
     bits = rng.integers(0, 2, (n, length))
-    return _finish("parity", bits[..., None], bits.sum(1) % 2, "classification",
-                   val_split=val_split, test_split=test_split, seed=seed,
-                   doc=f"parity of {length} bits, 2 classes")
+    return _finish(
+        "parity",
+        bits[..., None],
+        bits.sum(1) % 2,
+        "classification",
+        val_split=val_split,
+        test_split=test_split,
+        seed=seed,
+        doc=f"parity of {length} bits, 2 classes",
+    )
 
 
-def adding(n: int = 2000, length: int = 10, seed: int = 0, val_split: float = 0.1,
-           test_split: float = 0.2) -> Dataset:
+def adding(
+    n: int = 2000, length: int = 10, seed: int = 0, val_split: float = 0.1, test_split: float = 0.2
+) -> Dataset:
     """Hochreiter's adding problem [N, T, 2]: values and a marker channel with two 1s.
 
     The target is the sum of the two marked values (shape [N, 1], regression);
@@ -151,12 +183,19 @@ def adding(n: int = 2000, length: int = 10, seed: int = 0, val_split: float = 0.
         marks[i, [a, b]] = 1
     x = np.stack([vals, marks], -1)
     y = (vals * marks).sum(1, keepdims=True)
-    return _finish("adding", x, y, "regression", val_split=val_split, test_split=test_split,
-                   seed=seed, doc=f"adding problem over {length} steps")
+    return _finish(
+        "adding",
+        x,
+        y,
+        "regression",
+        val_split=val_split,
+        test_split=test_split,
+        seed=seed,
+        doc=f"adding problem over {length} steps",
+    )
 
 
-def from_file(path: str, seed: int = 0, val_split: float = 0.1, test_split: float = 0.2
-              ) -> Dataset:
+def from_file(path: str, seed: int = 0, val_split: float = 0.1, test_split: float = 0.2) -> Dataset:
     """A user's .npz (arrays x and y, optionally x_test/y_test, x_val/y_val) or .csv.
 
     A .csv has one row per example, the label in the last column and an
@@ -171,11 +210,15 @@ def from_file(path: str, seed: int = 0, val_split: float = 0.1, test_split: floa
         x = arrays.get("x", arrays.get("x_train"))
         y = arrays.get("y", arrays.get("y_train"))
         if x is None or y is None:
-            raise GraphError(f"'{path}' holds arrays {', '.join(arrays) or 'none'}",
-                             hint="save the inputs as x and the labels as y "
-                                  "(np.savez(path, x=..., y=...))")
-        extra = {k: (arrays[f"x_{k}"], arrays[f"y_{k}"]) for k in ("val", "test")
-                 if f"x_{k}" in arrays and f"y_{k}" in arrays}
+            raise GraphError(
+                f"'{path}' holds arrays {', '.join(arrays) or 'none'}",
+                hint="save the inputs as x and the labels as y (np.savez(path, x=..., y=...))",
+            )
+        extra = {
+            k: (arrays[f"x_{k}"], arrays[f"y_{k}"])
+            for k in ("val", "test")
+            if f"x_{k}" in arrays and f"y_{k}" in arrays
+        }
     elif path.endswith(".csv"):
         x, y = _read_csv(path)
         extra = {}
@@ -184,11 +227,24 @@ def from_file(path: str, seed: int = 0, val_split: float = 0.1, test_split: floa
     if len(x) != len(y):
         raise GraphError(f"'{path}': {len(x)} inputs but {len(y)} labels")
     task = "classification" if _integral(y) and np.ndim(y) == 1 else "regression"
-    ds = _finish(name, x, y, task, val_split=0.0 if "val" in extra else val_split,
-                 test_split=0.0 if "test" in extra else test_split, seed=seed)
+    ds = _finish(
+        name,
+        x,
+        y,
+        task,
+        val_split=0.0 if "val" in extra else val_split,
+        test_split=0.0 if "test" in extra else test_split,
+        seed=seed,
+    )
     for k, (xs, ys) in extra.items():
-        setattr(ds, k, (np.asarray(xs, np.float32),
-                        np.asarray(ys, np.int64 if task == "classification" else np.float32)))
+        setattr(
+            ds,
+            k,
+            (
+                np.asarray(xs, np.float32),
+                np.asarray(ys, np.int64 if task == "classification" else np.float32),
+            ),
+        )
     if task == "classification":
         parts = [s[1] for s in (ds.train, ds.val, ds.test) if s is not None and len(s[1])]
         ds.num_classes = int(max(int(p.max()) for p in parts)) + 1
@@ -212,8 +268,9 @@ def _read_csv(path: str) -> Split:
     try:
         table = np.asarray(rows, dtype=np.float64)
     except ValueError as err:
-        raise GraphError(f"'{path}' has a non-numeric cell: {err}",
-                         hint="a .csv must hold numbers, label last") from None
+        raise GraphError(
+            f"'{path}' has a non-numeric cell: {err}", hint="a .csv must hold numbers, label last"
+        ) from None
     if table.ndim != 2 or table.shape[1] < 2:
         raise GraphError(f"'{path}' needs at least two columns (features, then the label)")
     return table[:, :-1], table[:, -1]
@@ -238,8 +295,13 @@ DATASETS = {
 }
 
 
-def load(name: str, seed: int = 0, val_split: float = 0.1, test_split: float = 0.2,
-         input_shape: tuple | None = None) -> Dataset:
+def load(
+    name: str,
+    seed: int = 0,
+    val_split: float = 0.1,
+    test_split: float = 0.2,
+    input_shape: tuple | None = None,
+) -> Dataset:
     """A named data set or a .npz/.csv file.
 
     `input_shape` (the model input's declared shape) sets the sequence length
@@ -249,11 +311,19 @@ def load(name: str, seed: int = 0, val_split: float = 0.1, test_split: float = 0
         return from_file(name, seed=seed, val_split=val_split, test_split=test_split)
     if name not in DATASETS:
         near = closest(name, DATASETS)
-        raise GraphError(f"unknown data set '{name}'",
-                         hint=(f"did you mean '{near}'? " if near else "")
-                         + "use one of " + ", ".join(DATASETS) + ", or a .npz/.csv file")
+        raise GraphError(
+            f"unknown data set '{name}'",
+            hint=(f"did you mean '{near}'? " if near else "")
+            + "use one of "
+            + ", ".join(DATASETS)
+            + ", or a .npz/.csv file",
+        )
     kw = {}
-    if name in ("parity", "adding") and input_shape is not None and len(input_shape) == 3 \
-            and isinstance(input_shape[1], int):
+    if (
+        name in ("parity", "adding")
+        and input_shape is not None
+        and len(input_shape) == 3
+        and isinstance(input_shape[1], int)
+    ):
         kw["length"] = input_shape[1]
     return DATASETS[name](seed=seed, val_split=val_split, test_split=test_split, **kw)

@@ -62,8 +62,13 @@ class FitResult:
 class Trainer:
     """One training step's sessions plus the loop around them."""
 
-    def __init__(self, ts: TrainStep, device: str = "cpu", threads: int | str | None = None,
-                 profile: str | None = None) -> None:
+    def __init__(
+        self,
+        ts: TrainStep,
+        device: str = "cpu",
+        threads: int | str | None = None,
+        profile: str | None = None,
+    ) -> None:
         self.ts = ts
         self.runner = StepRunner(ts, device, threads, profile=profile)
         self.evaluator = Evaluator(ts, self.runner, device, threads)
@@ -78,15 +83,16 @@ class Trainer:
             out[self.y_name] = fit_array(g, self.y_name, y, "y")
         missing = [k for k in self.ts.data_inputs if k not in out]
         if y is not None and missing:
-            raise GraphError("the model has inputs the data does not provide: "
-                             + ", ".join(missing),
-                             hint="training feeds X to the first float input and y to the "
-                                  "loss's target")
+            raise GraphError(
+                "the model has inputs the data does not provide: " + ", ".join(missing),
+                hint="training feeds X to the first float input and y to the loss's target",
+            )
         return out
 
     # ---------------------------------------------------------- evaluation
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024,
-                 full: bool = True) -> dict:
+    def evaluate(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024, full: bool = True
+    ) -> dict:
         """Loss (and for classifiers accuracy, macro F1, ROC AUC, confusion matrix)."""
         feeds = self.feeds(x, y)
         outs = (self.ts.loss,) + ((self.ts.pred,) if self.ts.task == "classification" else ())
@@ -106,10 +112,16 @@ class Trainer:
         return self.evaluator.run(outs[:1], feeds, batch_size)[0]
 
     # --------------------------------------------------------------- loop
-    def fit(self, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
-            validation: tuple[np.ndarray, np.ndarray] | None = None, *,
-            on_step: Callable[[dict], bool | None] | None = None,
-            on_epoch: Callable[[dict], bool | None] | None = None) -> FitResult:
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        cfg: TrainConfig,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+        *,
+        on_step: Callable[[dict], bool | None] | None = None,
+        on_epoch: Callable[[dict], bool | None] | None = None,
+    ) -> FitResult:
         """Train on (x, y). `on_step` gets {step, epoch, batch, batches, loss, accuracy,
         samples_per_s} after every step, `on_epoch` the epoch's record (what the summary
         line prints); either may return True to stop as Ctrl-C does (checkpoint, resumable).
@@ -120,27 +132,46 @@ class Trainer:
             raise GraphError("the training data is empty")
         bs = max(1, min(cfg.batch_size, n))
         batches = math.ceil(n / bs)
-        lr_of = make_schedule(cfg.schedule, self.ts.config.learning_rate(), epochs=cfg.epochs,
-                              steps_per_epoch=batches, warmup=cfg.warmup,
-                              step_epochs=cfg.step_epochs, gamma=cfg.gamma, min_lr=cfg.min_lr)
+        lr_of = make_schedule(
+            cfg.schedule,
+            self.ts.config.learning_rate(),
+            epochs=cfg.epochs,
+            steps_per_epoch=batches,
+            warmup=cfg.warmup,
+            step_epochs=cfg.step_epochs,
+            gamma=cfg.gamma,
+            min_lr=cfg.min_lr,
+        )
         if cfg.patience is not None and validation is None:
-            raise GraphError("early stopping needs validation data",
-                             hint="give validation data (or --val-split), or drop --patience")
+            raise GraphError(
+                "early stopping needs validation data",
+                hint="give validation data (or --val-split), or drop --patience",
+            )
         classify = self.ts.task == "classification"
-        pos = {"step": 0, "epoch": 0, "batch": 0, "sums": [0.0, 0.0, 0, 0.0],
-               "history": [], "early": {"best": None, "best_epoch": None, "wait": 0}}
+        pos = {
+            "step": 0,
+            "epoch": 0,
+            "batch": 0,
+            "sums": [0.0, 0.0, 0, 0.0],
+            "history": [],
+            "early": {"best": None, "best_epoch": None, "wait": 0},
+        }
         best_state: dict[str, np.ndarray] = {}
         if cfg.resume:
             if not cfg.checkpoint:
                 raise GraphError("--resume needs --checkpoint PATH")
             carried, meta, best_state = ckpt.load(cfg.checkpoint)
-            ckpt.check_compatible(cfg.checkpoint, carried, {
-                k: (tuple(v.shape), str(v.dtype)) for k, v in self.ts.init.items()})
+            ckpt.check_compatible(
+                cfg.checkpoint,
+                carried,
+                {k: (tuple(v.shape), str(v.dtype)) for k, v in self.ts.init.items()},
+            )
             if meta.get("seed") != cfg.seed or meta.get("batch_size") != bs:
                 raise GraphError(
                     f"checkpoint '{cfg.checkpoint}' was written with seed {meta.get('seed')} and "
                     f"batch size {meta.get('batch_size')}; this run has {cfg.seed} and {bs}",
-                    hint="resume with the same --seed and --batch-size")
+                    hint="resume with the same --seed and --batch-size",
+                )
             self.runner.set_state(carried)
             if isinstance(meta.get("threads"), int):
                 self.runner.use_threads(meta["threads"])  # the same kernels' summation order
@@ -153,16 +184,27 @@ class Trainer:
 
         def save() -> None:
             if cfg.checkpoint:
-                ckpt.save(cfg.checkpoint, self.runner.state(),
-                          {**pos, "seed": cfg.seed, "batch_size": bs,
-                           "optimizer": self.ts.optimizer.name,
-                           "threads": self.runner.threads}, best_state)
+                ckpt.save(
+                    cfg.checkpoint,
+                    self.runner.state(),
+                    {
+                        **pos,
+                        "seed": cfg.seed,
+                        "batch_size": bs,
+                        "optimizer": self.ts.optimizer.name,
+                        "threads": self.runner.threads,
+                    },
+                    best_state,
+                )
 
         with stop:
             while pos["epoch"] < cfg.epochs and stopped == "done":
                 epoch = pos["epoch"]
-                order = (np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle
-                         else np.arange(n))
+                order = (
+                    np.random.default_rng([cfg.seed, epoch]).permutation(n)
+                    if cfg.shuffle
+                    else np.arange(n)
+                )
                 t_epoch = time.perf_counter() - pos["sums"][3]
                 while pos["batch"] < batches:
                     if stop.set:
@@ -172,7 +214,7 @@ class Trainer:
                         stopped = "max_steps"
                         break
                     k = pos["batch"]
-                    idx = order[k * bs:(k + 1) * bs]
+                    idx = order[k * bs : (k + 1) * bs]
                     batch = {name: a[idx] for name, a in feeds_all.items()}
                     lr = lr_of(pos["step"])
                     vals = self.runner.step(batch, lr, pos["step"])
@@ -187,13 +229,24 @@ class Trainer:
                     pos["step"] += 1
                     pos["batch"] += 1
                     s[3] = time.perf_counter() - t_epoch
-                    progress.update(epoch + 1, pos["batch"], s[0] / s[2],
-                                    s[1] / s[2] if classify else None, s[2] / max(s[3], 1e-9))
+                    progress.update(
+                        epoch + 1,
+                        pos["batch"],
+                        s[0] / s[2],
+                        s[1] / s[2] if classify else None,
+                        s[2] / max(s[3], 1e-9),
+                    )
                     if on_step is not None and on_step(
-                            {"step": pos["step"], "epoch": epoch + 1, "batch": pos["batch"],
-                             "batches": batches, "loss": s[0] / s[2],
-                             "accuracy": s[1] / s[2] if classify else None,
-                             "samples_per_s": s[2] / max(s[3], 1e-9)}):
+                        {
+                            "step": pos["step"],
+                            "epoch": epoch + 1,
+                            "batch": pos["batch"],
+                            "batches": batches,
+                            "loss": s[0] / s[2],
+                            "accuracy": s[1] / s[2] if classify else None,
+                            "samples_per_s": s[2] / max(s[3], 1e-9),
+                        }
+                    ):
                         stop.set = True
                     if cfg.checkpoint_every and pos["step"] % cfg.checkpoint_every == 0:
                         save()
@@ -211,26 +264,48 @@ class Trainer:
         if stopped in ("interrupted", "max_steps"):
             save()
             if stopped == "interrupted":
-                progress.message(f"interrupted at step {pos['step']}"
-                                 + (f"; checkpoint saved to {cfg.checkpoint} (continue with "
-                                    "--resume)" if cfg.checkpoint else ""))
+                progress.message(
+                    f"interrupted at step {pos['step']}"
+                    + (
+                        f"; checkpoint saved to {cfg.checkpoint} (continue with --resume)"
+                        if cfg.checkpoint
+                        else ""
+                    )
+                )
         early = pos["early"]
         if stopped == "early_stopping":
-            progress.message(f"early stopping: no improvement in {cfg.monitor} for "
-                             f"{cfg.patience} epochs (best: epoch {early['best_epoch']})")
-        if early["best_epoch"] is not None and cfg.restore_best and best_state \
-                and stopped in ("done", "early_stopping"):
+            progress.message(
+                f"early stopping: no improvement in {cfg.monitor} for "
+                f"{cfg.patience} epochs (best: epoch {early['best_epoch']})"
+            )
+        if (
+            early["best_epoch"] is not None
+            and cfg.restore_best
+            and best_state
+            and stopped in ("done", "early_stopping")
+        ):
             self.runner.set_state(best_state)
         self.step_count = pos["step"]
-        return FitResult(pos["history"], pos["step"], pos["epoch"], stopped,
-                         time.perf_counter() - t_start, early["best_epoch"])
+        return FitResult(
+            pos["history"],
+            pos["step"],
+            pos["epoch"],
+            stopped,
+            time.perf_counter() - t_start,
+            early["best_epoch"],
+        )
 
     def _end_epoch(self, epoch: int, pos: dict, lr_of, validation, classify: bool) -> dict:
         s = pos["sums"]
-        record = {"epoch": epoch + 1, "step": pos["step"], "loss": s[0] / s[2],
-                  "accuracy": s[1] / s[2] if classify else None,
-                  "lr": lr_of(max(pos["step"] - 1, 0)), "time_s": s[3],
-                  "samples_per_s": s[2] / max(s[3], 1e-9)}
+        record = {
+            "epoch": epoch + 1,
+            "step": pos["step"],
+            "loss": s[0] / s[2],
+            "accuracy": s[1] / s[2] if classify else None,
+            "lr": lr_of(max(pos["step"] - 1, 0)),
+            "time_s": s[3],
+            "samples_per_s": s[2] / max(s[3], 1e-9),
+        }
         if validation is not None:
             v = self.evaluate(validation[0], validation[1], full=False)
             record["val_loss"] = v["loss"]
@@ -247,8 +322,9 @@ class Trainer:
             raise GraphError(f"cannot monitor '{cfg.monitor}'", hint="use val_loss or val_accuracy")
         value = record.get(cfg.monitor)
         if value is None:
-            raise GraphError(f"'{cfg.monitor}' is not measured for this model",
-                             hint="monitor val_loss")
+            raise GraphError(
+                f"'{cfg.monitor}' is not measured for this model", hint="monitor val_loss"
+            )
         sign = -1.0 if cfg.monitor == "val_accuracy" else 1.0
         e = pos["early"]
         if e["best"] is None or sign * value < sign * e["best"] - cfg.min_delta:
@@ -262,14 +338,16 @@ class Trainer:
 
     def _nonfinite(self, batch, lr, pos, loss, cfg) -> GraphError:
         err = first_nonfinite(self.ts, batch, self.runner.state(), lr, pos["step"])
-        kept = (f"; the last good checkpoint '{cfg.checkpoint}' is kept" if cfg.checkpoint
-                else "")
+        kept = f"; the last good checkpoint '{cfg.checkpoint}' is kept" if cfg.checkpoint else ""
         return GraphError(
             f"training stopped at step {pos['step']} (epoch {pos['epoch'] + 1}, batch "
             f"{pos['batch'] + 1}): the loss is {loss}. {err.message}{kept}",
-            loc=err.loc, node=err.node,
-            hint=err.hint or "lower the learning rate (--lr), clip gradients (--clip-norm 1.0) "
-                             "or check the data for extreme values")
+            loc=err.loc,
+            node=err.node,
+            hint=err.hint
+            or "lower the learning rate (--lr), clip gradients (--clip-norm 1.0) "
+            "or check the data for extreme values",
+        )
 
 
 class _StopFlag:

@@ -57,9 +57,12 @@ def get_optimizer(name: str) -> Optimizer:
     key = name.lower().replace("-", "_")
     if key not in OPTIMIZERS:
         near = closest(key, OPTIMIZERS)
-        raise GraphError(f"unknown optimizer '{name}'",
-                         hint=(f"did you mean '{near}'? " if near else "")
-                         + "optimizers: " + ", ".join(optimizer_names()))
+        raise GraphError(
+            f"unknown optimizer '{name}'",
+            hint=(f"did you mean '{near}'? " if near else "")
+            + "optimizers: "
+            + ", ".join(optimizer_names()),
+        )
     return OPTIMIZERS[key]
 
 
@@ -74,8 +77,10 @@ def hyperparameters(opt: Optimizer, given: dict[str, float] | None) -> dict[str,
         if v is None:
             continue
         if k not in h:
-            raise GraphError(f"optimizer '{opt.name}' has no hyperparameter '{k}'",
-                             hint="it takes: " + (", ".join(h) or "only the learning rate"))
+            raise GraphError(
+                f"optimizer '{opt.name}' has no hyperparameter '{k}'",
+                hint="it takes: " + (", ".join(h) or "only the learning rate"),
+            )
         h[k] = float(v)
     return h
 
@@ -109,12 +114,33 @@ def _nesterov_np(p, g, s, lr, t, h):
     return p - lr * (g + h["momentum"] * v), {"v": v}
 
 
-defopt(Optimizer("sgd", (), {}, _sgd, _sgd_np, default_lr=0.1,
-                 doc="plain gradient descent: p -= lr * g"))
-defopt(Optimizer("momentum", ("v",), {"momentum": 0.9}, _momentum, _momentum_np, default_lr=0.01,
-                 doc="heavy ball: v = mu*v + g; p -= lr * v"))
-defopt(Optimizer("nesterov", ("v",), {"momentum": 0.9}, _nesterov, _nesterov_np, default_lr=0.01,
-                 doc="Nesterov momentum: v = mu*v + g; p -= lr * (g + mu*v)"))
+defopt(
+    Optimizer(
+        "sgd", (), {}, _sgd, _sgd_np, default_lr=0.1, doc="plain gradient descent: p -= lr * g"
+    )
+)
+defopt(
+    Optimizer(
+        "momentum",
+        ("v",),
+        {"momentum": 0.9},
+        _momentum,
+        _momentum_np,
+        default_lr=0.01,
+        doc="heavy ball: v = mu*v + g; p -= lr * v",
+    )
+)
+defopt(
+    Optimizer(
+        "nesterov",
+        ("v",),
+        {"momentum": 0.9},
+        _nesterov,
+        _nesterov_np,
+        default_lr=0.01,
+        doc="Nesterov momentum: v = mu*v + g; p -= lr * (g + mu*v)",
+    )
+)
 
 
 # ------------------------------------------------------------- adaptive methods
@@ -124,7 +150,7 @@ def _rmsprop(b, p, g, s, lr, t, h):
 
 
 def _rmsprop_np(p, g, s, lr, t, h):
-    sq = h["rho"] * s["sq"] + (1 - h["rho"]) * g ** 2
+    sq = h["rho"] * s["sq"] + (1 - h["rho"]) * g**2
     return p - lr * g / (np.sqrt(sq) + h["eps"]), {"sq": sq}
 
 
@@ -134,7 +160,7 @@ def _adagrad(b, p, g, s, lr, t, h):
 
 
 def _adagrad_np(p, g, s, lr, t, h):
-    acc = s["acc"] + g ** 2
+    acc = s["acc"] + g**2
     return p - lr * g / (np.sqrt(acc) + h["eps"]), {"acc": acc}
 
 
@@ -148,9 +174,9 @@ def _adadelta(b, p, g, s, lr, t, h):
 
 def _adadelta_np(p, g, s, lr, t, h):
     rho, eps = h["rho"], h["eps"]
-    sq = rho * s["sq"] + (1 - rho) * g ** 2
+    sq = rho * s["sq"] + (1 - rho) * g**2
     dx = np.sqrt(s["dx"] + eps) / np.sqrt(sq + eps) * g
-    acc_dx = rho * s["dx"] + (1 - rho) * dx ** 2
+    acc_dx = rho * s["dx"] + (1 - rho) * dx**2
     return p - lr * dx, {"sq": sq, "dx": acc_dx}
 
 
@@ -167,8 +193,9 @@ def _adam_core(b, p, g, s, lr, t, h):
     m = s["m"] * b1 + g * (1.0 - b1)
     v = s["v"] * b2 + b.square(g) * (1.0 - b2)
     # bias corrections 1 - beta^t are scalars: built once for all parameters
-    step = shared(b, ("adam_step", lr.name, t.name, b1),
-                  lambda: lr / (1.0 - b.pow(b.scalar(b1, like=t), t)))
+    step = shared(
+        b, ("adam_step", lr.name, t.name, b1), lambda: lr / (1.0 - b.pow(b.scalar(b1, like=t), t))
+    )
     c2 = shared(b, ("adam_c2", t.name, b2), lambda: 1.0 - b.pow(b.scalar(b2, like=t), t))
     return m, v, p - step * m / (b.sqrt(v / c2) + h["eps"])
 
@@ -188,9 +215,9 @@ def _adam_np(p, g, s, lr, t, h, decay=0.0):
     b1, b2 = h["beta1"], h["beta2"]
     p = p - lr * decay * p
     m = b1 * s["m"] + (1 - b1) * g
-    v = b2 * s["v"] + (1 - b2) * g ** 2
-    m_hat = m / (1 - b1 ** t)
-    v_hat = v / (1 - b2 ** t)
+    v = b2 * s["v"] + (1 - b2) * g**2
+    m_hat = m / (1 - b1**t)
+    v_hat = v / (1 - b2**t)
     return p - lr * m_hat / (np.sqrt(v_hat) + h["eps"]), {"m": m, "v": v}
 
 
@@ -198,19 +225,61 @@ def _adamw_np(p, g, s, lr, t, h):
     return _adam_np(p, g, s, lr, t, h, decay=h["weight_decay"])
 
 
-defopt(Optimizer("rmsprop", ("sq",), {"rho": 0.99, "eps": 1e-8}, _rmsprop, _rmsprop_np,
-                 default_lr=0.001,
-                 doc="s = rho*s + (1-rho)*g^2; p -= lr * g / (sqrt(s) + eps)"))
-defopt(Optimizer("adagrad", ("acc",), {"eps": 1e-10}, _adagrad, _adagrad_np, default_lr=0.01,
-                 doc="s += g^2; p -= lr * g / (sqrt(s) + eps)"))
-defopt(Optimizer("adadelta", ("sq", "dx"), {"rho": 0.9, "eps": 1e-6}, _adadelta, _adadelta_np,
-                 default_lr=1.0,
-                 doc="s = rho*s + (1-rho)*g^2; d = sqrt(u+eps)/sqrt(s+eps)*g; "
-                     "u = rho*u + (1-rho)*d^2; p -= lr * d"))
-defopt(Optimizer("adam", ("m", "v"), {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}, _adam,
-                 _adam_np, default_lr=0.001, uses_step=True,
-                 doc="m, v moving averages of g and g^2; p -= lr * m_hat / (sqrt(v_hat) + eps)"))
-defopt(Optimizer("adamw", ("m", "v"),
-                 {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
-                 _adamw, _adamw_np, default_lr=0.001, uses_step=True,
-                 doc="Adam with decoupled weight decay: p -= lr*wd*p, then the Adam step"))
+defopt(
+    Optimizer(
+        "rmsprop",
+        ("sq",),
+        {"rho": 0.99, "eps": 1e-8},
+        _rmsprop,
+        _rmsprop_np,
+        default_lr=0.001,
+        doc="s = rho*s + (1-rho)*g^2; p -= lr * g / (sqrt(s) + eps)",
+    )
+)
+defopt(
+    Optimizer(
+        "adagrad",
+        ("acc",),
+        {"eps": 1e-10},
+        _adagrad,
+        _adagrad_np,
+        default_lr=0.01,
+        doc="s += g^2; p -= lr * g / (sqrt(s) + eps)",
+    )
+)
+defopt(
+    Optimizer(
+        "adadelta",
+        ("sq", "dx"),
+        {"rho": 0.9, "eps": 1e-6},
+        _adadelta,
+        _adadelta_np,
+        default_lr=1.0,
+        doc="s = rho*s + (1-rho)*g^2; d = sqrt(u+eps)/sqrt(s+eps)*g; "
+        "u = rho*u + (1-rho)*d^2; p -= lr * d",
+    )
+)
+defopt(
+    Optimizer(
+        "adam",
+        ("m", "v"),
+        {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+        _adam,
+        _adam_np,
+        default_lr=0.001,
+        uses_step=True,
+        doc="m, v moving averages of g and g^2; p -= lr * m_hat / (sqrt(v_hat) + eps)",
+    )
+)
+defopt(
+    Optimizer(
+        "adamw",
+        ("m", "v"),
+        {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+        _adamw,
+        _adamw_np,
+        default_lr=0.001,
+        uses_step=True,
+        doc="Adam with decoupled weight decay: p -= lr*wd*p, then the Adam step",
+    )
+)

@@ -22,8 +22,14 @@ class Progress:
     summary line per epoch, 2 prints the summary lines only.
     """
 
-    def __init__(self, epochs: int, batches: int, verbose: int = 1,
-                 stream: TextIO | None = None, width: int = 24) -> None:
+    def __init__(
+        self,
+        epochs: int,
+        batches: int,
+        verbose: int = 1,
+        stream: TextIO | None = None,
+        width: int = 24,
+    ) -> None:
         self.epochs = epochs
         self.batches = batches
         self.verbose = verbose
@@ -33,8 +39,9 @@ class Progress:
         self._last = 0.0
         self._drawn = False
 
-    def update(self, epoch: int, batch: int, loss: float, acc: float | None,
-               samples_per_s: float) -> None:
+    def update(
+        self, epoch: int, batch: int, loss: float, acc: float | None, samples_per_s: float
+    ) -> None:
         if not self.bar:
             return
         now = time.perf_counter()
@@ -43,9 +50,11 @@ class Progress:
         self._last = now
         done = int(self.width * batch / max(self.batches, 1))
         bar = "#" * done + "." * (self.width - done)
-        text = (f"\repoch {epoch}/{self.epochs} [{bar}] {batch}/{self.batches}  loss {loss:.4f}"
-                + (f"  acc {acc:.3f}" if acc is not None else "")
-                + f"  {_fmt_rate(samples_per_s)}")
+        text = (
+            f"\repoch {epoch}/{self.epochs} [{bar}] {batch}/{self.batches}  loss {loss:.4f}"
+            + (f"  acc {acc:.3f}" if acc is not None else "")
+            + f"  {_fmt_rate(samples_per_s)}"
+        )
         self.stream.write(text)
         self.stream.flush()
         self._drawn = True

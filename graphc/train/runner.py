@@ -27,13 +27,14 @@ def data_inputs(graph: Graph, target: str | None) -> tuple[str, str | None]:
     X goes to the first float input; y to the loss's target when that is an
     input, else to the first other input.
     """
-    floats = [k for k, t in graph.inputs.items() if t.dtype.startswith("float")
-              and k != target]
+    floats = [k for k, t in graph.inputs.items() if t.dtype.startswith("float") and k != target]
     if not floats and target in graph.inputs and graph.inputs[target].dtype.startswith("float"):
         return target, None  # the input is its own target (an autoencoder): y is not used
     if not floats:
-        raise GraphError("the model has no float input to feed the data to",
-                         hint="declare one, e.g. x = input(float32, [N, 64])")
+        raise GraphError(
+            "the model has no float input to feed the data to",
+            hint="declare one, e.g. x = input(float32, [N, 64])",
+        )
     x_name = floats[0]
     if target is not None and target in graph.inputs:
         return x_name, target
@@ -46,16 +47,19 @@ def fit_array(graph: Graph, name: str, arr: np.ndarray, what: str = "data") -> n
     t = graph.inputs[name]
     arr = np.asarray(arr)
     want = t.shape
-    if len(want) == arr.ndim and all(not isinstance(w, int) or w == h
-                                     for w, h in zip(want[1:], arr.shape[1:])):
+    if len(want) == arr.ndim and all(
+        not isinstance(w, int) or w == h for w, h in zip(want[1:], arr.shape[1:])
+    ):
         out = arr
     else:
         fixed = want[1:]
         if not all(isinstance(d, int) for d in fixed):
             raise GraphError(
                 f"cannot feed {what} of shape {list(arr.shape)} to input '{name}' "
-                f"{t}: its dims are symbolic", node=name,
-                hint="give the input fixed sizes after the batch dim, or reshape the data")
+                f"{t}: its dims are symbolic",
+                node=name,
+                hint="give the input fixed sizes after the batch dim, or reshape the data",
+            )
         size = int(np.prod(fixed)) if fixed else 1
         row = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
         padded = _pad_images(arr, fixed)
@@ -64,8 +68,10 @@ def fit_array(graph: Graph, name: str, arr: np.ndarray, what: str = "data") -> n
         if size != row:
             raise GraphError(
                 f"{what} rows have {row} values (shape {list(arr.shape)}) but input '{name}' "
-                f"expects {list(want)} ({size} per row)", node=name,
-                hint="pick a data set that matches the model's input, or change the input")
+                f"expects {list(want)} ({size} per row)",
+                node=name,
+                hint="pick a data set that matches the model's input, or change the input",
+            )
         out = arr.reshape((arr.shape[0],) + tuple(fixed))
     return np.ascontiguousarray(out, dtype=t.dtype)
 
@@ -102,8 +108,13 @@ class StepRunner:
     the real batch, and keeps the faster session (`self.threads` says which).
     """
 
-    def __init__(self, ts: TrainStep, device: str = "cpu", threads: int | str | None = None,
-                 profile: str | None = None) -> None:
+    def __init__(
+        self,
+        ts: TrainStep,
+        device: str = "cpu",
+        threads: int | str | None = None,
+        profile: str | None = None,
+    ) -> None:
         import os
 
         from graphc.runtime import make_session
@@ -120,8 +131,10 @@ class StepRunner:
         self.device = _ort_device(self.session)
         self._candidates: dict[int, object] = {}
         if auto and self.device == "cpu" and threads > 1:
-            self._candidates = {threads: self.session,
-                                1: make_session(model, device, threads=1, profile=profile)}
+            self._candidates = {
+                threads: self.session,
+                1: make_session(model, device, threads=1, profile=profile),
+            }
         self.lr_dtype = np.dtype(ts.graph.type(LR).dtype)
         self.scalar_names = ["loss"] + ts.metrics
         self.buffers: list[dict] = [{}, {}]
@@ -136,8 +149,9 @@ class StepRunner:
     def _empty(self, shape, dtype):
         import onnxruntime as ort
 
-        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.dtype(dtype),
-                                                         self.device, 0)
+        return ort.OrtValue.ortvalue_from_shape_and_type(
+            list(shape), np.dtype(dtype), self.device, 0
+        )
 
     def set_state(self, values: Mapping[str, np.ndarray]) -> None:
         """Load carried tensors (parameters, statistics, slots) onto the device."""
@@ -145,11 +159,15 @@ class StepRunner:
         missing = [k for k in carried if k not in values]
         if missing:
             raise GraphError("missing values for " + ", ".join(missing))
-        self.buffers = [{k: self._ortvalue(values[k]) for k in carried},
-                        {k: self._empty(values[k].shape, values[k].dtype) for k in carried}]
+        self.buffers = [
+            {k: self._ortvalue(values[k]) for k in carried},
+            {k: self._empty(values[k].shape, values[k].dtype) for k in carried},
+        ]
         self.cur = 0
-        self.scalars = {k: self._empty(self.ts.graph.type(k).shape, self.ts.graph.type(k).dtype)
-                        for k in self.scalar_names}
+        self.scalars = {
+            k: self._empty(self.ts.graph.type(k).shape, self.ts.graph.type(k).dtype)
+            for k in self.scalar_names
+        }
         self.bindings = self._bind(self.session)
 
     def _bind(self, session) -> list:
@@ -170,8 +188,9 @@ class StepRunner:
         """Settle an automatic thread choice (a resumed run reuses the original's)."""
         if self._candidates:
             if threads not in self._candidates:
-                raise GraphError(f"this runner can use {sorted(self._candidates)} threads, "
-                                 f"not {threads}")
+                raise GraphError(
+                    f"this runner can use {sorted(self._candidates)} threads, not {threads}"
+                )
             self.session = self._candidates[threads]
             self.bindings = self._bind(self.session)
             self.threads = threads
@@ -234,8 +253,13 @@ class Evaluator:
     buffers, so evaluating after an epoch copies no weights.
     """
 
-    def __init__(self, ts: TrainStep, runner: StepRunner | None, device: str = "cpu",
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        ts: TrainStep,
+        runner: StepRunner | None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
         self.ts = ts
         self.runner = runner
         self.graph = _inference_graph(ts)
@@ -256,9 +280,13 @@ class Evaluator:
             self._sessions[outputs] = make_session(model, self.device, threads=threads)
         return self._sessions[outputs]
 
-    def run(self, outputs: tuple[str, ...], feeds: Mapping[str, np.ndarray],
-            batch_size: int = 1024, state: Mapping[str, np.ndarray] | None = None
-            ) -> list[np.ndarray]:
+    def run(
+        self,
+        outputs: tuple[str, ...],
+        feeds: Mapping[str, np.ndarray],
+        batch_size: int = 1024,
+        state: Mapping[str, np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
         """Outputs over the whole data, in batches; batch results are concatenated."""
         sess = self._session(outputs)
         n = len(next(iter(feeds.values())))
@@ -269,7 +297,7 @@ class Evaluator:
             io = sess.io_binding()
             for k, v in feeds.items():
                 if k in names:
-                    io.bind_cpu_input(k, v[start:start + batch_size])
+                    io.bind_cpu_input(k, v[start : start + batch_size])
             for k in names - set(feeds):
                 if state is not None:
                     io.bind_cpu_input(k, np.asarray(state[k]))
@@ -316,14 +344,20 @@ def export_trained(ts: TrainStep, state: Mapping[str, np.ndarray]):
     g = trained_graph(ts, state)
     outputs = list(g.outputs) or ([ts.pred] if ts.pred else [])
     if not outputs:
-        raise GraphError("the model has no outputs to export",
-                         hint="add `output(logits)` to the model file")
+        raise GraphError(
+            "the model has no outputs to export", hint="add `output(logits)` to the model file"
+        )
     return export(g, outputs=outputs, doc="trained with graphc")
 
 
 # ------------------------------------------------------------- diagnosis
-def first_nonfinite(ts: TrainStep, feeds: Mapping[str, np.ndarray],
-                    state: Mapping[str, np.ndarray], lr: float, step: int) -> GraphError:
+def first_nonfinite(
+    ts: TrainStep,
+    feeds: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    lr: float,
+    step: int,
+) -> GraphError:
     """Re-run a failed step in the NumPy interpreter and name the first non-finite value."""
     from graphc.interp import evaluate
 
@@ -332,8 +366,11 @@ def first_nonfinite(ts: TrainStep, feeds: Mapping[str, np.ndarray],
             return GraphError(f"'{k}' was already non-finite before step {step}", node=k)
     for k, v in feeds.items():
         if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)):
-            return GraphError(f"the input batch '{k}' holds non-finite values at step {step}",
-                              node=k, hint="clean the data (NaN or inf in the file)")
+            return GraphError(
+                f"the input batch '{k}' holds non-finite values at step {step}",
+                node=k,
+                hint="clean the data (NaN or inf in the file)",
+            )
     g = ts.graph
     full = dict(feeds)
     full[LR] = np.asarray(lr, dtype=g.type(LR).dtype)
@@ -345,9 +382,19 @@ def first_nonfinite(ts: TrainStep, feeds: Mapping[str, np.ndarray],
             v = env.get(out)
             if v is not None and v.dtype.kind == "f" and not np.all(np.isfinite(v)):
                 where = node.tags.get("grad_of")
-                what = (f"in the gradient of '{where}'" if where else
-                        "in the optimizer update" if node.tags.get("train") else "in the forward pass")
-                return GraphError(f"first non-finite value: '{out}' ({node.op}, {what})",
-                                  loc=node.loc, node=node.name)
-    return GraphError(f"the loss became non-finite at step {step}, but the NumPy reference "
-                      "finds no non-finite value (ONNX Runtime and NumPy round differently)")
+                what = (
+                    f"in the gradient of '{where}'"
+                    if where
+                    else "in the optimizer update"
+                    if node.tags.get("train")
+                    else "in the forward pass"
+                )
+                return GraphError(
+                    f"first non-finite value: '{out}' ({node.op}, {what})",
+                    loc=node.loc,
+                    node=node.name,
+                )
+    return GraphError(
+        f"the loss became non-finite at step {step}, but the NumPy reference "
+        "finds no non-finite value (ONNX Runtime and NumPy round differently)"
+    )

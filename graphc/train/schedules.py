@@ -43,13 +43,23 @@ class Schedule:
         raise GraphError(f"unknown schedule '{self.kind}'", hint="use " + ", ".join(SCHEDULES))
 
 
-def make_schedule(kind: str, base: float, *, epochs: int, steps_per_epoch: int,
-                  warmup: int = 0, step_epochs: int = 10, gamma: float = 0.1,
-                  min_lr: float = 0.0) -> Callable[[int], float]:
+def make_schedule(
+    kind: str,
+    base: float,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup: int = 0,
+    step_epochs: int = 10,
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+) -> Callable[[int], float]:
     if kind not in SCHEDULES:
-        raise GraphError(f"unknown learning-rate schedule '{kind}'",
-                         hint="use one of: " + ", ".join(SCHEDULES))
+        raise GraphError(
+            f"unknown learning-rate schedule '{kind}'", hint="use one of: " + ", ".join(SCHEDULES)
+        )
     if base <= 0:
         raise GraphError(f"the learning rate must be positive, got {base}")
-    return Schedule(base, kind, epochs * steps_per_epoch, steps_per_epoch, warmup, step_epochs,
-                    gamma, min_lr)
+    return Schedule(
+        base, kind, epochs * steps_per_epoch, steps_per_epoch, warmup, step_epochs, gamma, min_lr
+    )

@@ -136,8 +136,11 @@ def _set_training(g: Graph, step_value: str | None) -> list[tuple[str, list[str]
             if len(extra) != len(stats):
                 raise GraphError(
                     f"{node.op} '{node.name}' returns {len(extra)} state outputs in training but "
-                    f"owns {len(stats)} running statistics", loc=node.loc, node=node.name,
-                    hint="the op's declaration must return one new value per state parameter")
+                    f"owns {len(stats)} running statistics",
+                    loc=node.loc,
+                    node=node.name,
+                    hint="the op's declaration must return one new value per state parameter",
+                )
             updates.append((node.name, list(zip(stats, extra))))
     return updates
 
@@ -202,12 +205,17 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
     opt = get_optimizer(cfg.optimizer)
     hyper = hyperparameters(opt, cfg.hyper)
     if graph.loss is None:
-        raise GraphError("the model has no loss to train",
-                         hint="add `minimize(cross_entropy(logits, y))` to the model file")
+        raise GraphError(
+            "the model has no loss to train",
+            hint="add `minimize(cross_entropy(logits, y))` to the model file",
+        )
     for reserved in (LR, STEP):
         if reserved in graph.value_names():
-            raise GraphError(f"the name '{reserved}' is reserved for the training step's input",
-                             node=reserved, hint=f"rename the model's '{reserved}'")
+            raise GraphError(
+                f"the name '{reserved}' is reserved for the training step's input",
+                node=reserved,
+                hint=f"rename the model's '{reserved}'",
+            )
     g = graph.copy()
     g.param_values()  # initialize once, so the step's defaults equal the model's
     for name, p in graph.params.items():
@@ -225,14 +233,19 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
     stats = [k for k, p in g.params.items() if p.state]
     frozen = [k for k, p in g.params.items() if p.frozen and not p.state]
     if not params:
-        raise GraphError("every parameter is frozen: there is nothing to train",
-                         hint="unfreeze at least one layer (remove frozen=true)")
+        raise GraphError(
+            "every parameter is frozen: there is nothing to train",
+            hint="unfreeze at least one layer (remove frozen=true)",
+        )
     loss_node = find_loss_node(g)
     pred = loss_node.inputs[0] if loss_node is not None else None
     target = loss_node.inputs[1] if loss_node is not None and len(loss_node.inputs) > 1 else None
-    classification = (loss_node is not None and target in g.types
-                      and g.types[target].dtype in ("int64", "int32")
-                      and g.types[pred].rank == 2)
+    classification = (
+        loss_node is not None
+        and target in g.types
+        and g.types[target].dtype in ("int64", "int32")
+        and g.types[pred].rank == 2
+    )
 
     b = Builder(g, prefix="reg_", tags={"train": True})
     penalty = _regularization(b, params, cfg)
@@ -251,16 +264,20 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
     metrics: list[str] = []
     for reserved in ("loss", "penalty", "correct", "grad_norm"):
         if reserved != g.loss and reserved in bg.value_names():
-            raise GraphError(f"the name '{reserved}' is reserved for a training-step output",
-                             node=reserved, hint=f"rename the model's '{reserved}'")
+            raise GraphError(
+                f"the name '{reserved}' is reserved for a training-step output",
+                node=reserved,
+                hint=f"rename the model's '{reserved}'",
+            )
     # outputs are named by identity nodes; export folds them into their producers
     if g.loss != "loss":
         b.identity(Tensor(b, g.loss), name="loss")
     if penalty is not None:
         metrics.append(b.identity(Tensor(b, penalty.name), name="penalty").name)
     if classification:
-        metrics.append(b.identity(_correct(b, Tensor(b, pred), Tensor(b, target)),
-                                  name="correct").name)
+        metrics.append(
+            b.identity(_correct(b, Tensor(b, pred), Tensor(b, target)), name="correct").name
+        )
     if norm is not None:
         metrics.append(b.identity(norm, name="grad_norm").name)
 
@@ -272,8 +289,9 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
         for s in opt.slots:
             sname = f"{SLOT}{s}.{name}"
             zero = np.zeros(p.shape, dtype=p.dtype)
-            bg.params[sname] = Param(sname, p.shape, p.dtype, "zeros", frozen=True,
-                                     value=zero, state=True)
+            bg.params[sname] = Param(
+                sname, p.shape, p.dtype, "zeros", frozen=True, value=zero, state=True
+            )
             bg.types[sname] = p.type
             state[s] = Tensor(b, sname)
             slots.append(sname)
@@ -292,10 +310,23 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
         bg.constants[name] = bg.params.pop(name).value
     bg.meta["train_step"] = True
     ts = TrainStep(
-        graph=bg, source=graph, config=cfg, optimizer=opt, hyper=hyper,
-        data_inputs=list(data_inputs), params=params, stats=stats, slots=slots,
-        frozen=frozen, metrics=metrics, loss=g.loss, pred=pred, target=target,
-        task="classification" if classification else "regression", init=init)
+        graph=bg,
+        source=graph,
+        config=cfg,
+        optimizer=opt,
+        hyper=hyper,
+        data_inputs=list(data_inputs),
+        params=params,
+        stats=stats,
+        slots=slots,
+        frozen=frozen,
+        metrics=metrics,
+        loss=g.loss,
+        pred=pred,
+        target=target,
+        task="classification" if classification else "regression",
+        init=init,
+    )
     bg.outputs = ts.outputs  # loss, metrics, then new.* in carried order
     return ts
 
@@ -306,9 +337,15 @@ def export_step(ts: TrainStep, *, defaults: bool = True):
     from graphc.export import export
 
     g = ts.graph
-    model = export(g, outputs=ts.outputs, params_as_inputs=True, keep_inputs=True,
-                   input_order=ts.data_inputs + [LR, STEP], check=False,
-                   doc=f"graphc training step ({ts.optimizer.name})")
+    model = export(
+        g,
+        outputs=ts.outputs,
+        params_as_inputs=True,
+        keep_inputs=True,
+        input_order=ts.data_inputs + [LR, STEP],
+        check=False,
+        doc=f"graphc training step ({ts.optimizer.name})",
+    )
     _order_inputs(model, ts.inputs)
     _fold_output_identities(model)
     lr_default = np.asarray(ts.config.learning_rate(), dtype=g.type(LR).dtype)
@@ -328,8 +365,10 @@ def _order_inputs(model, order: list[str]) -> None:
     by_name = {i.name: i for i in model.graph.input}
     missing = [k for k in order if k not in by_name]
     if missing:
-        raise GraphError("the exported step lacks input(s): " + ", ".join(missing),
-                         hint="this is a graphc bug; please report it with the model file")
+        raise GraphError(
+            "the exported step lacks input(s): " + ", ".join(missing),
+            hint="this is a graphc bug; please report it with the model file",
+        )
     ordered = [by_name[k] for k in order] + [i for i in model.graph.input if i.name not in order]
     del model.graph.input[:]
     model.graph.input.extend(ordered)
@@ -390,10 +429,19 @@ def _set_metadata(model, ts: TrainStep) -> None:
     import json
 
     meta = {
-        "optimizer": ts.optimizer.name, "hyper": ts.hyper, "lr": ts.config.learning_rate(),
-        "l1": ts.config.l1, "l2": ts.config.l2, "clip_value": ts.config.clip_value,
-        "clip_norm": ts.config.clip_norm, "data_inputs": ts.data_inputs, "params": ts.params,
-        "stats": ts.stats, "slots": ts.slots, "frozen": ts.frozen, "metrics": ts.metrics,
+        "optimizer": ts.optimizer.name,
+        "hyper": ts.hyper,
+        "lr": ts.config.learning_rate(),
+        "l1": ts.config.l1,
+        "l2": ts.config.l2,
+        "clip_value": ts.config.clip_value,
+        "clip_norm": ts.config.clip_norm,
+        "data_inputs": ts.data_inputs,
+        "params": ts.params,
+        "stats": ts.stats,
+        "slots": ts.slots,
+        "frozen": ts.frozen,
+        "metrics": ts.metrics,
         "task": ts.task,
     }
     entry = model.metadata_props.add()
@@ -405,5 +453,9 @@ def step_summary(ts: TrainStep) -> dict[str, Any]:
     """Counts for messages: parameters trained, frozen, state and slots."""
     count = lambda names, src: int(sum(np.prod(src[k].shape) for k in names))
     vals = {**ts.init, **ts.graph.constants}
-    return {"trained": count(ts.params, vals), "frozen": count(ts.frozen, vals),
-            "slots": count(ts.slots, vals), "stats": count(ts.stats, vals)}
+    return {
+        "trained": count(ts.params, vals),
+        "frozen": count(ts.frozen, vals),
+        "slots": count(ts.slots, vals),
+        "stats": count(ts.stats, vals),
+    }

@@ -128,3 +128,12 @@ def test_help_for_every_command():
     for name in sub.choices:
         r = run_cli(name, "--help")
         assert r.returncode == 0 and "usage: graphc" in r.stdout
+
+
+def test_docs_op_table_is_the_registry():
+    """docs/ops.md ends with `graphc ops --markdown`: the op reference cannot drift."""
+    from conftest import ROOT
+
+    r = run_cli("ops", "--markdown")
+    text = (ROOT / "docs" / "ops.md").read_text()
+    assert text.endswith(r.stdout), "regenerate docs/ops.md: python -m graphc ops --markdown"

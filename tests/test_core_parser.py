@@ -187,3 +187,14 @@ def test_builder_mirrors_file_language():
     assert [(n.name, n.op, n.inputs, n.attrs) for n in b.graph.nodes.values()] == [
         (n.name, n.op, n.inputs, n.attrs) for n in g.nodes.values()
     ]
+
+
+def test_the_op_family_example_in_the_docs_parses():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "model-files.md").read_text()
+    block = doc.split("## One example per op family")[1].split("```python")[1].split("```")[0]
+    g = graphc.parse(block, "model-files.md")
+    assert g.types["block"].shape == ("N", 16, 16, 16)
+    assert g.types["h_all"].shape == ("N", 10, 64)
+    assert g.types["right"].shape == ("N", 5)

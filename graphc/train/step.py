@@ -232,10 +232,16 @@ def build_step(graph: Graph, config: StepConfig | None = None) -> TrainStep:
     params = [k for k, p in g.params.items() if not p.frozen and not p.state]
     stats = [k for k, p in g.params.items() if p.state]
     frozen = [k for k, p in g.params.items() if p.frozen and not p.state]
+    if not params and not frozen:
+        raise GraphError(
+            f"'{g.name}' has no parameters: there is nothing to train",
+            hint="add a layer with weights (linear, conv2d, ...); to differentiate with "
+            "respect to inputs, use `graphc compile --grad --wrt NAME`",
+        )
     if not params:
         raise GraphError(
             "every parameter is frozen: there is nothing to train",
-            hint="unfreeze at least one layer (remove frozen=true)",
+            hint="unfreeze at least one layer (remove frozen=True)",
         )
     loss_node = find_loss_node(g)
     pred = loss_node.inputs[0] if loss_node is not None else None

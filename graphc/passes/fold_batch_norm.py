@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import Graph, Node, Param
-from graphc.passes.manager import register
-from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses
+from graphc.passes.rewrite import Match, Rule, replace_uses, rule_pass
 
 LAYERS = {"linear": 1, "conv1d": 3, "conv2d": 4, "conv3d": 5}  # op -> weight rank
 
@@ -98,8 +97,8 @@ RULES = [
 ]
 
 
-@register("fold_batch_norm", "fold inference batch norms into the linear/conv layer before them")
-def fold_batch_norm(g: Graph) -> Graph:
-    report = apply_rules(g, RULES)
-    g.meta["_pass_note"] = report.summary()
-    return g
+fold_batch_norm = rule_pass(
+    "fold_batch_norm",
+    "fold inference batch norms into the linear/conv layer before them",
+    RULES,
+)

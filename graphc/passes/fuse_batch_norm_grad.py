@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from graphc.builder import Builder
 from graphc.ir import Graph, Node
-from graphc.passes.manager import register
-from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses, tagged
+from graphc.passes.rewrite import Match, Rule, replace_uses, rule_pass, tagged
 
 
 def check(g: Graph, node: Node, ctx: dict) -> Match | str:
@@ -139,12 +138,9 @@ RULES = [
 ]
 
 
-@register(
+fuse_batch_norm_grad = rule_pass(
     "fuse_batch_norm_grad",
     "a training batch norm's backward in closed form "
     "(five full-size nodes instead of about fifteen)",
+    RULES,
 )
-def fuse_batch_norm_grad(g: Graph) -> Graph:
-    report = apply_rules(g, RULES)
-    g.meta["_pass_note"] = report.summary()
-    return g

@@ -15,8 +15,7 @@ softmax rule it must run before constant folding hides the loss's seed.
 from __future__ import annotations
 
 from graphc.ir import Graph, Node, TensorType
-from graphc.passes.manager import register
-from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses, tagged
+from graphc.passes.rewrite import Match, Rule, replace_uses, rule_pass, tagged
 
 STABLE_FORM = {"relu", "mul", "sub", "abs", "neg", "softplus", "add"}
 
@@ -108,11 +107,8 @@ RULES = [
 ]
 
 
-@register(
+fuse_binary_cross_entropy = rule_pass(
     "fuse_binary_cross_entropy",
     "binary cross-entropy on logits: its backward as one (sigmoid(z) - t) * g / n",
+    RULES,
 )
-def fuse_binary_cross_entropy(g: Graph) -> Graph:
-    report = apply_rules(g, RULES)
-    g.meta["_pass_note"] = report.summary()
-    return g

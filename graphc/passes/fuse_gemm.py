@@ -10,8 +10,7 @@ matmul node becomes the gemm, so its output keeps its name and type.
 from __future__ import annotations
 
 from graphc.ir import Graph, Node
-from graphc.passes.manager import register
-from graphc.passes.rewrite import Match, Rule, apply_rules
+from graphc.passes.rewrite import Match, Rule, rule_pass
 from graphc.shapes import broadcast
 
 _SWAP = (1, 0)
@@ -99,12 +98,9 @@ RULES = [
 ]
 
 
-@register(
+fuse_gemm = rule_pass(
     "fuse_gemm",
     "matmul with transposed operands and a bias add -> one Gemm "
     "(forward and backward of dense layers)",
+    RULES,
 )
-def fuse_gemm(g: Graph) -> Graph:
-    report = apply_rules(g, RULES)
-    g.meta["_pass_note"] = report.summary()
-    return g

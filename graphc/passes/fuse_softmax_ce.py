@@ -15,8 +15,7 @@ into anonymous constants, and the rule needs the seed to find the chain.
 from __future__ import annotations
 
 from graphc.ir import Graph, Node, TensorType
-from graphc.passes.manager import register
-from graphc.passes.rewrite import Match, Rule, apply_rules, replace_uses
+from graphc.passes.rewrite import Match, Rule, replace_uses, rule_pass
 
 
 def _forward_users(ctx: dict, v: str) -> list[Node]:
@@ -150,11 +149,8 @@ RULES = [
 ]
 
 
-@register(
+fuse_softmax_cross_entropy = rule_pass(
     "fuse_softmax_cross_entropy",
     "decomposed cross-entropy forward and backward -> one stable kernel each",
+    RULES,
 )
-def fuse_softmax_cross_entropy(g: Graph) -> Graph:
-    report = apply_rules(g, RULES)
-    g.meta["_pass_note"] = report.summary()
-    return g

@@ -183,3 +183,16 @@ def apply_rules(g: Graph, rules: Iterable[Rule], *, max_rounds: int = 200) -> Ru
             break
     sort_nodes(g)
     return report
+
+
+def rule_pass(name: str, doc: str, rules: list[Rule]) -> Callable[[Graph], Graph]:
+    """Register a pass that applies `rules` until none fires and records their report."""
+    from graphc.passes.manager import register
+
+    def run(g: Graph) -> Graph:
+        g.meta["_pass_note"] = apply_rules(g, rules).summary()
+        return g
+
+    run.__name__ = name
+    run.__doc__ = doc
+    return register(name, doc)(run)

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import Graph, Node
-from graphc.passes.manager import register
-from graphc.passes.rewrite import Match, Rule, apply_rules, builder_for, replace_uses
+from graphc.passes.rewrite import Match, Rule, builder_for, replace_uses, rule_pass
 from graphc.shapes import broadcast
 
 
@@ -275,11 +274,8 @@ RULES = [
 ]
 
 
-@register(
+simplify = rule_pass(
     "simplify",
     "algebraic identities: x*1, x+0, -(-x), transpose/reshape chains, no-op casts and broadcasts",
+    RULES,
 )
-def simplify(g: Graph) -> Graph:
-    report = apply_rules(g, RULES)
-    g.meta["_pass_note"] = report.summary()
-    return g

@@ -19,7 +19,7 @@ from graphc.ops.registry import get_op
 def reference_call(node: Node, arrays: Sequence[np.ndarray | None], rng=None):
     op = get_op(node.op, node.loc)
     attrs = {k: v for k, v in node.attrs.items() if k in op.attrs}
-    args = [a for a in arrays if a is not None] if any(a is None for a in arrays) else list(arrays)
+    args = [a for a in arrays if a is not None]  # absent optional inputs are left out
     if op.random:
         attrs["rng"] = rng if rng is not None else np.random.default_rng(0)
     out = op.reference(*args, **attrs)

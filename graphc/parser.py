@@ -422,10 +422,7 @@ class _Parser:
         pos = [(k == "ref", v) for k, v, _ in p.args]
         kw = {key: v for key, (k, v, _) in p.kwargs.items()}
         refs_kw = {key for key, (k, _, _) in p.kwargs.items() if k == "ref"}
-        try:
-            inputs, attrs = bind_args(op, pos, kw, is_tensor_kw=lambda v: False, where=p.loc)
-        except GraphError:
-            raise
+        inputs, attrs = bind_args(op, pos, kw, is_tensor_kw=lambda v: False, where=p.loc)
         for key in attrs:
             if key in refs_kw:
                 raise GraphError(

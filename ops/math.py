@@ -508,42 +508,25 @@ def _max_grad(c):
     return [_expand_back(c, c.g) * mask]
 
 
-defop(
-    "reduce_sum",
-    attrs=dict(REDUCE_ATTRS),
-    infer=_reduce_infer,
-    reference=lambda x, axes, keepdims: np.sum(x, axis=_np_axes(axes), keepdims=keepdims),
-    lower=_reduce_lower("ReduceSum"),
-    grad=_sum_grad,
-    category="math",
-    doc="sum over axes",
-    test=_REDUCE_TEST,
-    flops=lambda ctx, outs: elementwise_flops(ctx, [ctx.inputs[0]]),
-)
-defop(
-    "reduce_mean",
-    attrs=dict(REDUCE_ATTRS),
-    infer=_reduce_infer,
-    reference=lambda x, axes, keepdims: np.mean(x, axis=_np_axes(axes), keepdims=keepdims),
-    lower=_reduce_lower("ReduceMean"),
-    grad=_mean_grad,
-    category="math",
-    doc="mean over axes",
-    test=_REDUCE_TEST,
-    flops=lambda ctx, outs: elementwise_flops(ctx, [ctx.inputs[0]]),
-)
-defop(
-    "reduce_max",
-    attrs=dict(REDUCE_ATTRS),
-    infer=_reduce_infer,
-    reference=lambda x, axes, keepdims: np.max(x, axis=_np_axes(axes), keepdims=keepdims),
-    lower=_reduce_lower("ReduceMax"),
-    grad=_max_grad,
-    category="math",
-    doc="max over axes",
-    test=_REDUCE_TEST,
-    flops=lambda ctx, outs: elementwise_flops(ctx, [ctx.inputs[0]]),
-)
+for _name, _np_fn, _onnx_op, _grad, _what in (
+    ("reduce_sum", np.sum, "ReduceSum", _sum_grad, "sum"),
+    ("reduce_mean", np.mean, "ReduceMean", _mean_grad, "mean"),
+    ("reduce_max", np.max, "ReduceMax", _max_grad, "max"),
+):
+    defop(
+        _name,
+        attrs=dict(REDUCE_ATTRS),
+        infer=_reduce_infer,
+        reference=lambda x, axes, keepdims, _f=_np_fn: _f(
+            x, axis=_np_axes(axes), keepdims=keepdims
+        ),
+        lower=_reduce_lower(_onnx_op),
+        grad=_grad,
+        category="math",
+        doc=f"{_what} over axes",
+        test=_REDUCE_TEST,
+        flops=lambda ctx, outs: elementwise_flops(ctx, [ctx.inputs[0]]),
+    )
 
 # ------------------------------------------------------------------ matmul
 

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import graphc
-from graphc.cli.common import random_feeds
+from graphc.feeds import random_feeds
 from graphc.passes import PIPELINES, optimize, plan_memory
 from graphc.passes.cost import fmt_bytes
 from graphc.passes.memory import ort_schedule

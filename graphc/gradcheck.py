@@ -69,8 +69,8 @@ def gradcheck(
 ) -> list[GradCheck]:
     """Check every target's symbolic gradient against central differences."""
     from graphc.autodiff import grad
-    from graphc.cli.common import random_feeds
     from graphc.errors import GraphError
+    from graphc.feeds import random_feeds
 
     if graph.loss is None:
         raise GraphError("gradcheck needs a loss", hint="add `minimize(loss)` to the model file")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.cli.common import random_feeds
 from graphc.export import export
+from graphc.feeds import random_feeds
 from graphc.passes import PIPELINES, optimize
 from graphc.runtime import make_session
 from graphc.train.step import StepConfig, build_step

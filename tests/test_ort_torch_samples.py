@@ -8,8 +8,8 @@ import pytest
 
 import graphc
 from conftest import SAMPLES
-from graphc.cli.common import random_feeds
 from graphc.export import export
+from graphc.feeds import random_feeds
 from graphc.runtime import make_session
 
 torch = pytest.importorskip("torch")

@@ -39,8 +39,9 @@ def run(args) -> int:
 
     import numpy as np
 
-    from graphc.cli.common import parse_inputs, random_feeds
+    from graphc.cli.common import parse_inputs
     from graphc.errors import GraphError
+    from graphc.feeds import random_feeds
     from graphc.fileio import atomic_write_bytes
     from graphc.runtime import make_session
     from graphc.runtime import run as ort_run

@@ -17,7 +17,7 @@ def random_feeds(
     rng = np.random.default_rng(seed)
     feeds = {}
     sizes = {d: batch for t in graph.inputs.values() for d in t.shape if isinstance(d, str)}
-    highs = _label_ranges(graph)
+    highs = label_ranges(graph)
     for name, t in graph.inputs.items():
         shape = concrete(t.shape, sizes, default=batch)
         if t.dtype.startswith("int"):
@@ -29,7 +29,7 @@ def random_feeds(
     return feeds
 
 
-def _label_ranges(graph) -> dict[str, int]:
+def label_ranges(graph) -> dict[str, int]:
     """Integer inputs used as class labels: how many classes (from the logits' width)."""
     out = {}
     for node in graph.nodes.values():

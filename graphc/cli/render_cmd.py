@@ -185,7 +185,8 @@ def _memory_points(graph) -> list[tuple[int, int]]:
 def run(args) -> int:
     from pathlib import Path
 
-    from graphc.cli.common import _label_ranges, parse_inputs
+    from graphc.cli.common import parse_inputs
+    from graphc.feeds import label_ranges
     from graphc.fileio import atomic_write_text
     from graphc.interp import evaluate
     from graphc.render import format_of, render_file, run_dot, to_dot
@@ -198,7 +199,7 @@ def run(args) -> int:
     if args.values:
         given = {**extra, **parse_inputs(args.input)}
         feeds = make_feeds(
-            graph, given, seed=args.seed, batch=args.batch, int_highs=_label_ranges(graph)
+            graph, given, seed=args.seed, batch=args.batch, int_highs=label_ranges(graph)
         )
         values = evaluate(graph, feeds)
         if mode == "forward":

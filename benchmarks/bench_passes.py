@@ -1,12 +1,16 @@
 """What the graph optimizer buys, measured on the training step in ONNX Runtime.
 
     .venv/bin/python benchmarks/bench_passes.py [--quick] [--only step|memory|recompute|compile]
+        [--samples NAME ...]
 
 Sections (each printed as a Markdown table; paste into benchmarks/RESULTS.md):
 
 step       -O2 vs -O0 (and -O1) training-step time per sample, Adam, ORT_ENABLE_ALL
-           for both, one intra-op thread; rounds interleave the variants and
+           for both, one intra-op thread, timed through graphc's StepRunner (the
+           path `graphc train` takes: IOBinding, parameters and optimizer state
+           kept in OrtValues between steps); rounds interleave the variants and
            the speedup is the median of per-round ratios (the machine is shared).
+           `--samples NAME ...` limits it to some samples.
 memory     planned peak vs a naive plan vs the liveness lower bound, and the
            planner's estimate vs the peak measured while ORT runs the step.
 recompute  a deep residual MLP: measured peak and step time, -O2 vs -O2 with
@@ -47,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 import graphc
 from graphc.feeds import random_feeds
-from graphc.passes import PIPELINES, optimize, plan_memory
+from graphc.passes import optimize, plan_memory
 from graphc.passes.cost import fmt_bytes
 from graphc.passes.memory import ort_schedule
 from graphc.train.step import StepConfig, build_step
@@ -110,36 +114,83 @@ def samples_with_loss():
 
 
 # ----------------------------------------------------------------------- step
-def bench_step(quick: bool) -> str:
+def time_runners(runners: dict, feeds, rounds: int, budget_s: float) -> dict:
+    """Like time_variants, over StepRunners: the training path (IOBinding, state on device).
+
+    Each runner keeps training from where its last timed step left it; Adam on
+    random data keeps every value finite over a few thousand steps.
+    """
+    lr = {k: r.ts.config.learning_rate() for k, r in runners.items()}
+    count = dict.fromkeys(runners, 0)
+
+    def steps(k, n):
+        r = runners[k]
+        for _ in range(n):
+            r.step(feeds, lr[k], count[k])
+            count[k] += 1
+
+    for k in runners:
+        steps(k, 3)  # warm-up (and the first-run allocations)
+    t0 = time.perf_counter()
+    steps(next(iter(runners)), 1)
+    one = max(time.perf_counter() - t0, 1e-5)
+    reps = max(1, min(300, int(budget_s / len(runners) / rounds / one)))
+    per = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k in runners:
+            t0 = time.perf_counter()
+            steps(k, reps)
+            per[k].append((time.perf_counter() - t0) / reps)
+    base = next(iter(per))
+    return {
+        k: (statistics.median(v), statistics.median(b / x for b, x in zip(per[base], v)))
+        for k, v in per.items()
+    }
+
+
+def check_same_step(name: str, runners: dict, feeds) -> None:
+    """One step from the same start: every variant's loss and new state must match -O0's."""
+    ref_key = next(iter(runners))
+    out = {}
+    for k, r in runners.items():
+        loss = r.step(feeds, r.ts.config.learning_rate(), 0)
+        out[k] = (loss, r.state())
+        r.rollback()  # back to the initial state
+    ref_loss, ref_state = out[ref_key]
+    for k, (loss, state) in out.items():
+        np.testing.assert_allclose(loss, ref_loss, rtol=2e-3, atol=1e-4, err_msg=f"{name} {k}")
+        assert state.keys() == ref_state.keys(), (name, k)
+        for v in state:
+            np.testing.assert_allclose(
+                state[v], ref_state[v], rtol=2e-3, atol=1e-4, err_msg=f"{name} {k} {v}"
+            )
+
+
+def bench_step(quick: bool, only: list[str] | None = None) -> str:
+    from graphc.train.runner import StepRunner
+
     rows = [
         (
             "| sample | step nodes -O0 → -O2 | ONNX nodes -O0 → -O2 | -O0 ms | -O1 ms | -O2 ms "
-            "| -O1 speedup | -O2 speedup | -O2 + fuse_optimizer_update |"
+            "| -O1 speedup | -O2 speedup |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    o2opt = PIPELINES[2][:-1] + ["fuse_optimizer_update", "eliminate_dead_code", "order_for_memory"]
     for name, g in samples_with_loss():
+        if only and name not in only:
+            continue
         ts = build_step(g, StepConfig(optimizer="adam"))
         feeds = random_feeds(g, batch=SAMPLE_BATCH, seed=0)
-        graphs = {
-            "O0": ts.graph,
-            "O1": optimize(ts.graph, 1),
-            "O2": optimize(ts.graph, 2),
-            "O2+opt": optimize(ts.graph, passes=o2opt),
-        }
-        models = {k: step_model(ts, v) for k, v in graphs.items()}
-        sess = {k: session(m) for k, m in models.items()}
-        ref = sess["O0"].run(None, feeds)
-        for k, s in sess.items():  # a benchmark of a wrong program is worthless
-            for a, b in zip(ref, s.run(None, feeds)):
-                np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-4, err_msg=f"{name} {k}")
-        t = time_variants(sess, feeds, rounds=5 if quick else 11, budget_s=2.0 if quick else 8.0)
+        steps = {lvl: dataclasses.replace(ts, graph=optimize(ts.graph, lvl)) for lvl in (0, 1, 2)}
+        runners = {lvl: StepRunner(s, threads=1) for lvl, s in steps.items()}
+        check_same_step(name, runners, feeds)  # a benchmark of a wrong program is worthless
+        t = time_runners(runners, feeds, rounds=5 if quick else 11, budget_s=3.0 if quick else 12.0)
+        onnx_nodes = {lvl: len(s.export().graph.node) for lvl, s in steps.items() if lvl != 1}
         rows.append(
-            f"| {name} | {len(graphs['O0'].nodes)} → {len(graphs['O2'].nodes)} | "
-            f"{len(models['O0'].graph.node)} → {len(models['O2'].graph.node)} | "
-            f"{t['O0'][0] * 1e3:.2f} | {t['O1'][0] * 1e3:.2f} | {t['O2'][0] * 1e3:.2f} | "
-            f"{t['O1'][1]:.2f}× | {t['O2'][1]:.2f}× | {t['O2+opt'][1]:.2f}× |"
+            f"| {name} | {len(steps[0].graph.nodes)} → {len(steps[2].graph.nodes)} | "
+            f"{onnx_nodes[0]} → {onnx_nodes[2]} | "
+            f"{t[0][0] * 1e3:.3f} | {t[1][0] * 1e3:.3f} | {t[2][0] * 1e3:.3f} | "
+            f"{t[1][1]:.2f}× | {t[2][1]:.2f}× |"
         )
         print(rows[-1], flush=True)
     return "\n".join(rows)
@@ -378,6 +429,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
     ap.add_argument("--only", choices=["step", "memory", "recompute", "compile"], action="append")
+    ap.add_argument("--samples", nargs="+", metavar="NAME", help="step section: only these samples")
     args = ap.parse_args()
     import onnxruntime
 
@@ -394,7 +446,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         print(f"\n## {name}\n", flush=True)
-        print(fn(args.quick), flush=True)
+        print(fn(args.quick, args.samples) if name == "step" else fn(args.quick), flush=True)
 
 
 if __name__ == "__main__":

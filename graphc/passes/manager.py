@@ -60,6 +60,7 @@ PIPELINES: dict[int, list[str]] = {
         "fuse_binary_cross_entropy",
         "fuse_batch_norm_grad",
         "fold_batch_norm",
+        "conv_weight_grad_as_gemm",
         *CLEANUP,
         "fuse_gemm",
         "simplify",

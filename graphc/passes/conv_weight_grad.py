@@ -1,0 +1,131 @@
+"""conv_weight_grad_as_gemm: a convolution's weight gradient as patches + one batched GEMM.
+
+`conv_weight_grad` lowers to a Conv whose batch is the input channels and
+whose *kernel* is the output gradient (ops/conv.py). That is exact and needs
+no extra memory, but ONNX Runtime's CPU Conv runs it as one GEMM per input
+channel with as many columns as the weight has taps (9 for 3x3): a skinny
+GEMM over an im2col buffer of the whole image, about a third of the forward
+convolution's speed. On resnet_small these Convs were 44% of the step.
+
+The rewrite spells the same sum as
+
+    patches = conv(x, E, groups=C)          # [N, C*K, *out]: the K taps each
+                                            # output position reads, E one-hot
+    dw      = sum_n gy[n] @ patches[n]^T    # [O, C*K] -> [O, C/groups, *kernel]
+
+E is a constant [C*K, 1, *kernel] with E[c*K + t, 0, t] = 1, so the patch
+convolution copies values (x*1 plus zeros: exact) with the original window
+(stride, padding, dilation); the GEMM then has all C*K columns at once. With
+groups, the patches and gy are split per group and the GEMM batched over
+them. Each output element is the same sum of the same products, in a
+different order: equal up to float rounding. Caveat: a non-finite x (inf or
+NaN) turns into NaN in the neighbouring taps' patches (0*inf), where the
+original might have kept inf.
+
+The patches take K times x's memory while they live (one layer at a time);
+with a 1x1 kernel, stride 1 and no padding they are x itself. The rewrite is
+skipped where it measured slower in ORT (lenet5, separable_cnn): one input
+channel per group (depthwise, or a first layer on a grey image: the GEMM is
+no wider than the Conv's), more taps than output channels (the one-hot
+convolution spends K multiply-adds per patch value, more than the GEMM's O),
+and fewer than 16 output positions (64 tiny GEMMs and a large sum). Only
+float32 is rewritten (float64 convolutions lower through Einsum).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphc.ir import Graph, Node
+from graphc.passes.rewrite import Match, Rule, builder_for, rule_pass
+from graphc.shapes import is_static
+
+
+def one_hot_taps(channels: int, kernel: tuple[int, ...], dtype: str) -> np.ndarray:
+    """E [C*K, 1, *kernel]: output channel c*K + t of a groups=C conv is tap t of channel c."""
+    k = math.prod(kernel)
+    eye = np.eye(k, dtype=dtype).reshape((k, 1) + tuple(kernel))
+    return np.tile(eye, (channels,) + (1,) * (len(kernel) + 1))
+
+
+def check(g: Graph, node: Node, ctx: dict) -> Match | str:
+    x, gy = node.inputs
+    xt, gt = g.types[x], g.types[gy]
+    if xt.dtype != "float32":
+        return "not float32 (float64 convolutions lower through Einsum)"
+    if not is_static(xt.shape[1:2]) or not is_static(gt.shape[1:]):
+        return "channel counts or output sizes are not fixed"
+    groups = node.attrs["groups"]
+    cg, og = xt.shape[1] // groups, gt.shape[1] // groups
+    taps = math.prod(g.types[node.outputs[0]].shape[2:])
+    positions = math.prod(gt.shape[2:])
+    # when these fail, the measured gain turned into a loss (docs/optimizer.md)
+    if cg < 2:
+        return "one input channel per group: the GEMM is no wider than the Conv's"
+    if taps > og:
+        return "more taps than output channels: the one-hot patch conv costs more than the GEMM"
+    if positions < 16:
+        return "under 16 output positions: the per-image GEMMs are too small"
+    return Match(node)
+
+
+def _is_identity_window(g: Graph, node: Node) -> bool:
+    """1x1 kernel, stride 1, no padding: the patches are x itself."""
+    x, gy = node.inputs
+    kernel = g.types[node.outputs[0]].shape[2:]
+    stride = node.attrs["stride"]
+    strides = stride if isinstance(stride, tuple) else (stride,) * len(kernel)
+    return (
+        all(k == 1 for k in kernel)
+        and all(s == 1 for s in strides)
+        and g.types[x].shape[2:] == g.types[gy].shape[2:]
+    )
+
+
+def rewrite(g: Graph, m: Match) -> None:
+    node = m.node
+    x, gy = node.inputs
+    a = node.attrs
+    xt, gt = g.types[x], g.types[gy]
+    c, o, groups = xt.shape[1], gt.shape[1], a["groups"]
+    kernel = tuple(g.types[node.outputs[0]].shape[2:])
+    k = math.prod(kernel)
+    cg = c // groups
+    b = builder_for(g, node, prefix=f"{node.name}_gemm_")
+    if _is_identity_window(g, node):
+        patches = b.tensor(x)
+    else:
+        e = b.const(one_hot_taps(c, kernel, xt.dtype), name=f"{node.name}_taps")
+        window = {key: a[key] for key in ("stride", "padding", "dilation")}
+        patches = b.conv(b.tensor(x), e, groups=c, **window)  # [N, C*K, *out]
+    if groups == 1:
+        cols = b.reshape(patches, shape=(0, c * k, -1))  # [N, C*K, P]
+        rows = b.reshape(b.tensor(gy), shape=(0, o, -1))  # [N, O, P]
+        prod = b.matmul(rows, b.transpose(cols, perm=(0, 2, 1)))  # [N, O, C*K]
+    else:
+        cols = b.reshape(patches, shape=(0, groups, cg * k, -1))  # [N, g, Cg*K, P]
+        rows = b.reshape(b.tensor(gy), shape=(0, groups, o // groups, -1))  # [N, g, O/g, P]
+        prod = b.matmul(rows, b.transpose(cols, perm=(0, 1, 3, 2)))  # [N, g, O/g, Cg*K]
+    summed = b.reduce_sum(prod, axes=(0,))
+    # the matched node becomes the final reshape: its output keeps its name (it may be an output)
+    node.op, node.inputs, node.attrs = "reshape", [summed.name], {"shape": (o, cg) + kernel}
+
+
+RULES = [
+    Rule(
+        "conv_weight_grad_gemm",
+        ("conv_weight_grad",),
+        check,
+        rewrite,
+        "conv_weight_grad -> one-hot patch conv + batched matmul + sum over the batch",
+    )
+]
+
+conv_weight_grad_as_gemm = rule_pass(
+    "conv_weight_grad_as_gemm",
+    "a convolution's weight gradient as tap patches and one batched GEMM "
+    "(instead of a Conv with the output gradient as its kernel)",
+    RULES,
+)

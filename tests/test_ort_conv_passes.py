@@ -1,0 +1,141 @@
+"""The convolution passes against ONNX Runtime and NumPy.
+
+Each pass alone must leave a gradient graph and a training step computing
+what the unoptimized graph computes: weight gradients are checked against
+the NumPy reference (`conv_weight_grad_reference`, an einsum over sliding
+windows), training steps against the -O0 step run in ONNX Runtime on the
+same batch, output by output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.export import export
+from graphc.feeds import random_feeds
+from graphc.ops.conv import conv_reference, conv_weight_grad_reference
+from graphc.passes import PIPELINES, optimize
+from graphc.runtime import make_session
+from graphc.train.step import StepConfig, build_step
+
+WG = "conv_weight_grad_as_gemm"
+
+# (layer, channels, spatial, layer attrs, whether the rewrite applies)
+CASES = [
+    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "padding": 1}, True),
+    ("conv2d", 4, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, True),
+    ("conv2d", 4, (10, 8), {"filters": 9, "kernel": (3, 2), "stride": (2, 1)}, True),
+    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, True),
+    ("conv2d", 4, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, True),
+    ("conv2d", 4, (8, 8), {"filters": 20, "kernel": 3, "groups": 2, "padding": 1}, True),
+    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 1}, True),
+    ("conv2d", 4, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, True),
+    ("conv1d", 3, (20,), {"filters": 8, "kernel": 3, "padding": 1, "dilation": 2}, True),
+    ("conv3d", 2, (4, 5, 4), {"filters": 8, "kernel": 2}, True),
+    # left alone: depthwise, too few output positions, more taps than filters
+    ("conv2d", 4, (8, 8), {"filters": 8, "kernel": 3, "groups": 4, "padding": 1}, False),
+    ("conv2d", 4, (5, 5), {"filters": 12, "kernel": 3}, False),
+    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 3, "padding": 1}, False),
+]
+
+
+def _conv_graph(layer, channels, spatial, attrs):
+    """loss = sum(conv(x) * r): dL/dw is conv_weight_grad(x, r), dL/dx conv_input_grad(r, w)."""
+    b = graphc.Builder("conv")
+    x = b.input("x", ("N", channels, *spatial))
+    y = getattr(b, layer)(x, name="c", **attrs)
+    r = b.input("r", ("N", *y.shape[1:]))
+    b.minimize(b.reduce_sum(y * r, name="loss"))
+    return b.graph
+
+
+def _run(g, outputs, values):
+    sess = make_session(export(g, outputs=outputs, params_as_inputs=True, keep_inputs=True))
+    names = {i.name for i in sess.get_inputs()}
+    return dict(zip(outputs, sess.run(outputs, {k: v for k, v in values.items() if k in names})))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[3]}")
+def test_weight_grad_pass_matches_the_numpy_reference(case):
+    layer, channels, spatial, attrs, applies = case
+    g = graphc.grad(_conv_graph(layer, channels, spatial, attrs))
+    opt = optimize(g, passes=[WG])
+    ops = [n.op for n in opt.nodes.values()]
+    assert ("conv_weight_grad" not in ops) == applies
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, channels, *spatial)).astype(np.float32)
+    params = {k: v.astype(np.float32) for k, v in g.param_values().items()}
+    window = {k: attrs.get(k, d) for k, d in [("stride", 1), ("padding", 0), ("dilation", 1)]}
+    groups = attrs.get("groups", 1)
+    y = conv_reference(x, params["c.weight"], groups=groups, **window)
+    r = rng.standard_normal(y.shape).astype(np.float32)
+    values = {"x": x, "r": r, **params}
+    outs = ["c.weight.grad", "c.bias.grad"]
+    ref = _run(g, outs, values)
+    got = _run(opt, outs, values)
+    want = conv_weight_grad_reference(
+        x, r, kernel=params["c.weight"].shape[2:], groups=groups, **window
+    )
+    np.testing.assert_allclose(got["c.weight.grad"], want, rtol=1e-4, atol=1e-4)
+    for k in outs:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+CONVNET = """\
+x = input(float32, [N, 3, 12, 12])
+y = input(int64, [N])
+stem = relu(batch_norm(conv2d(x, 16, 3, padding=1, bias=False)))
+a = relu(batch_norm(conv2d(stem, 16, 3, padding=1, bias=False)))
+b = batch_norm(conv2d(a, 16, 3, padding=1, bias=False))
+r = relu(residual(stem, b))
+d = relu(batch_norm(conv2d(r, 32, 3, stride=2, padding=1, bias=False)))
+s = batch_norm(conv2d(r, 32, 1, stride=2, bias=False))
+e = relu(residual(s, conv2d(d, 32, 3, padding=2, dilation=2)))
+g = relu(conv2d(e, 32, 3, padding=1, groups=2))
+p = max_pool2d(g, 2)
+logits = linear(flatten(p), 5)
+loss = cross_entropy(logits, y)
+output(logits)
+minimize(loss)
+"""
+
+
+@pytest.fixture(scope="module", params=["adam", "sgd"])
+def convnet_step(request):
+    g = graphc.parse(CONVNET)
+    ts = build_step(g, StepConfig(optimizer=request.param))
+    feeds = random_feeds(g, batch=6, seed=5)
+    return ts, feeds, _run_step(ts, ts.graph, feeds)
+
+
+def _run_step(ts, graph, feeds):
+    model = dataclasses.replace(ts, graph=graph).export()
+    sess = make_session(model, threads=1)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds)))
+
+
+def _assert_same(ref, out, common_only=False):
+    keys = ref.keys() & out.keys() if common_only else ref.keys()
+    if not common_only:
+        assert out.keys() == ref.keys()
+    assert any("loss" in k for k in keys)
+    for k in sorted(keys):
+        np.testing.assert_allclose(out[k], ref[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_weight_grad_pass_alone_keeps_the_training_step(convnet_step):
+    ts, feeds, ref = convnet_step
+    opt = optimize(ts.graph, passes=[WG])
+    assert not [n for n in opt.nodes.values() if n.op == "conv_weight_grad"]
+    _assert_same(ref, _run_step(ts, opt, feeds))
+
+
+def test_o2_keeps_the_training_step(convnet_step):
+    ts, feeds, ref = convnet_step
+    assert WG in PIPELINES[2]
+    _assert_same(ref, _run_step(ts, optimize(ts.graph, 2), feeds), common_only=True)

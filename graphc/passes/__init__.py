@@ -27,6 +27,7 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     memory,
     recompute,
     simplify,
+    unroll,
 )
 from graphc.passes.manager import PASSES, PIPELINES, PipelineResult, pipeline, run_passes, verify
 from graphc.passes.memory import MemoryPlan, plan_memory

@@ -63,6 +63,8 @@ PIPELINES: dict[int, list[str]] = {
         "conv_weight_grad_as_gemm",
         *CLEANUP,
         "fuse_gemm",
+        "static_reshape",
+        "merge_step_slices",
         "simplify",
         "eliminate_common_subexpressions",
         "eliminate_dead_code",

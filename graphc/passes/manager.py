@@ -49,8 +49,7 @@ CLEANUP = [
 ]
 
 # What each pass buys on top of ONNX Runtime's own optimizations is measured by
-# benchmarks/bench_passes.py (docs/optimizer.md). fuse_optimizer_update is not in
-# -O2: on CPU its copies into and out of the flat buffer cost more than it saves.
+# benchmarks/bench_passes.py (docs/optimizer.md).
 PIPELINES: dict[int, list[str]] = {
     0: [],
     1: list(CLEANUP),
@@ -67,6 +66,7 @@ PIPELINES: dict[int, list[str]] = {
         "merge_step_slices",
         "simplify",
         "eliminate_common_subexpressions",
+        "fuse_optimizer_update",
         "eliminate_dead_code",
         "order_for_memory",
     ],

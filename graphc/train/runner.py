@@ -154,11 +154,16 @@ class StepRunner:
         )
 
     def set_state(self, values: Mapping[str, np.ndarray]) -> None:
-        """Load carried tensors (parameters, statistics, slots) onto the device."""
+        """Load carried tensors (parameters, statistics, slots) onto the device.
+
+        `values` uses the logical names (`fc1.weight`, `opt.m.fc1.weight`); a
+        step with flat state gets them packed into its buffers here.
+        """
         carried = self.ts.carried
-        missing = [k for k in carried if k not in values]
+        missing = [k for k in self.ts.logical if k not in values and k not in carried]
         if missing:
             raise GraphError("missing values for " + ", ".join(missing))
+        values = self.ts.pack(values)
         self.buffers = [
             {k: self._ortvalue(values[k]) for k in carried},
             {k: self._empty(values[k].shape, values[k].dtype) for k in carried},
@@ -239,18 +244,22 @@ class StepRunner:
         self.cur ^= 1
 
     def current(self, name: str):
+        """The device buffer of a carried tensor, by its carried name (a flat buffer's)."""
         return self.buffers[self.cur][name]
 
     def state(self) -> dict[str, np.ndarray]:
-        """Copies of the carried tensors (to NumPy: for checkpoints and export only)."""
-        return {k: v.numpy().copy() for k, v in self.buffers[self.cur].items()}
+        """Copies of the carried tensors by their logical names (to NumPy: for checkpoints
+        and export only); flat buffers are unpacked, so every -O level saves alike."""
+        return self.ts.unpack({k: v.numpy().copy() for k, v in self.buffers[self.cur].items()})
 
 
 class Evaluator:
     """Evaluation and prediction sessions over the model in inference mode.
 
     They read the parameters straight from the step runner's current device
-    buffers, so evaluating after an epoch copies no weights.
+    buffers, so evaluating after an epoch copies no weights. When the step
+    carries parameters as flat buffers, the inference graph reads the same
+    buffers and splits them with one `unflatten` (see `_inference_graph`).
     """
 
     def __init__(
@@ -289,6 +298,10 @@ class Evaluator:
     ) -> list[np.ndarray]:
         """Outputs over the whole data, in batches; batch results are concatenated."""
         sess = self._session(outputs)
+        if state is None and self.runner is None:
+            state = self.ts.init
+        if state is not None:
+            state = self.ts.pack(state)
         n = len(next(iter(feeds.values())))
         names = {i.name for i in sess.get_inputs()}
         parts: list[list[np.ndarray]] = [[] for _ in outputs]
@@ -301,10 +314,8 @@ class Evaluator:
             for k in names - set(feeds):
                 if state is not None:
                     io.bind_cpu_input(k, np.asarray(state[k]))
-                elif self.runner is not None:
-                    io.bind_ortvalue_input(k, self.runner.current(k))
                 else:
-                    io.bind_cpu_input(k, self.ts.init[k])
+                    io.bind_ortvalue_input(k, self.runner.current(k))
             for k in outputs:
                 io.bind_output(k, "cpu")
             sess.run_with_iobinding(io)
@@ -321,11 +332,40 @@ class Evaluator:
 
 
 def _inference_graph(ts: TrainStep) -> Graph:
-    """The source model (training mode off) with frozen parameters as constants."""
+    """The source model (training mode off) with frozen parameters as constants.
+
+    Parameters the step carries in a flat buffer are read from that buffer
+    here too (one `unflatten` node first), so the evaluator binds the
+    runner's buffers as they are, without unpacking them each time.
+    """
+    from graphc.infer import infer_node
+    from graphc.ir import Node, Param
+
     g = ts.source.copy()
     for name in ts.frozen:
         p = g.params.pop(name)
         g.constants[name] = p.value if p.value is not None else p.initial_value(g.seed)
+    packed = ts.pack(ts.init) if ts.layout else {}
+    for e in ts.layout:
+        members = [m for m, _shape in e["members"]]
+        if not all(m in g.params for m in members):
+            continue  # an optimizer slot's buffer: inference does not read slots
+        buf = e["buffer"]
+        total = sum(int(np.prod(shape)) for _m, shape in e["members"])
+        g.params[buf] = Param(buf, (total,), e["dtype"], "zeros", value=packed[buf])
+        g.types[buf] = g.params[buf].type
+        node = g.unique_name(f"{buf}.unflatten")
+        parts = [node] + [f"{node}:{i}" for i in range(1, len(members))]
+        rename = dict(zip(members, parts))
+        for n in g.nodes.values():
+            n.inputs = [rename.get(v, v) for v in n.inputs]
+        for m in members:
+            del g.params[m]
+            g.types.pop(m, None)
+        shapes = tuple(tuple(shape) for _m, shape in e["members"])
+        unflat = Node(node, "unflatten", [buf], parts, {"shapes": shapes}, None, [], {})
+        g.add_node(unflat)
+        infer_node(g, unflat)
     return g
 
 
@@ -361,7 +401,7 @@ def first_nonfinite(
     """Re-run a failed step in the NumPy interpreter and name the first non-finite value."""
     from graphc.interp import evaluate
 
-    for k in ts.carried:
+    for k in ts.logical:
         if not np.all(np.isfinite(state[k])):
             return GraphError(f"'{k}' was already non-finite before step {step}", node=k)
     for k, v in feeds.items():
@@ -376,7 +416,7 @@ def first_nonfinite(
     full[LR] = np.asarray(lr, dtype=g.type(LR).dtype)
     full[STEP] = np.asarray(step, dtype=np.int64)
     with np.errstate(all="ignore"):
-        env = evaluate(g, full, params=dict(state))
+        env = evaluate(g, full, params=ts.pack(state))  # the step reads flat buffers
     for node in g.topo_order():
         for out in node.outputs:
             v = env.get(out)

@@ -20,12 +20,20 @@ outputs
     `penalty`: the L1/L2 term; `grad_norm`: the global gradient norm when
     clipping by norm), then `new.<name>` for every carried input: feed
     `new.fc1.weight` back as `fc1.weight` for the next step.
+flat state
+    after `fuse_optimizer_update` (-O2), groups of parameters and their slots
+    are carried as flat buffers (`params.flat0`, `opt.m.params.flat0`) in
+    place of their members: `meta["flat_state"]` of the step graph (and the
+    exported metadata) records the layout; `carried` follows it, `init`,
+    `params` and `slots` keep the logical names, and graphc.train.layout
+    packs and unpacks.
 
 Frozen parameters are constants (initializers) of the step: never inputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +45,7 @@ from graphc.errors import GraphError
 from graphc.infer import infer
 from graphc.ir import Graph, Param, TensorType
 from graphc.ops.registry import get_op
+from graphc.train import layout as flat_layout
 from graphc.train.optimizers import Optimizer, get_optimizer, hyperparameters
 
 LR, STEP = "lr", "step"
@@ -80,9 +89,27 @@ class TrainStep:
     init: dict[str, np.ndarray] = field(default_factory=dict)  # carried inputs' start values
 
     @property
-    def carried(self) -> list[str]:
-        """Inputs fed back from `new.<name>` outputs every step."""
+    def logical(self) -> list[str]:
+        """The carried tensors by their own names: parameters, statistics, slots."""
         return self.params + self.stats + self.slots
+
+    @property
+    def layout(self) -> flat_layout.Layout:
+        """The flat buffers the step carries in place of their members (often none)."""
+        return flat_layout.layout_of(self.graph.meta)
+
+    @property
+    def carried(self) -> list[str]:
+        """Inputs fed back from `new.<name>` outputs every step (flat buffers included)."""
+        return flat_layout.carried_names(self.logical, self.layout)
+
+    def pack(self, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        """Logical values (`prefix`: "new." for step outputs) -> the step's carried names."""
+        return flat_layout.pack(values, self.layout, prefix)
+
+    def unpack(self, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        """The step's carried values (or outputs, prefix "new.") -> logical names."""
+        return flat_layout.unpack(values, self.layout, prefix)
 
     @property
     def outputs(self) -> list[str]:
@@ -449,6 +476,8 @@ def _set_metadata(model, ts: TrainStep) -> None:
         "frozen": ts.frozen,
         "metrics": ts.metrics,
         "task": ts.task,
+        "carried": ts.carried,
+        "flat_state": ts.layout,
     }
     entry = model.metadata_props.add()
     entry.key = "graphc.train_step"

@@ -1,0 +1,255 @@
+"""-O2's flat optimizer state (fuse_optimizer_update) against -O0 on ONNX Runtime.
+
+The reference is the unoptimized step run by the same StepRunner: after
+several steps (each feeding the last one's outputs back) the -O2 runner,
+whose parameters and optimizer slots live in flat buffers, must hold the
+same logical parameters and slots. A wrong offset, order or feedback in the
+flat layout shows up as a mismatch after the second step.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import graphc
+from graphc.feeds import random_feeds
+from graphc.passes import optimize
+from graphc.train import layout
+from graphc.train.loop import TrainConfig, Trainer
+from graphc.train.runner import Evaluator, StepRunner, first_nonfinite
+from graphc.train.step import StepConfig, build_step
+
+MLP = """\
+x = input(float32, [N, 10])
+y = input(int64, [N])
+h1 = relu(linear(x, 12))
+h2 = tanh(linear(h1, 8))
+logits = linear(h2, 4)
+loss = cross_entropy(logits, y)
+output(logits)
+minimize(loss)
+"""
+
+BN_DROPOUT = """\
+x = input(float32, [N, 2, 6, 6])
+y = input(int64, [N])
+c = relu(batch_norm(conv2d(x, 3, 3, padding=1, bias=False)))
+f = dropout(flatten(max_pool2d(c, 2)), rate=0.3)
+h = relu(batch_norm(linear(f, 8)))
+logits = linear(h, 3)
+loss = cross_entropy(logits, y)
+output(logits)
+minimize(loss)
+"""
+
+STEPS = 4
+
+
+def batches(g, n=STEPS, batch=6):
+    return [random_feeds(g, batch=batch, seed=10 + i) for i in range(n)]
+
+
+def runner(g, cfg, level, frozen=()):
+    for name in frozen:
+        g.params[name].frozen = True
+    ts = build_step(g, cfg)
+    ts.graph = optimize(ts.graph, level)
+    return StepRunner(ts, threads=1)
+
+
+def train(r, feeds_list, lr):
+    return [r.step(f, lr, i) for i, f in enumerate(feeds_list)]
+
+
+def assert_same_state(a, b, rtol=2e-4, atol=2e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+@pytest.mark.parametrize(
+    "opt", ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "adadelta"]
+)
+def test_every_optimizer_matches_o0_over_several_steps(opt):
+    g = graphc.parse(MLP)
+    cfg = StepConfig(optimizer=opt, lr=0.05 if opt in ("sgd", "momentum", "nesterov") else None)
+    r0, r2 = runner(g, cfg, 0), runner(g, cfg, 2)
+    lay = r2.ts.layout
+    assert lay and lay[0]["buffer"].startswith("params.flat")
+    members = {m for e in lay for m, _ in e["members"]}
+    assert set(r2.ts.params) <= members  # every parameter of this MLP updates alike
+    assert not set(r2.ts.carried) & members
+    # one group, or two where fuse_gemm moved momentum's `mu*v + g` of the weights into Gemm
+    groups = [e for e in lay if e["buffer"].startswith("params.flat")]
+    assert 1 <= len(groups) <= 2 and len(lay) == len(groups) * (1 + len(r2.ts.optimizer.slots))
+    assert r2.ts.carried == [e["buffer"] for e in lay] or sorted(r2.ts.carried) == sorted(
+        e["buffer"] for e in lay
+    )
+    feeds = batches(g)
+    lr = cfg.learning_rate()
+    np.testing.assert_allclose(train(r2, feeds, lr), train(r0, feeds, lr), rtol=1e-4)
+    s0, s2 = r0.state(), r2.state()
+    assert set(s2) == set(r2.ts.logical)
+    assert_same_state(s0, s2)
+    # training moved the parameters: the comparison above is not of two initial states
+    assert not np.allclose(s2["logits.weight"], r2.ts.init["logits.weight"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"l2": 1e-2},
+        {"clip_norm": 0.05},
+        {"clip_value": 0.01, "clip_norm": 0.1},
+    ],
+    ids=["l2", "clip_norm", "clip_value+norm"],
+)
+def test_regularized_and_clipped_updates_match_o0(extra):
+    g = graphc.parse(MLP)
+    cfg = StepConfig(optimizer="adam", **extra)
+    r0, r2 = runner(g, cfg, 0), runner(g, cfg, 2)
+    assert r2.ts.layout
+    feeds = batches(g)
+    np.testing.assert_allclose(train(r2, feeds, 1e-2), train(r0, feeds, 1e-2), rtol=1e-4)
+    assert_same_state(r0.state(), r2.state())
+
+
+def test_frozen_layers_and_batch_norm_statistics_stay_apart():
+    g0, g2 = graphc.parse(BN_DROPOUT), graphc.parse(BN_DROPOUT)
+    frozen = ["c_batch_norm_conv2d.weight"]
+    assert frozen[0] in g0.params
+    cfg = StepConfig(optimizer="momentum", lr=0.05)
+    r0, r2 = runner(g0, cfg, 0, frozen), runner(g2, cfg, 2, frozen)
+    ts = r2.ts
+    members = {m for e in ts.layout for m, _ in e["members"]}
+    assert members and not members & set(ts.stats) and frozen[0] not in members
+    assert set(ts.stats) <= set(ts.carried)  # running statistics are carried by name
+    feeds = batches(g0)
+    np.testing.assert_allclose(train(r2, feeds, 0.05), train(r0, feeds, 0.05), rtol=1e-4)
+    s0, s2 = r0.state(), r2.state()
+    assert_same_state(s0, s2)
+    assert not np.allclose(s2[ts.stats[0]], ts.init[ts.stats[0]])  # statistics were updated
+
+
+def test_checkpoints_resume_across_optimization_levels(tmp_path):
+    g = graphc.parse(MLP)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 10)).astype("float32")
+    y = rng.integers(0, 4, 48)
+    path = str(tmp_path / "run.npz")
+
+    def trainer(level):
+        ts = build_step(graphc.parse(MLP), StepConfig(optimizer="adam", lr=1e-2))
+        ts.graph = optimize(ts.graph, level)
+        return Trainer(ts, threads=1)
+
+    opts = dict(batch_size=16, verbose=0, checkpoint=path)
+    t1 = trainer(1)
+    t1.fit(x, y, TrainConfig(epochs=1, **opts))
+    saved = np.load(path)
+    assert "carried/opt.m.logits.weight" in saved.files  # logical names in the file
+    t2 = trainer(2)
+    assert t2.ts.layout
+    t2.fit(x, y, TrainConfig(epochs=2, resume=True, **opts))
+    assert not any(k.startswith("carried/params.flat") for k in np.load(path).files)
+    ref = trainer(1)
+    ref.fit(x, y, TrainConfig(epochs=2, **{**opts, "checkpoint": str(tmp_path / "ref.npz")}))
+    assert_same_state(ref.runner.state(), t2.runner.state())
+    # and back: the -O2 checkpoint resumes under -O0
+    t0 = trainer(0)
+    t0.fit(x, y, TrainConfig(epochs=3, resume=True, **opts))
+    ref.fit(
+        x,
+        y,
+        TrainConfig(epochs=3, resume=True, **{**opts, "checkpoint": str(tmp_path / "ref.npz")}),
+    )
+    assert_same_state(ref.runner.state(), t0.runner.state())
+    assert g.params  # the model itself was not touched
+
+
+def test_evaluator_reads_the_flat_buffers():
+    g = graphc.parse(BN_DROPOUT)
+    r2 = runner(g, StepConfig(optimizer="adam", lr=1e-2), 2)
+    train(r2, batches(g), 1e-2)
+    feeds = random_feeds(g, batch=20, seed=99)
+    ts = r2.ts
+    outs = (ts.loss, ts.pred)
+    on_device = Evaluator(ts, r2).run(outs, feeds, batch_size=8)
+    names = {i.name for i in Evaluator(ts, r2)._session(outs).get_inputs()}
+    assert any(k.startswith("params.flat") for k in names)  # no unpacked copy is bound
+    plain = build_step(graphc.parse(BN_DROPOUT), StepConfig(optimizer="adam"))
+    from_state = Evaluator(plain, None).run(outs, feeds, batch_size=8, state=r2.state())
+    for a, b in zip(on_device, from_state):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    acc = lambda logits: float(np.mean(np.argmax(logits, 1) == feeds["y"]))
+    assert acc(on_device[1]) == acc(from_state[1])
+    fresh = Evaluator(ts, None).run(outs, feeds)  # no runner: the initial values, packed
+    ref = Evaluator(plain, None).run(outs, feeds)
+    np.testing.assert_allclose(fresh[1], ref[1], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_diagnosis_names_the_flat_update():
+    g = graphc.parse(MLP)
+    r2 = runner(g, StepConfig(optimizer="adam"), 2)
+    feeds = batches(g, 1)[0]
+    state = r2.state()
+    state["opt.v.h2_linear.bias"] = -np.ones_like(state["opt.v.h2_linear.bias"])  # sqrt(-1)
+    err = first_nonfinite(r2.ts, feeds, state, 1e-3, 0)
+    node = r2.ts.graph.nodes[err.node]
+    assert "in the optimizer update" in err.message and node.op == "sqrt"
+    assert node.tags.get("fused_update")  # the flat update, run on the packed state
+    state = r2.state()
+    state["logits.bias"] = state["logits.bias"] * np.nan
+    err = first_nonfinite(r2.ts, feeds, state, 1e-3, 3)
+    assert "'logits.bias' was already non-finite before step 3" in err.message
+
+
+def test_exported_flat_step_describes_its_layout():
+    g = graphc.parse(MLP)
+    ts = build_step(g, StepConfig(optimizer="adam"))
+    ts.graph = optimize(ts.graph, 2)
+    model = ts.export()
+    onnx.checker.check_model(model, full_check=True)
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["graphc.train_step"])
+    assert meta["flat_state"] == ts.layout and meta["carried"] == ts.carried
+    assert [i.name for i in model.graph.input] == ts.inputs
+    assert [o.name for o in model.graph.output] == ts.outputs
+    # a user of the ONNX file packs the logical state with the metadata alone
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = batches(g, 1)[0]
+    state = {k: v + 0.01 for k, v in ts.init.items()}
+    packed = layout.pack(state, meta["flat_state"])
+    out = dict(zip(ts.outputs, sess.run(None, {**feeds, **packed})))
+    new = layout.unpack(out, meta["flat_state"], "new.")
+    ref_ts = build_step(graphc.parse(MLP), StepConfig(optimizer="adam"))
+    ref_sess = ort.InferenceSession(
+        ref_ts.export().SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    ref = dict(zip(ref_ts.outputs, ref_sess.run(None, {**feeds, **state})))
+    assert_same_state(ref, new)
+
+
+def test_pack_and_unpack_are_inverse_and_check_shapes():
+    lay = [{"buffer": "params.flat0", "dtype": "float32", "members": [["a", [2, 3]], ["b", [4]]]}]
+    vals = {"a": np.arange(6, dtype="float32").reshape(2, 3), "b": np.ones(4, "float32"), "c": 1}
+    packed = layout.pack(vals, lay)
+    assert set(packed) == {"params.flat0", "c"} and packed["params.flat0"][:6].tolist() == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    back = layout.unpack(packed, lay)
+    assert set(back) == {"a", "b", "c"}
+    np.testing.assert_array_equal(back["a"], vals["a"])
+    assert layout.carried_names(["x", "a", "y", "b"], lay) == ["x", "params.flat0", "y"]
+    with pytest.raises(graphc.GraphError, match="shape"):
+        layout.pack({"a": np.zeros(6, "float32"), "b": np.ones(4, "float32")}, lay)

@@ -93,7 +93,7 @@ a = relu(batch_norm(conv2d(stem, 16, 3, padding=1, bias=False)))
 b = batch_norm(conv2d(a, 16, 3, padding=1, bias=False))
 r = relu(residual(stem, b))
 d = relu(batch_norm(conv2d(r, 32, 3, stride=2, padding=1, bias=False)))
-s = batch_norm(conv2d(r, 32, 1, stride=2, bias=False))
+s = batch_norm(conv2d(r, 32, 1, stride=2, bias=False), affine=False, momentum=0.8)
 e = relu(residual(s, conv2d(d, 32, 3, padding=2, dilation=2)))
 g = relu(conv2d(e, 32, 3, padding=1, groups=2))
 p = max_pool2d(g, 2)
@@ -133,6 +133,56 @@ def test_weight_grad_pass_alone_keeps_the_training_step(convnet_step):
     opt = optimize(ts.graph, passes=[WG])
     assert not [n for n in opt.nodes.values() if n.op == "conv_weight_grad"]
     _assert_same(ref, _run_step(ts, opt, feeds))
+
+
+HOIST = "hoist_channel_scales"
+CLEANUP = ["eliminate_dead_code", "fold_constants", "simplify", "eliminate_common_subexpressions"]
+
+
+def _full_size_muls(g):
+    """Multiplies over a whole batch of activations ([N, ...], N the batch dim)."""
+    return sum(1 for n in g.nodes.values() if n.op == "mul" and g.types[n.outputs[0]].shape[:1] == ("N",))
+
+
+def test_hoisting_keeps_the_training_step_and_drops_the_normalized_tensor(convnet_step):
+    ts, feeds, ref = convnet_step
+    before = optimize(ts.graph, passes=["fuse_batch_norm_grad", *CLEANUP])
+    after = optimize(before, passes=[HOIST, "eliminate_dead_code"])
+    # 5 batch norms; x̂ = (x - mean) * (1/std) disappears from each (read by the affine
+    # scale or, without affine, by the output itself: that one keeps it)
+    assert _full_size_muls(before) - _full_size_muls(after) == 4
+    out = _run_step(ts, after, feeds)
+    _assert_same(ref, out)
+    assert any(k.endswith("running_var") for k in out)  # running statistics are compared too
+
+
+def test_hoisting_alone_on_the_raw_step_is_exact(convnet_step):
+    ts, feeds, ref = convnet_step
+    _assert_same(ref, _run_step(ts, optimize(ts.graph, passes=[HOIST]), feeds))
+
+
+def test_hoisting_rules_against_numpy():
+    b = graphc.Builder("hoist")
+    a = b.input("a", ("N", 3, 4, 5))
+    u = b.input("u", ("N", 3, 4, 5))
+    f = b.input("f", (1, 3, 1, 1))
+    t = b.input("t", (3, 1, 1))
+    s = a * f
+    b.output(b.mul(s, t, name="scaled"))
+    b.output(b.reduce_sum(s * u, axes=(0, 2, 3), keepdims=True, name="summed"))
+    g = b.graph
+    opt = optimize(g, passes=[HOIST, "eliminate_dead_code"])
+    assert _full_size_muls(opt) == 2  # a * (f*t) and a * u; a * f is gone
+    rng = np.random.default_rng(3)
+    vals = {k: rng.standard_normal(sh).astype(np.float32) for k, sh in
+            [("a", (2, 3, 4, 5)), ("u", (2, 3, 4, 5)), ("f", (1, 3, 1, 1)), ("t", (3, 1, 1))]}
+    got = _run(opt, g.outputs, vals)
+    want = {
+        g.outputs[0]: vals["a"] * vals["f"] * vals["t"],
+        g.outputs[1]: (vals["a"] * vals["f"] * vals["u"]).sum(axis=(0, 2, 3), keepdims=True),
+    }
+    for k in g.outputs:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
 
 
 def test_o2_keeps_the_training_step(convnet_step):

@@ -24,6 +24,7 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     fuse_gemm,
     fuse_optimizer,
     fuse_softmax_ce,
+    hoist_scale,
     memory,
     recompute,
     simplify,

@@ -61,6 +61,7 @@ PIPELINES: dict[int, list[str]] = {
         "fold_batch_norm",
         "conv_weight_grad_as_gemm",
         *CLEANUP,
+        "hoist_channel_scales",
         "fuse_gemm",
         "static_reshape",
         "merge_step_slices",

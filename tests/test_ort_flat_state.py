@@ -118,6 +118,27 @@ def test_regularized_and_clipped_updates_match_o0(extra):
     assert_same_state(r0.state(), r2.state())
 
 
+def test_large_parameters_keep_their_own_update():
+    g = graphc.parse("""\
+x = input(float32, [N, 300])
+y = input(int64, [N])
+h = relu(linear(x, 256))
+logits = linear(h, 3)
+loss = cross_entropy(logits, y)
+minimize(loss)
+""")
+    cfg = StepConfig(optimizer="adam")
+    r0, r2 = runner(g, cfg, 0), runner(g, cfg, 2)
+    big = "h_linear.weight"
+    assert g.params[big].shape == (300, 256)  # 76,800 elements: over MAX_ELEMENTS
+    members = {m for e in r2.ts.layout for m, _ in e["members"]}
+    assert big not in members and "h_linear.bias" in members
+    assert big in r2.ts.carried and f"opt.m.{big}" in r2.ts.carried
+    feeds = batches(g, 2)
+    np.testing.assert_allclose(train(r2, feeds, 1e-3), train(r0, feeds, 1e-3), rtol=1e-4)
+    assert_same_state(r0.state(), r2.state())
+
+
 def test_frozen_layers_and_batch_norm_statistics_stay_apart():
     g0, g2 = graphc.parse(BN_DROPOUT), graphc.parse(BN_DROPOUT)
     frozen = ["c_batch_norm_conv2d.weight"]

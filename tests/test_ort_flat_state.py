@@ -9,6 +9,7 @@ flat layout shows up as a mismatch after the second step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -254,6 +255,28 @@ def test_exported_flat_step_describes_its_layout():
     )
     ref = dict(zip(ref_ts.outputs, ref_sess.run(None, {**feeds, **state})))
     assert_same_state(ref, new)
+
+
+def test_the_layout_survives_copies_and_later_passes():
+    g = graphc.parse(MLP)
+    ts = build_step(g, StepConfig(optimizer="adam"))
+    once = optimize(ts.graph, 2)
+    again = optimize(
+        once.copy(),
+        passes=[
+            "fuse_optimizer_update",  # a second run finds nothing new to join
+            "eliminate_common_subexpressions",
+            "eliminate_dead_code",
+            "order_for_memory",
+        ],
+    )
+    assert again.meta["pass_stats"][0].note.startswith("nothing fused")
+    assert again.meta["flat_state"] == once.meta["flat_state"]
+    assert set(again.params) == set(once.params) and "params.flat0" in again.params
+    feeds = batches(g, 1)[0]
+    r1, r2 = (StepRunner(dataclasses.replace(ts, graph=x), threads=1) for x in (once, again))
+    np.testing.assert_allclose(r2.step(feeds, 1e-3, 0), r1.step(feeds, 1e-3, 0), rtol=1e-6)
+    assert_same_state(r1.state(), r2.state(), rtol=1e-6, atol=0)
 
 
 def test_pack_and_unpack_are_inverse_and_check_shapes():

@@ -18,6 +18,7 @@ import graphc
 from graphc.export import export
 from graphc.feeds import random_feeds
 from graphc.ops.conv import conv_reference, conv_weight_grad_reference
+from graphc.ops.pool import avg_pool_grad_reference, avg_pool_reference
 from graphc.passes import PIPELINES, optimize
 from graphc.runtime import make_session
 from graphc.train.step import StepConfig, build_step
@@ -189,3 +190,39 @@ def test_o2_keeps_the_training_step(convnet_step):
     ts, feeds, ref = convnet_step
     assert WG in PIPELINES[2]
     _assert_same(ref, _run_step(ts, optimize(ts.graph, 2), feeds), common_only=True)
+
+
+AVG = "avg_pool_as_conv"
+POOLS = [
+    (2, (8, 6), {"kernel": 2}, True),
+    (2, (9, 7), {"kernel": 3, "stride": 2, "padding": 1, "count_include_pad": True}, True),
+    (1, (11,), {"kernel": 3, "stride": 2}, True),
+    (3, (4, 4, 6), {"kernel": (2, 2, 3)}, True),
+    # left alone: uncounted padding, ceil mode
+    (2, (9, 7), {"kernel": 3, "stride": 2, "padding": 1}, False),
+    (2, (7, 7), {"kernel": 2, "ceil_mode": True}, False),
+]
+
+
+@pytest.mark.parametrize("case", POOLS, ids=lambda c: f"{c[0]}d-{c[2]}")
+def test_avg_pool_as_conv_matches_the_numpy_reference(case):
+    dims, spatial, attrs, applies = case
+    b = graphc.Builder("pool")
+    x = b.input("x", ("N", 3, *spatial))
+    y = getattr(b, f"avg_pool{dims}d")(x, name="p", **attrs)
+    r = b.input("r", ("N", *y.shape[1:]))
+    b.output(y)
+    b.minimize(b.reduce_sum(y * r, name="loss"))
+    g = graphc.grad(b.graph, wrt=["x"])
+    opt = optimize(g, passes=[AVG])
+    pools = [n for n in opt.nodes.values() if "avg_pool" in n.op]
+    assert (not pools) == applies
+    rng = np.random.default_rng(11)
+    xv = rng.standard_normal((2, 3, *spatial)).astype(np.float32)
+    full = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": False, **attrs}
+    want_y = avg_pool_reference(xv, **full)
+    rv = rng.standard_normal(want_y.shape).astype(np.float32)
+    want_dx = avg_pool_grad_reference(rv, xv, **full)
+    got = _run(opt, ["p", "x.grad"], {"x": xv, "r": rv})
+    np.testing.assert_allclose(got["p"], want_y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["x.grad"], want_dx, rtol=1e-5, atol=1e-6)

@@ -60,6 +60,7 @@ PIPELINES: dict[int, list[str]] = {
         "fuse_batch_norm_grad",
         "fold_batch_norm",
         "conv_weight_grad_as_gemm",
+        "avg_pool_as_conv",
         *CLEANUP,
         "hoist_channel_scales",
         "fuse_gemm",

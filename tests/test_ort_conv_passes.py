@@ -226,3 +226,21 @@ def test_avg_pool_as_conv_matches_the_numpy_reference(case):
     got = _run(opt, ["p", "x.grad"], {"x": xv, "r": rv})
     np.testing.assert_allclose(got["p"], want_y, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["x.grad"], want_dx, rtol=1e-5, atol=1e-6)
+
+
+def test_o2_keeps_the_gradients_of_graphc_grad():
+    """`compile --grad`: the parameter gradients of a conv net through the whole -O2 pipeline."""
+    g = graphc.grad(graphc.parse(CONVNET))
+    opt = optimize(g, 2)
+    assert not [n for n in opt.nodes.values() if n.op == "conv_weight_grad"]
+    rng = np.random.default_rng(2)
+    values = {
+        "x": rng.standard_normal((4, 3, 12, 12)).astype(np.float32),
+        "y": rng.integers(0, 5, 4),
+        **{k: v.astype(np.float32) for k, v in g.param_values().items()},
+    }
+    grads = [v for v in g.outputs if v.endswith(".grad")]
+    assert len(grads) > 10
+    ref, got = _run(g, grads, values), _run(opt, grads, values)
+    for k in grads:
+        np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=2e-5, err_msg=k)

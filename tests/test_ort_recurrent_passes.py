@@ -27,7 +27,7 @@ from graphc.runtime import make_session
 from graphc.train.step import StepConfig, build_step
 
 T = 5
-MINE = ["static_reshape", "merge_step_slices"]
+MINE = ["static_reshape", "merge_step_slices", "merge_step_sums"]
 
 LAST = """\
 x = input(float32, [N, {T}, 2])
@@ -94,8 +94,15 @@ def step(request):
 
 @pytest.mark.parametrize(
     "passes",
-    [["static_reshape"], ["merge_step_slices"], ["fuse_gemm", "batch_weight_grads"]],
-    ids=lambda p: p[-1],
+    [
+        ["static_reshape"],
+        ["merge_step_slices"],
+        ["merge_step_sums"],
+        ["merge_step_slices", "merge_step_sums"],
+        ["fuse_gemm", "batch_weight_grads"],
+        ["merge_step_slices", "fuse_gemm", "batch_weight_grads"],  # reuses the dz stack
+    ],
+    ids=lambda p: "+".join(p),
 )
 def test_each_pass_keeps_the_recurrent_training_step(step, passes):
     _, ts, feeds, ref, _ = step
@@ -137,6 +144,21 @@ def test_node_counts_of_each_pass(step):
     # (bptt=2 with only the last state in the loss: one step's product, nothing to batch)
     expected = 0 if name == "lstm_bptt2" else T - 2
     assert removed == expected, (ops(g1)["gemm"], ops(g2)["gemm"])
+    # after merge_step_slices the b_t are already stacked (rnn, lstm): only the a_t are copied
+    g1 = optimize(g0, passes=["merge_step_slices", "fuse_gemm"])
+    g2 = optimize(g1, passes=["batch_weight_grads", "eliminate_dead_code"])
+    assert ops(g1)["gemm"] - ops(g2)["gemm"] == expected
+    if name in ("rnn", "lstm"):
+        assert ops(g2)["concat"] == ops(g1)["concat"] + 1
+    # gru: the per-step bias_hn gradients, T reduce_sums -> one
+    g = optimize(g0, passes=["merge_step_sums", "eliminate_dead_code"])
+    if name.startswith("gru"):
+        assert ops(g0)["reduce_sum"] - ops(g)["reduce_sum"] == T - 1
+        assert ops(g)["add_n"] == ops(g0)["add_n"] + 1  # the sum now runs before the reduction
+        # each step's input-gate gradient concat is inlined into the stack over time
+        a = optimize(g0, passes=["merge_step_slices", "eliminate_dead_code"])
+        b = optimize(a, passes=["merge_step_sums", "eliminate_dead_code"])
+        assert ops(a)["concat"] - ops(b)["concat"] == T
 
 
 def test_gradient_graph_and_forward_graph_are_unaffected():

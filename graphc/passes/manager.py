@@ -66,6 +66,7 @@ PIPELINES: dict[int, list[str]] = {
         "fuse_gemm",
         "static_reshape",
         "merge_step_slices",
+        "merge_step_sums",
         "simplify",
         "eliminate_common_subexpressions",
         "fuse_optimizer_update",

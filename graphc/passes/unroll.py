@@ -215,20 +215,119 @@ def check_sum_of_products(g: Graph, node: Node, ctx: dict) -> Match | str:
     best = max(groups.values(), key=len, default=[])
     if len(best) < 3:
         return "fewer than three plain gemm terms of one layout"
-    return Match(node, {"terms": best})
+    return Match(node, {"terms": best, "stack": _stacked(g, ctx, best)})
+
+
+def _stacked(g: Graph, ctx: dict, terms: list[Node]) -> Node | None:
+    """A concat(axis=1) that already holds every b_t of sum_t a_t^T b_t side by side.
+
+    Autodiff of an unrolled loop stacks the per-step pre-activation gradients for
+    the input projection's weight; reusing that stack saves copying the b_t again.
+    """
+    a_type, b_type = g.types[terms[0].inputs[0]], g.types[terms[0].inputs[1]]
+    if (
+        not terms[0].attrs["transA"]
+        or terms[0].attrs["transB"]
+        or a_type.shape[0] != b_type.shape[0]
+    ):
+        return None
+    if any(g.types[t.inputs[0]] != a_type or g.types[t.inputs[1]] != b_type for t in terms):
+        return None
+    bs = [t.inputs[1] for t in terms]
+    if len(set(bs)) != len(bs):
+        return None
+    for c in ctx["consumers"].get(bs[0], ()):
+        if (
+            c.op == "concat"
+            and c.attrs["axis"] % 2 == 1
+            and all(g.types[v] == b_type for v in c.inputs)
+            and len(set(c.inputs)) == len(c.inputs)
+            and set(bs) <= set(c.inputs)
+            and isinstance(b_type.shape[1], int)
+            and isinstance(a_type.shape[1], int)
+        ):
+            return c
+    return None
 
 
 def rewrite_sum_of_products(g: Graph, m: Match) -> None:
     node, terms = m.node, m.values["terms"]
     ta, tb = terms[0].attrs["transA"], terms[0].attrs["transB"]
     b = builder_for(g, node)
-    # the contracted dim is axis 0 of a^T (transA) or axis 1 of a; axis 0 of b, or 1 of b^T
-    a = b.concat(*(b.tensor(t.inputs[0]) for t in terms), axis=0 if ta else 1)
-    bb = b.concat(*(b.tensor(t.inputs[1]) for t in terms), axis=1 if tb else 0)
-    prod = b.gemm(a, bb, transA=ta, transB=tb)
+    stack = m.values["stack"]
+    if stack is not None:
+        # [N, T*G] -> [N*T, G] rows (n, t); a_t stacked the same way, zeros for the steps
+        # of the stack that are not in this sum
+        a_of = {t.inputs[1]: t.inputs[0] for t in terms}
+        first = b.tensor(terms[0].inputs[0])
+        zero = b.zeros_like(first) if len(a_of) < len(stack.inputs) else None
+        a_cat = b.concat(*(b.tensor(a_of[v]) if v in a_of else zero for v in stack.inputs), axis=1)
+        units, width = first.shape[1], g.types[stack.inputs[0]].shape[1]
+        a = b.reshape(a_cat, shape=(-1, units))
+        bb = b.reshape(b.tensor(stack.outputs[0]), shape=(-1, width))
+        prod = b.gemm(a, bb, transA=True, transB=False)
+    else:
+        # the contracted dim is axis 0 of a^T (transA) or axis 1 of a; axis 0 of b, or 1 of b^T
+        a = b.concat(*(b.tensor(t.inputs[0]) for t in terms), axis=0 if ta else 1)
+        bb = b.concat(*(b.tensor(t.inputs[1]) for t in terms), axis=1 if tb else 0)
+        prod = b.gemm(a, bb, transA=ta, transB=tb)
     gone = {t.outputs[0] for t in terms}
     rest = [v for v in node.inputs if v not in gone]
     node.inputs = [prod.name, *rest]
+
+
+# ------------------------------------------------------------- merge_step_sums
+def check_sum_of_reductions(g: Graph, node: Node, ctx: dict) -> Match | str:
+    """add_n of >= 2 reduce_sums with the same axes over equal-shaped tensors."""
+    groups: dict[tuple, list[Node]] = {}
+    for v in node.inputs:
+        p = ctx["producers"].get(v)
+        if p is None or p.op != "reduce_sum" or v in ctx["protected"]:
+            continue
+        if len(ctx["consumers"].get(v, ())) != 1 or node.inputs.count(v) != 1:
+            continue
+        key = (p.attrs["axes"], p.attrs["keepdims"], g.types[p.inputs[0]])
+        groups.setdefault(key, []).append(p)
+    best = max(groups.values(), key=len, default=[])
+    if len(best) < 2:
+        return "fewer than two reduce_sums of one shape and axes"
+    return Match(node, {"terms": best})
+
+
+def rewrite_sum_of_reductions(g: Graph, m: Match) -> None:
+    node, terms = m.node, m.values["terms"]
+    b = builder_for(g, node)
+    total = b.add_n(*(b.tensor(t.inputs[0]) for t in terms))
+    red = b.reduce_sum(total, axes=terms[0].attrs["axes"], keepdims=terms[0].attrs["keepdims"])
+    gone = {t.outputs[0] for t in terms}
+    node.inputs = [red.name, *(v for v in node.inputs if v not in gone)]
+
+
+def check_nested_concat(g: Graph, node: Node, ctx: dict) -> Match | str:
+    """concat(..., concat(a, b, axis=k), ..., axis=k) where the inner one has no other reader."""
+    k = node.attrs["axis"] % g.types[node.outputs[0]].rank
+    flat, inlined = [], 0
+    for v in node.inputs:
+        p = ctx["producers"].get(v)
+        if (
+            p is not None
+            and p.op == "concat"
+            and p.attrs["axis"] % g.types[v].rank == k
+            and len(ctx["consumers"].get(v, ())) == 1
+            and node.inputs.count(v) == 1
+            and v not in ctx["protected"]
+        ):
+            flat.extend(p.inputs)
+            inlined += 1
+        else:
+            flat.append(v)
+    if not inlined:
+        return "no operand is a concat along the same axis read only here"
+    return Match(node, {"inputs": flat})
+
+
+def rewrite_nested_concat(g: Graph, m: Match) -> None:
+    m.node.inputs = m.values["inputs"]
 
 
 STEP_RULES = [
@@ -267,6 +366,28 @@ merge_step_slices = rule_pass(
     "merge_step_slices",
     "per-step squeezes of a unit split and unsqueezes into a concat -> one reshape each",
     STEP_RULES,
+)
+
+merge_step_sums = rule_pass(
+    "merge_step_sums",
+    "per-step reductions summed over time -> one reduction of the sum; nested concats "
+    "along one axis -> one concat",
+    [
+        Rule(
+            "sum_of_reductions",
+            ("add_n",),
+            check_sum_of_reductions,
+            rewrite_sum_of_reductions,
+            "add_n(reduce_sum(x_t, axes)) -> reduce_sum(add_n(x_t), axes)",
+        ),
+        Rule(
+            "nested_concat",
+            ("concat",),
+            check_nested_concat,
+            rewrite_nested_concat,
+            "concat(a, concat(b, c, axis=k), axis=k) -> concat(a, b, c, axis=k)",
+        ),
+    ],
 )
 
 batch_weight_grads = rule_pass(

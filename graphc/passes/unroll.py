@@ -14,10 +14,13 @@ T nodes for one:
   every t -> `split(reshape(x), axis=k)` (T squeezes -> one view), and
   `concat(unsqueeze(a_t, k), axis=k)` -> `reshape(concat(a_t, axis=k))`
   (T unsqueezes -> one view).
-* `batch_weight_grads` (registered, not in -O2: on ORT CPU the two concat
-  copies cost what the T - 1 small GEMM launches save, see docs/optimizer.md):
+* `merge_step_sums`: `add_n(reduce_sum(x_t))` -> `reduce_sum(add_n(x_t))` (the
+  GRU's per-step bias_hn gradients) and nested concats along one axis -> one.
+* `batch_weight_grads` (registered, not in -O2: at most +2 % on the LSTM step,
+  inside the noise, for extra memory, see docs/optimizer.md):
   `add_n(gemm(a_t, b_t, transA) ...)` -> one gemm of the concatenated
-  operands: sum_t a_t^T b_t = [a_1; ...; a_T]^T [b_1; ...; b_T].
+  operands: sum_t a_t^T b_t = [a_1; ...; a_T]^T [b_1; ...; b_T], reusing an
+  existing stack of the b_t when there is one.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from graphc.ops import (  # noqa: F401 - imported for registration
     pool,
     recurrent,
     tensor,
+    upsample,
 )
 from graphc.ops.registry import REGISTRY, all_ops, get_op
 

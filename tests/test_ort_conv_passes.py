@@ -18,7 +18,12 @@ import graphc
 from graphc.export import export
 from graphc.feeds import random_feeds
 from graphc.ops.conv import conv_reference, conv_weight_grad_reference
-from graphc.ops.pool import avg_pool_grad_reference, avg_pool_reference
+from graphc.ops.pool import (
+    avg_pool_grad_reference,
+    avg_pool_reference,
+    max_pool_grad_reference,
+    max_pool_reference,
+)
 from graphc.passes import PIPELINES, optimize
 from graphc.runtime import make_session
 from graphc.train.step import StepConfig, build_step
@@ -244,3 +249,56 @@ def test_o2_keeps_the_gradients_of_graphc_grad():
     ref, got = _run(g, grads, values), _run(opt, grads, values)
     for k in grads:
         np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+MAXG = "max_pool_grad_by_mask"
+MAX_POOLS = [
+    (2, (8, 6), {"kernel": (2, 3)}, True),
+    (2, (8, 8), {"kernel": 2, "stride": 2}, True),
+    (1, (12,), {"kernel": 3}, True),
+    (3, (4, 4, 6), {"kernel": (2, 2, 3)}, True),
+    # left alone: overlapping windows, padding, a tail no window covers
+    (2, (8, 8), {"kernel": 3, "stride": 2}, False),
+    (2, (8, 8), {"kernel": 2, "padding": 1}, False),
+    (2, (9, 8), {"kernel": 2}, False),
+]
+
+
+@pytest.mark.parametrize("case", MAX_POOLS, ids=lambda c: f"{c[0]}d-{c[2]}")
+def test_max_pool_grad_by_mask_is_bit_identical_with_ties(case):
+    dims, spatial, attrs, applies = case
+    b = graphc.Builder("pool")
+    x = b.input("x", ("N", 3, *spatial))
+    y = getattr(b, f"max_pool{dims}d")(x, name="p", **attrs)
+    r = b.input("r", ("N", *y.shape[1:]))
+    b.minimize(b.reduce_sum(y * r, name="loss"))
+    g = graphc.grad(b.graph, wrt=["x"])
+    opt = optimize(g, passes=[MAXG, "eliminate_common_subexpressions", "eliminate_dead_code"])
+    ops = [n.op for n in opt.nodes.values()]
+    assert ("max_pool_grad" not in ops) == applies
+    if applies:
+        assert ops.count(f"max_pool{dims}d") == 1  # the backward reuses the forward's pool
+    rng = np.random.default_rng(5)
+    # rounded and rectified: most windows hold ties (equal maxima, all-zero windows)
+    xv = np.maximum(np.round(rng.standard_normal((4, 3, *spatial))), 0).astype(np.float32)
+    full = {"stride": None, "padding": 0, "ceil_mode": False, "dilation": 1, **attrs}
+    rv = rng.standard_normal(max_pool_reference(xv, **full).shape).astype(np.float32)
+    got = _run(opt, ["x.grad"], {"x": xv, "r": rv})["x.grad"]
+    np.testing.assert_array_equal(got, max_pool_grad_reference(xv, rv, **full))
+    np.testing.assert_array_equal(got, _run(g, ["x.grad"], {"x": xv, "r": rv})["x.grad"])
+
+
+def test_upsample_nearest_gradient_sums_each_block():
+    b = graphc.Builder("up")
+    x = b.input("x", ("N", 2, 3, 2))
+    u = b.upsample_nearest(x, scale=(2, 3), name="u")
+    r = b.input("r", ("N", 2, 6, 6))
+    b.minimize(b.reduce_sum(u * r, name="loss"))
+    g = graphc.grad(b.graph, wrt=["x"])
+    rng = np.random.default_rng(1)
+    xv = rng.standard_normal((2, 2, 3, 2)).astype(np.float32)
+    rv = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    got = _run(g, ["u", "x.grad"], {"x": xv, "r": rv})
+    np.testing.assert_array_equal(got["u"], np.repeat(np.repeat(xv, 2, axis=2), 3, axis=3))
+    want = rv.reshape(2, 2, 3, 2, 2, 3).sum(axis=(3, 5))
+    np.testing.assert_allclose(got["x.grad"], want, rtol=1e-5, atol=1e-6)

@@ -26,6 +26,7 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     fuse_optimizer,
     fuse_softmax_ce,
     hoist_scale,
+    max_pool_grad,
     memory,
     recompute,
     simplify,

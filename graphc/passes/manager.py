@@ -61,6 +61,7 @@ PIPELINES: dict[int, list[str]] = {
         "fold_batch_norm",
         "conv_weight_grad_as_gemm",
         "avg_pool_as_conv",
+        "max_pool_grad_by_mask",
         *CLEANUP,
         "hoist_channel_scales",
         "fuse_gemm",

@@ -147,7 +147,9 @@ CLEANUP = ["eliminate_dead_code", "fold_constants", "simplify", "eliminate_commo
 
 def _full_size_muls(g):
     """Multiplies over a whole batch of activations ([N, ...], N the batch dim)."""
-    return sum(1 for n in g.nodes.values() if n.op == "mul" and g.types[n.outputs[0]].shape[:1] == ("N",))
+    return sum(
+        1 for n in g.nodes.values() if n.op == "mul" and g.types[n.outputs[0]].shape[:1] == ("N",)
+    )
 
 
 def test_hoisting_keeps_the_training_step_and_drops_the_normalized_tensor(convnet_step):
@@ -180,8 +182,15 @@ def test_hoisting_rules_against_numpy():
     opt = optimize(g, passes=[HOIST, "eliminate_dead_code"])
     assert _full_size_muls(opt) == 2  # a * (f*t) and a * u; a * f is gone
     rng = np.random.default_rng(3)
-    vals = {k: rng.standard_normal(sh).astype(np.float32) for k, sh in
-            [("a", (2, 3, 4, 5)), ("u", (2, 3, 4, 5)), ("f", (1, 3, 1, 1)), ("t", (3, 1, 1))]}
+    vals = {
+        k: rng.standard_normal(sh).astype(np.float32)
+        for k, sh in [
+            ("a", (2, 3, 4, 5)),
+            ("u", (2, 3, 4, 5)),
+            ("f", (1, 3, 1, 1)),
+            ("t", (3, 1, 1)),
+        ]
+    }
     got = _run(opt, g.outputs, vals)
     want = {
         g.outputs[0]: vals["a"] * vals["f"] * vals["t"],

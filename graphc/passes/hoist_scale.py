@@ -82,7 +82,12 @@ def check_sum(g: Graph, node: Node, ctx: dict) -> Match | str:
     if not node.attrs["keepdims"] or node.attrs["axes"] is None:
         return "not a keepdims reduction over given axes"
     p = ctx["producers"].get(node.inputs[0])
-    if p is None or p.op != "mul" or len(ctx["consumers"].get(p.outputs[0], ())) != 1:
+    if (
+        p is None
+        or p.op != "mul"
+        or len(ctx["consumers"].get(p.outputs[0], ())) != 1
+        or p.outputs[0] in ctx["protected"]
+    ):
         return "the summand is not a product read only here"
     prod = p.outputs[0]
     rank = g.types[prod].rank
@@ -97,9 +102,10 @@ def check_sum(g: Graph, node: Node, ctx: dict) -> Match | str:
         fs = _aligned(g.types[f].shape, rank)
         if any(fs[ax] != 1 for ax in axes):
             continue
-        if g.types[a] != g.types[s] or broadcast(g.types[u].shape, g.types[a].shape) != g.types[
-            prod
-        ].shape:
+        if (
+            g.types[a] != g.types[s]
+            or broadcast(g.types[u].shape, g.types[a].shape) != g.types[prod].shape
+        ):
             continue
         if broadcast(g.types[out].shape, fs) != g.types[out].shape:
             continue

@@ -30,6 +30,7 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     memory,
     recompute,
     simplify,
+    time_batch,
     unroll,
 )
 from graphc.passes.manager import PASSES, PIPELINES, PipelineResult, pipeline, run_passes, verify

@@ -68,6 +68,7 @@ PIPELINES: dict[int, list[str]] = {
         "static_reshape",
         "merge_step_slices",
         "merge_step_sums",
+        "reassociate_factors",
         "simplify",
         "eliminate_common_subexpressions",
         "fuse_optimizer_update",

@@ -132,11 +132,19 @@ def test_node_counts(step):
         # input and forget gates 3 -> 1 multiplication each, the two tanh' 2 -> 1 each (the
         # first step has no forget-gate chain: c_0 = 0)
         assert grad_muls(g0) - grad_muls(g1) >= 8 * steps - 2, (grad_muls(g0), grad_muls(g1))
+        # the two tanh' factors o (1 - tanh(c)^2), i (1 - g^2) -> o - h tanh(c), i - (i g) g:
+        # the forward's h = o tanh(c) and i g are reused, one node less each
+        assert len(g1.nodes) <= len(g0.nodes) - 2 * steps, (len(g0.nodes), len(g1.nodes))
         # the gathered factors o * tanh(c), i * g and f * c_prev are the forward's own
         # products: CSE shares them
         assert len(g1c.nodes) <= len(g0.nodes) - (3 * steps - 1), (len(g0.nodes), len(g1c.nodes))
     if name.startswith("gru"):
         assert grad_muls(g0) - grad_muls(g1) >= 3 * T, (grad_muls(g0), grad_muls(g1))
+        # h_t = z h_{t-1} + (1 - z) n: dz = dh h_{t-1} - dh n -> dh (h_{t-1} - n), two nodes
+        # less per step (the first step has no h_{t-1} term: h_0 = 0)
+        assert ops(g0)["neg"] - ops(g1)["neg"] == T - 1
+        # and tanh' (1 - z)(1 - n^2) -> (1 - z) - ((1 - z) n) n, one node less per step
+        assert len(g1.nodes) <= len(g0.nodes) - 3 * T + 2, (len(g0.nodes), len(g1.nodes))
     if name == "rnn":
         assert grad_muls(g1) == grad_muls(g0)  # tanh' is d * (1 - h^2): nothing to gather
     # batch_step_factors: the per-step derivative factors (1 - h^2 for the rnn) are computed
@@ -203,3 +211,23 @@ def test_batch_step_factors_against_numpy(chained):
     # independent copies: one stacked computation; a chain cannot be computed at once
     stacked = ops(g2)["split"] == 1 and ops(g2)["mul"] == 2 and ops(g2)["sub"] == 1
     assert stacked != chained, ops(g2)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_saturated_gates_keep_the_gradients(name):
+    """Large inputs saturate the gates (s, tanh near 0 or ±1), where 1 - t^2 cancels.
+
+    The rewritten factors (o - h tanh(c) instead of o (1 - tanh(c)^2), ...) must
+    stay as accurate as autodiff's form: Adam's first moment after one step is
+    (1 - beta1) * gradient, compared relative to its largest entry.
+    """
+    g = graphc.parse(MODELS[name])
+    ts = build_step(g, StepConfig(optimizer="adam"))
+    feeds = random_feeds(g, batch=16, seed=3)
+    feeds["x"] = feeds["x"] * 8
+    ref = run_step(ts, ts.graph, feeds)
+    out = run_step(ts, optimize(ts.graph, 2), feeds)
+    for k in ref:
+        if k.startswith("new.opt.m."):
+            scale = float(np.max(np.abs(ref[k])))
+            np.testing.assert_allclose(out[k], ref[k], rtol=0, atol=1e-5 * scale, err_msg=k)

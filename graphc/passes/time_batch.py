@@ -7,13 +7,17 @@ of element-wise products on [N, units] blocks: sigmoid's derivative as
 depend on the forward pass alone. Two generic passes (matched by data flow
 and shapes, not by names):
 
-* `reassociate_factors` (-O2): `(d * a) * b -> d * (a * b)` where a, b are
-  forward-only and d is not, all of one type. Innermost first, so the
-  gathered factor starts with autodiff's own first product, which for the
-  LSTM's gates is the forward's `o * tanh(c)`, `i * g`, `f * c_prev`: CSE then
-  shares them (LSTM: 3 multiplications per step less, and the gradient's
-  path keeps one multiplication per gate instead of three). The numbers
-  change by float rounding only.
+* `reassociate_factors` (-O2), three rules run to a fixed point, each with
+  a, b, e forward-only, d a gradient, all of one type:
+  - `(d * a) * b -> d * (a * b)`, innermost first, so the gathered factor
+    starts with autodiff's own first product, which for the LSTM's gates is
+    the forward's `o * tanh(c)`, `i * g`, `f * c_prev`: CSE then shares them,
+    and the gradient's path keeps one multiplication per gate and step;
+  - `d * a ± d * b -> d * (a ± b)` in a sum (the GRU's update gate:
+    `dh * h_prev - dh * n`);
+  - `a * (1 - b * e) -> a - (a * b) * e` where `a * b` already exists (tanh'
+    times a gate: `o * (1 - tanh(c)^2)` reuses the forward's `h = o * tanh(c)`).
+  The numbers change by float rounding only.
 * `batch_step_factors` (registered, not in -O2: it does not pay on ONNX
   Runtime CPU, see docs/optimizer.md): k >= 3 independent isomorphic
   element-wise subgraphs of forward-only gradient nodes (same ops,
@@ -165,10 +169,118 @@ def rewrite_reassociate(g: Graph, m: Match) -> None:
     g.remove_node(v["inner"].name)
 
 
+def _gradient_term(g: Graph, ctx: dict, v: str) -> tuple[str, str, bool, list[Node]] | None:
+    """(d, a, negated, nodes) when v = d * a or -(d * a), read once; d a gradient, a not."""
+    nodes = []
+    p = ctx["producers"].get(v)
+    negated = p is not None and p.op == "neg"
+    if negated:
+        if len(ctx["consumers"].get(v, ())) != 1 or v in ctx["protected"]:
+            return None
+        nodes.append(p)
+        v = p.inputs[0]
+        p = ctx["producers"].get(v)
+    if p is None or p.op != "mul" or p.tags.get("train") or p.tags.get("recompute"):
+        return None
+    if len(ctx["consumers"].get(v, ())) != 1 or v in ctx["protected"]:
+        return None
+    nodes.append(p)
+    for j in (0, 1):
+        d, a = p.inputs[j], p.inputs[1 - j]
+        if not _forward(ctx, d) and _forward(ctx, a) and g.types[d] == g.types[a] == g.types[v]:
+            return d, a, negated, nodes
+    return None
+
+
+def check_shared_gradient(g: Graph, node: Node, ctx: dict) -> Match | str:
+    """add_n(..., d * a, ±(d * b), ...) with one gradient d and forward-only a, b."""
+    _ctx_back(g, ctx)
+    if node.tags.get("train") or node.tags.get("recompute"):
+        return "an optimizer update or recomputed node (left as it is)"
+    out_type = g.types[node.outputs[0]]
+    terms = {}
+    for i, v in enumerate(node.inputs):
+        t = _gradient_term(g, ctx, v) if node.inputs.count(v) == 1 else None
+        if t is None or g.types[v] != out_type:
+            continue
+        if t[0] in terms:
+            return Match(node, {"first": terms[t[0]], "second": (i, *t)})
+        terms[t[0]] = (i, *t)
+    return "no two terms are products of one gradient with forward-only factors"
+
+
+def rewrite_shared_gradient(g: Graph, m: Match) -> None:
+    (i, d, a, neg_a, nodes_a), (j, _, c, neg_c, nodes_c) = m.values["first"], m.values["second"]
+    b = builder_for(g, m.node, prefix=f"{m.node.name}_fwd_")
+    ta, tc = b.tensor(a), b.tensor(c)
+    if neg_a and neg_c:  # -(d a) - (d c) = d * -(a + c)
+        f = -(ta + tc)
+    elif neg_a:
+        f = tc - ta
+    elif neg_c:
+        f = ta - tc
+    else:
+        f = ta + tc
+    rest = [v for k, v in enumerate(m.node.inputs) if k not in (i, j)]
+    if rest:
+        prod = b.tensor(d) * f
+        m.node.inputs = [prod.name if k == i else v for k, v in enumerate(m.node.inputs) if k != j]
+    else:  # the sum was just these two terms: it becomes the product
+        m.node.op, m.node.inputs, m.node.attrs = "mul", [d, f.name], {}
+    for n in (*nodes_a, *nodes_c):  # read only by this sum (checked): gone with their terms
+        g.remove_node(n.name)
+
+
+def _is_one(g: Graph, v: str) -> bool:
+    return v in g.constants and np.asarray(g.constants[v]).size == 1 and np.all(g.constants[v] == 1)
+
+
+def _single(ctx: dict, v: str) -> Node | None:
+    """v's producer when v is read once and not protected."""
+    if v in ctx["protected"] or len(ctx["consumers"].get(v, ())) != 1:
+        return None
+    return ctx["producers"].get(v)
+
+
+def check_complement(g: Graph, node: Node, ctx: dict) -> Match | str:
+    """a * (1 - b * e), all forward-only, where the product a * b already exists."""
+    _ctx_back(g, ctx)
+    if node.tags.get("train") or node.tags.get("recompute"):
+        return "an optimizer update or recomputed node (left as it is)"
+    out = node.outputs[0]
+    for i in (0, 1):
+        a, s = node.inputs[i], node.inputs[1 - i]
+        sub = _single(ctx, s)
+        if sub is None or sub.op != "sub" or not _is_one(g, sub.inputs[0]):
+            continue
+        x = _single(ctx, sub.inputs[1])
+        if x is None or x.op != "mul":
+            continue
+        if not all(_forward(ctx, v) and g.types[v] == g.types[out] for v in (a, *x.inputs)):
+            continue
+        for j in (0, 1):
+            b, e = x.inputs[j], x.inputs[1 - j]
+            for c in ctx["consumers"].get(a, ()):
+                if c is x or c.name not in g.nodes:  # x itself is about to go
+                    continue
+                if c.op == "mul" and sorted(c.inputs) == sorted([a, b]):
+                    return Match(node, {"a": a, "ab": c.outputs[0], "e": e, "gone": [sub, x]})
+    return "not a * (1 - b * e) with a * b already computed"
+
+
+def rewrite_complement(g: Graph, m: Match) -> None:
+    v = m.values
+    b = builder_for(g, m.node, prefix=f"{m.node.name}_fwd_")
+    abe = b.tensor(v["ab"]) * b.tensor(v["e"])
+    m.node.op, m.node.inputs, m.node.attrs = "sub", [v["a"], abe.name], {}
+    for n in v["gone"]:
+        g.remove_node(n.name)
+
+
 reassociate_factors = rule_pass(
     "reassociate_factors",
-    "(d * a) * b -> d * (a * b) with a, b forward-only and d a gradient "
-    "(the forward-only factor becomes its own value)",
+    "(d * a) * b -> d * (a * b) and d * a ± d * b -> d * (a ± b), with a, b forward-only "
+    "and d a gradient (the forward-only factor becomes its own value)",
     [
         Rule(
             "reassociate_factor",
@@ -176,7 +288,21 @@ reassociate_factors = rule_pass(
             check_reassociate,
             rewrite_reassociate,
             "(d * a) * b -> d * (a * b)",
-        )
+        ),
+        Rule(
+            "shared_gradient",
+            ("add_n", "add"),
+            check_shared_gradient,
+            rewrite_shared_gradient,
+            "add_n(d * a, -(d * b)) -> d * (a - b)",
+        ),
+        Rule(
+            "complement_of_product",
+            ("mul",),
+            check_complement,
+            rewrite_complement,
+            "a * (1 - b * e) -> a - (a * b) * e where a * b exists (tanh': o (1 - t^2))",
+        ),
     ],
 )
 

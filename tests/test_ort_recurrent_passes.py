@@ -213,3 +213,17 @@ def test_reshape_spec():
     assert reshape_spec(("N", "T"), ("T", "N")) is None  # two: -1 can stand for only one
     assert reshape_spec(("A", "B"), ("B", "A", "C")) is None  # two dims it cannot write
     assert reshape_spec((3, 0), (0, 3)) is None  # a literal 0 would mean "copy"
+
+
+def test_each_rewrite_fires_once_per_site():
+    """The split is rewritten once (a leftover squeeze once re-matched it every round, up
+    to the driver's 200-round limit, which made -O2 quadratic in T), and the per-step
+    rewrites next to the T-output split do not wait for one round each."""
+    g = graphc.parse(LAST.format(T=12, kind="lstm", extra=""))
+    ts = build_step(g, StepConfig(optimizer="adam"))
+    out = optimize(ts.graph, passes=["static_reshape", "merge_step_slices"])
+    notes = {s.name: s.note for s in out.meta["pass_stats"]}
+    assert "split_squeeze x1" in notes["merge_step_slices"].split(", ")
+    assert notes["static_reshape"] == "static_reshape x12"
+    again = optimize(out, passes=["merge_step_slices"]).meta["pass_stats"][0]
+    assert "split_squeeze" not in again.note

@@ -11,7 +11,7 @@ from __future__ import annotations
 from graphc.ir import Graph
 from graphc.ops.registry import get_op
 from graphc.passes.manager import register
-from graphc.passes.rewrite import protected, replace_uses
+from graphc.passes.rewrite import protected
 
 COMMUTATIVE = {"add", "mul", "maximum", "minimum", "equal", "logical_and", "add_n"}
 _SMALL = 64  # constants up to this many elements are merged by value
@@ -42,8 +42,12 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
     merged_consts = _merge_constants(g)
     keep = protected(g)
     seen: dict[tuple, str] = {}
+    rename: dict[str, str] = {}  # a merged node's output -> the survivor's
     merged = 0
     for node in g.topo_order():
+        # in topological order every input is final (renamed) before the node's key is taken
+        if rename:
+            node.inputs = [rename.get(v, v) for v in node.inputs]
         op = get_op(node.op, node.loc)
         if op.random or any(o in keep for o in node.outputs):
             continue
@@ -53,8 +57,7 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
         if first is None:
             seen[key] = node.name
             continue
-        for mine, theirs in zip(node.outputs, g.nodes[first].outputs):
-            replace_uses(g, mine, theirs)
+        rename.update(zip(node.outputs, g.nodes[first].outputs))
         merged += 1
     g.meta["_pass_note"] = (f"{merged} nodes merged" if merged else "") + (
         f"{', ' if merged else ''}{merged_consts} constants merged" if merged_consts else ""

@@ -97,13 +97,15 @@ def _near(ctx: dict, node: Node, hops: int) -> set[str]:
 
     The walk does not continue through a hub: a node whose output has more than
     HUB readers (the transposed weight every time step of an unrolled LSTM
-    reads) or that has more than HUB inputs (the add_n summing those steps'
-    weight gradients). The only fact a rewrite next to a hub can change there
-    is its reader count, and checks only ask whether a value has exactly one
-    reader, which a value with more than HUB readers does not have before or
-    after; rules never rewrite a many-input node from a neighbour's match. Without this, one
-    rewrite would block every reader of the hub and the rounds would grow with
-    the graph.
+    reads), that has more than HUB inputs (the add_n summing those steps'
+    weight gradients) or more than HUB outputs (the split cutting a sequence
+    into its steps). The hub itself is within reach, so rules rooted at it wait;
+    past it, the only fact a rewrite can change is a reader count, and checks
+    only ask whether a value has exactly one reader, which a value with more
+    than HUB readers does not have before or after (a split's outputs are
+    separate values); rules never rewrite a many-input node from a neighbour's
+    match. Without this, one rewrite would block every reader of the hub and
+    the rounds would grow with the graph (one rewrite per round: quadratic).
     """
     seen = {node.name}
     frontier = [node]
@@ -112,6 +114,7 @@ def _near(ctx: dict, node: Node, hops: int) -> set[str]:
         for n in frontier:
             if n is not node and (
                 len(n.inputs) > HUB
+                or len(n.outputs) > HUB
                 or any(len(ctx["consumers"].get(o, ())) > HUB for o in n.outputs)
             ):
                 continue

@@ -26,7 +26,7 @@ T nodes for one:
 from __future__ import annotations
 
 from graphc.ir import Graph, Node
-from graphc.passes.rewrite import Match, Rule, builder_for, replace_uses, rule_pass
+from graphc.passes.rewrite import Match, Rule, builder_for, rule_pass
 
 
 # ------------------------------------------------------------- static_reshape
@@ -128,6 +128,7 @@ def check_split_squeeze(g: Graph, node: Node, ctx: dict) -> Match | str:
             "shape_readers": shape_readers,
             "spec": spec,
             "width": x.shape[k + 1],
+            "consumers": ctx["consumers"],
         },
     )
 
@@ -137,11 +138,16 @@ def rewrite_split_squeeze(g: Graph, m: Match) -> None:
     b = builder_for(g, node)
     flat = b.reshape(b.tensor(node.inputs[0]), shape=m.values["spec"])
     parts = b.split(flat, axis=k, sizes=(m.values["width"],) * len(node.outputs))
+    readers = m.values["consumers"]
     for old, squeezes, others, part in zip(
         node.outputs, m.values["views"], m.values["shape_readers"], parts
     ):
         for r in squeezes:
-            replace_uses(g, r.outputs[0], part.name)
+            for c in readers.get(r.outputs[0], ()):
+                c.inputs = [part.name if v == r.outputs[0] else v for v in c.inputs]
+            # gone, not just unread: a squeeze left behind would match this split again
+            # every round (until DCE), and rerouting through the index keeps this linear
+            del g.nodes[r.name]
         if others:  # a gradient's reshape_like or zeros_like: give it the slice's shape back
             like = b.unsqueeze(part, axes=(k,)).name
             for r in others:

@@ -311,3 +311,30 @@ def test_upsample_nearest_gradient_sums_each_block():
     np.testing.assert_array_equal(got["u"], np.repeat(np.repeat(xv, 2, axis=2), 3, axis=3))
     want = rv.reshape(2, 2, 3, 2, 2, 3).sum(axis=(3, 5))
     np.testing.assert_allclose(got["x.grad"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_grad_patches_live_for_their_layer_only(convnet_step):
+    """The patches (K times a layer's input) are made in the backward pass, once the layer's
+    output gradient exists, in ORT's order as in the graph's: the peak grows by about one
+    layer's patches, not by all of them held from the forward pass on."""
+    from graphc.passes import plan_memory
+    from graphc.passes.cost import dim_sizes, nbytes
+    from graphc.passes.memory import ort_schedule
+
+    ts, _, _ = convnet_step
+    base = optimize(ts.graph, passes=[p for p in PIPELINES[2] if p != WG])
+    opt = optimize(ts.graph, 2)  # order_for_memory had moved every layer's patches forward
+    sizes = dim_sizes(opt)
+    patches = [
+        nbytes(opt.types[n.outputs[0]], sizes)
+        for n in opt.nodes.values()
+        if n.op == "conv" and n.tags.get("grad")
+    ]
+    assert len(patches) >= 2  # the test needs layers whose patches could pile up
+
+    def peak(g, schedule):
+        return plan_memory(g, schedule(g) if schedule else None, offsets=False).peak
+
+    for schedule in (None, ort_schedule):
+        # one layer's patches (and the copy a transpose may make) at a time
+        assert peak(opt, schedule) <= peak(base, schedule) + 2 * max(patches)

@@ -115,6 +115,31 @@ def test_compile_grad_naming_convention(samples_dir, tmp_path):
     assert {i.name for i in m.graph.initializer} >= set(params)  # defaults kept
 
 
+def test_compile_train_o2_says_what_each_flat_buffer_holds(samples_dir, tmp_path):
+    """The printed layout unpacks the -O2 step's flat default into the -O0 step's parameters."""
+    from onnx import numpy_helper
+
+    flat, plain = tmp_path / "o2.onnx", tmp_path / "o0.onnx"
+    src = str(samples_dir / "xor.gc")
+    r = run_cli("compile", src, "--train", "-O2", "-o", str(flat))
+    assert r.returncode == 0, r.stderr
+    assert run_cli("compile", src, "--train", "-O0", "-o", str(plain)).returncode == 0
+    (line,) = [x for x in r.stdout.splitlines() if " holds, in order: " in x]
+    buffer, members = line.strip().split(" holds, in order: ")
+    inits = lambda path: {
+        t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer
+    }
+    packed, ref = inits(str(flat))[buffer], inits(str(plain))
+    at = 0
+    for member in members.split("], "):
+        name, _, shape = member.rstrip("]").partition(" [")
+        dims = tuple(int(d) for d in shape.split(", "))
+        size = int(np.prod(dims))
+        np.testing.assert_array_equal(packed[at : at + size].reshape(dims), ref[name])
+        at += size
+    assert at == packed.size
+
+
 def test_gradcheck_command(samples_dir):
     r = run_cli("gradcheck", str(samples_dir / "xor.gc"))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -91,7 +91,29 @@ def run(args) -> int:
     print(f"wrote {args.output} ({what}; {len(model.graph.node)} ONNX nodes)")
     print(f"  inputs:  {ins}")
     print(f"  outputs: {outs}")
+    for line in _flat_layout_lines(model):
+        print(line)
     return 0
+
+
+def _flat_layout_lines(model) -> list[str]:
+    """What each flat buffer of an -O2 training step holds (docs/training.md, "Flat state")."""
+    import json
+
+    meta = {e.key: e.value for e in model.metadata_props}
+    layout = json.loads(meta.get("graphc.train_step", "{}")).get("flat_state") or []
+    lines = []
+    for e in layout:
+        if e["buffer"].startswith("opt."):
+            continue  # slot buffers follow their parameter buffer's order
+        parts = [f"{name} {list(shape)}" for name, shape in e["members"]]
+        lines.append(f"  {e['buffer']} holds, in order: " + ", ".join(parts))
+    if lines:
+        lines.append(
+            "  (slot buffers opt.<slot>.<buffer> hold the same members' slots; the layout is "
+            "in the model's metadata 'graphc.train_step')"
+        )
+    return lines
 
 
 def _optimizer(args):

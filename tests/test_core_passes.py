@@ -245,6 +245,40 @@ def test_memory_plan_of_a_chain_by_hand():
     assert [b for _, b in plan.timeline] == [1024, 2048, 1024, 2048]
 
 
+def test_a_transpose_onnx_runtime_folds_into_its_matmul_takes_no_buffer(tmp_path):
+    """The plan's assumption checked against ORT: the Transpose is gone from ORT's optimized
+    model (a FusedMatMul reads the untransposed value), so it gets no buffer in the plan;
+    one with a second reader stays a tensor of its own."""
+    import onnx
+
+    from graphc.export import export
+    from graphc.runtime import session_options
+
+    b = Builder("tm")
+    x = b.input("x", (2, 6, 4))
+    w = b.input("w", (2, 6, 3))
+    a = b.exp(x)
+    t = b.transpose(a, perm=(0, 2, 1))  # [2, 4, 6]: the last two axes swapped
+    b.output(b.matmul(t, w))  # [2, 4, 3]
+    u = b.transpose(b.neg(x), perm=(0, 2, 1))
+    b.output(b.matmul(u, w))
+    b.output(b.exp(u))  # a second reader: u must exist
+    plan = plan_memory(b.graph)
+    by = {v.name: v for v in plan.tensors}
+    assert by[t.name].view_of == a.name and by[t.name].offset is None
+    assert by[u.name].view_of is None and by[u.name].offset is not None
+
+    import onnxruntime as ort
+
+    so = session_options(1)
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(
+        export(b.graph).SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("Transpose") == 1 and "FusedMatMul" in ops  # only u's transpose is left
+
+
 def test_in_place_ops_take_their_inputs_memory():
     b = Builder("inplace")
     x = b.input("x", (64,))

@@ -6,7 +6,9 @@ of symbolic dims come from `graph.meta["dim_sizes"]` (see passes.cost).
 
 - Liveness: a value lives from the step that produces it to its last reader;
   graph outputs live to the end. A view (`aliases` facet: reshape, identity)
-  takes no buffer of its own and extends the life of what it views.
+  takes no buffer of its own and extends the life of what it views. So does
+  a transpose of the last two axes read by one matmul alone: ONNX Runtime
+  folds it into the matmul (FusedMatMul with a transposed operand).
 - In place: an output may take its input's memory when the op declares it
   safe (`inplace` facet) and that input is read for the last time there.
 - Buffers: every tensor gets an offset in one arena. Largest first, each goes
@@ -95,6 +97,19 @@ def _root(views: dict[str, str], v: str) -> str:
     return v
 
 
+def _transposed_operand(
+    graph: Graph, node: Node, readers: dict[str, list[Node]], keep: set[str]
+) -> bool:
+    """A transpose of the last two axes that one matmul alone reads (ORT fuses it away)."""
+    if node.op != "transpose" or node.outputs[0] in keep:
+        return False
+    rank = graph.types[node.outputs[0]].rank
+    perm = tuple(node.attrs.get("perm") or range(rank - 1, -1, -1))
+    swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
+    users = readers.get(node.outputs[0], [])
+    return rank >= 2 and perm == swap and len(users) == 1 and users[0].op == "matmul"
+
+
 def plan_memory(
     graph: Graph, schedule: Sequence[Node] | None = None, *, offsets: bool = True
 ) -> MemoryPlan:
@@ -111,11 +126,14 @@ def plan_memory(
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     views: dict[str, str] = {}  # alias output -> the value it views
+    readers = graph.consumers()
     for step, n in enumerate(order):
         op = get_op(n.op, n.loc)
         for i, o in enumerate(n.outputs):
             first[o] = last[o] = step
             j = op.aliases.get(i)
+            if j is None and _transposed_operand(graph, n, readers, keep):
+                j = 0
             if j is not None and j < len(n.inputs) and n.inputs[j] in size:
                 views[o] = n.inputs[j]
         for v in n.inputs:

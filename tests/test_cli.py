@@ -155,6 +155,25 @@ def test_help_for_every_command():
         assert r.returncode == 0 and "usage: graphc" in r.stdout
 
 
+def test_docs_list_the_o2_pipeline_in_order():
+    """docs/optimizer.md's -O2 row names every pass of PIPELINES[2], in pipeline order."""
+    import re
+    from pathlib import Path
+
+    from graphc.passes import PIPELINES
+
+    text = (Path(__file__).parent.parent / "docs" / "optimizer.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| `-O2` |")]
+    cleanup = PIPELINES[1]
+    listed = []
+    for word in re.findall(r"[a-z_]+|`-O1` clean-up", row.split("|")[2]):
+        if word == "`-O1` clean-up":
+            listed += cleanup
+        elif word in PIPELINES[2]:
+            listed.append(word)
+    assert listed == PIPELINES[2]
+
+
 def test_docs_op_table_is_the_registry():
     """docs/ops.md ends with `graphc ops --markdown`: the op reference cannot drift."""
     from conftest import ROOT

@@ -242,6 +242,34 @@ def test_avg_pool_as_conv_matches_the_numpy_reference(case):
     np.testing.assert_allclose(got["x.grad"], want_dx, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "spatial, attrs, upsampled",
+    [
+        ((8, 6), {"kernel": 2}, True),  # tiles: gy / K repeated over each window
+        ((9, 6), {"kernel": 3}, True),
+        ((9, 7), {"kernel": 2}, False),  # the last row and column are in no window
+        ((8, 8), {"kernel": 2, "stride": 1}, False),  # overlapping windows
+    ],
+)
+def test_a_tiling_average_pool_gradient_is_an_upsampling(spatial, attrs, upsampled):
+    b = graphc.Builder("pool")
+    x = b.input("x", ("N", 3, *spatial))
+    y = b.avg_pool2d(x, name="p", **attrs)
+    r = b.input("r", ("N", *y.shape[1:]))
+    b.minimize(b.reduce_sum(y * r, name="loss"))
+    opt = optimize(graphc.grad(b.graph, wrt=["x"]), passes=[AVG])
+    ops = [n.op for n in opt.nodes.values()]
+    assert ("upsample_nearest" in ops) == upsampled
+    assert ("conv_input_grad" in ops) != upsampled
+    rng = np.random.default_rng(5)
+    xv = rng.standard_normal((2, 3, *spatial)).astype(np.float32)
+    full = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": False, **attrs}
+    rv = rng.standard_normal(avg_pool_reference(xv, **full).shape).astype(np.float32)
+    got = _run(opt, ["x.grad"], {"x": xv, "r": rv})
+    want = avg_pool_grad_reference(rv, xv, **full)
+    np.testing.assert_allclose(got["x.grad"], want, rtol=1e-5, atol=1e-6)
+
+
 def test_o2_keeps_the_gradients_of_graphc_grad():
     """`compile --grad`: the parameter gradients of a conv net through the whole -O2 pipeline."""
     g = graphc.grad(graphc.parse(CONVNET))

@@ -15,6 +15,13 @@ little faster than the lowering's per-plane ConvTranspose and division
 by 1/K before rather than after summing: equal up to float rounding (exact
 for a power-of-two window). Pools with uncounted padding (the divisor
 changes at the borders) or ceil-mode partial windows are left alone.
+
+When the windows tile the input (stride = kernel, no padding, every size a
+multiple of the kernel) each input element is in exactly one window, and the
+gradient is simpler still: `upsample_nearest(gy / K, kernel)` (ONNX Resize),
+the division on the K-times smaller gy. On lenet5's two 2x2 pools this took
+the step from 1.05x to 1.14x of -O0 (the grouped ConvTranspose was 0.22-0.25
+ms each).
 """
 
 from __future__ import annotations
@@ -48,11 +55,29 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     return Match(node, {"x": x, "win": win})
 
 
+def _tiles(xt, win) -> bool:
+    """Windows that tile x: stride = kernel, no padding or dilation, sizes multiples of it."""
+    return (
+        tuple(win.stride) == tuple(win.kernel)
+        and not any(win.begin)
+        and not any(win.end)
+        and all(d == 1 for d in getattr(win, "dilation", (1,)))
+        and not any(s % k for s, k in zip(xt.shape[2:], win.kernel))
+    )
+
+
 def rewrite(g: Graph, m: Match) -> None:
     node, x, win = m.node, m.values["x"], m.values["win"]
     xt = g.types[x]
     c = xt.shape[1]
     kernel = tuple(win.kernel)
+    if node.op not in FORWARD and _tiles(xt, win):
+        # every element is in exactly one window: its gradient is its window's gy / K,
+        # scaled on the K-times smaller gy, then repeated (ONNX Resize, nearest)
+        b = builder_for(g, node, prefix=f"{node.name}_up_")
+        scaled = b.tensor(node.inputs[0]) * (1.0 / math.prod(kernel))
+        node.op, node.inputs, node.attrs = "upsample_nearest", [scaled.name], {"scale": kernel}
+        return
     b = builder_for(g, node, prefix=f"{node.name}_conv_")
     e = b.const(
         np.full((c, 1) + kernel, 1.0 / math.prod(kernel), dtype=xt.dtype), name=f"{node.name}_mean"

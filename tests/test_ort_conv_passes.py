@@ -17,7 +17,7 @@ import pytest
 import graphc
 from graphc.export import export
 from graphc.feeds import random_feeds
-from graphc.ops.conv import conv_reference, conv_weight_grad_reference
+from graphc.ops.conv import conv_input_grad_reference, conv_reference, conv_weight_grad_reference
 from graphc.ops.pool import (
     avg_pool_grad_reference,
     avg_pool_reference,
@@ -366,3 +366,57 @@ def test_weight_grad_patches_live_for_their_layer_only(convnet_step):
     for schedule in (None, ort_schedule):
         # one layer's patches (and the copy a transpose may make) at a time
         assert peak(opt, schedule) <= peak(base, schedule) + 2 * max(patches)
+
+
+FULL = "conv_full_window_as_gemm"
+# (layer, channels, spatial, attrs, whether the window covers the whole input unpadded)
+FULL_CASES = [
+    ("conv2d", 4, (5, 5), {"filters": 7, "kernel": 5}, True),  # LeNet-5's C5
+    ("conv2d", 3, (3, 2), {"filters": 4, "kernel": (3, 2), "bias": False}, True),
+    ("conv1d", 2, (6,), {"filters": 3, "kernel": 6, "stride": 2}, True),
+    ("conv3d", 2, (2, 3, 2), {"filters": 5, "kernel": (2, 3, 2)}, True),
+    ("conv2d", 4, (5, 5), {"filters": 6, "kernel": 3}, False),  # 3x3 output positions
+    ("conv2d", 4, (3, 3), {"filters": 6, "kernel": 3, "padding": 1}, False),
+    ("conv2d", 4, (5, 5), {"filters": 8, "kernel": 5, "groups": 2}, False),
+    ("conv2d", 2, (5, 5), {"filters": 3, "kernel": 3, "dilation": 2}, False),
+]
+
+
+@pytest.mark.parametrize("case", FULL_CASES, ids=lambda c: f"{c[0]}-{c[3]}")
+def test_a_full_window_conv_and_its_gradients_are_gemms(case):
+    layer, channels, spatial, attrs, applies = case
+    base = _conv_graph(layer, channels, spatial, attrs)
+    g = graphc.grad(base, wrt=["x", *base.params])
+    opt = optimize(g, passes=[FULL])
+    convs = [n.op for n in opt.nodes.values() if n.op.startswith("conv")]
+    assert (not convs) == applies, convs
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, channels, *spatial)).astype(np.float32)
+    params = {k: v.astype(np.float32) for k, v in g.param_values().items()}
+    window = {k: attrs.get(k, d) for k, d in [("stride", 1), ("padding", 0), ("dilation", 1)]}
+    groups = attrs.get("groups", 1)
+    w = params["c.weight"]
+    y = conv_reference(x, w, params.get("c.bias"), groups=groups, **window)
+    r = rng.standard_normal(y.shape).astype(np.float32)
+    outs = ["c", "x.grad", *(f"{k}.grad" for k in sorted(params))]
+    got = _run(opt, outs, {"x": x, "r": r, **params})
+    np.testing.assert_allclose(got["c"], y, rtol=1e-4, atol=1e-5)
+    dw = conv_weight_grad_reference(x, r, kernel=w.shape[2:], groups=groups, **window)
+    np.testing.assert_allclose(got["c.weight.grad"], dw, rtol=1e-4, atol=1e-4)
+    dx = conv_input_grad_reference(r, w, x, groups=groups, **window)
+    np.testing.assert_allclose(got["x.grad"], dx, rtol=1e-4, atol=1e-5)
+
+
+def test_full_window_pass_keeps_a_lenet_training_step():
+    g = graphc.parse(
+        "x = input(float32, [N, 1, 12, 12])\ny = input(int64, [N])\n"
+        "c = tanh(conv2d(x, 4, 5))\np = avg_pool2d(c, 2)\n"
+        "f = tanh(conv2d(p, 12, 4))\nlogits = linear(flatten(f), 3)\n"
+        "loss = cross_entropy(logits, y)\noutput(logits)\nminimize(loss)\n"
+    )
+    ts = build_step(g, StepConfig(optimizer="adam"))
+    feeds = random_feeds(g, batch=5, seed=1)
+    ref = _run_step(ts, ts.graph, feeds)
+    opt = optimize(ts.graph, passes=[FULL])
+    assert sum(n.op.startswith("conv") for n in opt.nodes.values()) == 2  # only the 5x5 layer's
+    _assert_same(ref, _run_step(ts, opt, feeds))

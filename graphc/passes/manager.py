@@ -59,6 +59,7 @@ PIPELINES: dict[int, list[str]] = {
         "fuse_binary_cross_entropy",
         "fuse_batch_norm_grad",
         "fold_batch_norm",
+        "conv_full_window_as_gemm",
         "conv_weight_grad_as_gemm",
         "avg_pool_as_conv",
         "max_pool_grad_by_mask",

@@ -24,28 +24,7 @@ from graphc.passes import PIPELINES, optimize
 from graphc.passes.time_batch import backward_values
 from graphc.runtime import make_session
 from graphc.train.step import StepConfig, build_step
-
-T = 5
-
-LAST = """\
-x = input(float32, [N, {T}, 2])
-y = input(int64, [N])
-h = {kind}(x, 4{extra})
-logits = linear(h, 3)
-loss = cross_entropy(logits, y)
-output(logits)
-minimize(loss)
-"""
-
-SEQ = """\
-x = input(float32, [N, {T}, 2])
-target = input(float32, [N, {T}, 1])
-h = {kind}(x, 4, return_sequences=True{extra})
-prediction = linear(h, 1)
-loss = mse(prediction, target)
-output(prediction)
-minimize(loss)
-"""
+from recurrent_models import LAST, SEQ, T  # the shared small models
 
 MODELS = {
     "rnn": LAST.format(T=T, kind="rnn", extra=""),

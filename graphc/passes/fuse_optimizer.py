@@ -30,7 +30,7 @@ import numpy as np
 from graphc.infer import infer_node
 from graphc.ir import Graph, Node, Param
 from graphc.passes.manager import register
-from graphc.passes.rewrite import sort_nodes
+from graphc.passes.rewrite import ELEMENTWISE, sort_nodes
 
 NEW, SLOT = "new.", "opt."
 # A member costs two copies per step (its gradient into the flat gradient, its part
@@ -40,25 +40,6 @@ NEW, SLOT = "new.", "opt."
 # two big weights apart).
 MAX_ELEMENTS = 1 << 16
 LAYOUT = "flat_state"  # graphc.train.layout.KEY (not imported: train imports the passes)
-ELEMENTWISE = {
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "neg",
-    "sqrt",
-    "square",
-    "exp",
-    "log",
-    "abs",
-    "sign",
-    "reciprocal",
-    "maximum",
-    "minimum",
-    "pow",
-    "clip",
-    "identity",
-}
 
 
 def _is_scalar(g: Graph, v: str) -> bool:

@@ -16,6 +16,33 @@ from typing import Any
 from graphc.builder import Builder
 from graphc.ir import Graph, Node
 
+# element-wise ops: output element i reads only element i of each (broadcast) input, so a
+# group of them can run over concatenated or flattened operands unchanged
+ELEMENTWISE = frozenset(
+    {
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "neg",
+        "sqrt",
+        "square",
+        "exp",
+        "log",
+        "abs",
+        "sign",
+        "reciprocal",
+        "maximum",
+        "minimum",
+        "pow",
+        "clip",
+        "identity",
+        "sigmoid",
+        "tanh",
+        "relu",
+    }
+)
+
 
 def protected(g: Graph) -> set[str]:
     """Values the outside world reads by name: the outputs and the loss.

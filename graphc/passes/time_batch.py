@@ -40,6 +40,7 @@ import numpy as np
 from graphc.ir import Graph, Node
 from graphc.passes.manager import register
 from graphc.passes.rewrite import (
+    ELEMENTWISE,
     Match,
     Rule,
     builder_for,
@@ -48,27 +49,6 @@ from graphc.passes.rewrite import (
     rule_pass,
     sort_nodes,
 )
-
-# element-wise ops whose output element i reads only element i of each input
-ELEMENTWISE = {
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "neg",
-    "sqrt",
-    "square",
-    "exp",
-    "log",
-    "abs",
-    "sign",
-    "reciprocal",
-    "maximum",
-    "minimum",
-    "sigmoid",
-    "tanh",
-    "relu",
-}
 
 # (op, input index) pairs that read only a value's shape
 SHAPE_ONLY = {

@@ -55,6 +55,17 @@ class Window:
             out.append(o)
         return tuple(out)
 
+    def tiles(self, spatial: Sequence[Dim]) -> bool:
+        """Every input element in exactly one window: stride = kernel, no padding or
+        dilation, each (fixed) size a multiple of the kernel."""
+        return (
+            self.stride == self.kernel
+            and all(d == 1 for d in self.dilation)
+            and not any(self.begin)
+            and not any(self.end)
+            and all(isinstance(n, int) and n % k == 0 for n, k in zip(spatial, self.kernel))
+        )
+
     def extra_end(self, spatial: Sequence[int], out: Sequence[int]) -> tuple[int, ...]:
         """How far the last window reaches past the end padding (ceil mode only)."""
         return tuple(

@@ -55,23 +55,12 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     return Match(node, {"x": x, "win": win})
 
 
-def _tiles(xt, win) -> bool:
-    """Windows that tile x: stride = kernel, no padding or dilation, sizes multiples of it."""
-    return (
-        tuple(win.stride) == tuple(win.kernel)
-        and not any(win.begin)
-        and not any(win.end)
-        and all(d == 1 for d in getattr(win, "dilation", (1,)))
-        and not any(s % k for s, k in zip(xt.shape[2:], win.kernel))
-    )
-
-
 def rewrite(g: Graph, m: Match) -> None:
     node, x, win = m.node, m.values["x"], m.values["win"]
     xt = g.types[x]
     c = xt.shape[1]
     kernel = tuple(win.kernel)
-    if node.op not in FORWARD and _tiles(xt, win):
+    if node.op not in FORWARD and win.tiles(xt.shape[2:]):
         # every element is in exactly one window: its gradient is its window's gy / K,
         # scaled on the K-times smaller gy, then repeated (ONNX Resize, nearest)
         b = builder_for(g, node, prefix=f"{node.name}_up_")

@@ -49,12 +49,8 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     if not is_static(xt.shape[1:]):
         return "channel or spatial sizes are not fixed"
     win = pool_window(geometry_error, xt.shape[2:], node.attrs)
-    if win.stride != win.kernel or any(d != 1 for d in win.dilation):
-        return "windows overlap or skip (stride != kernel, or dilation)"
-    if any(win.begin) or any(win.end):
-        return "padded"
-    if any(s % k for s, k in zip(xt.shape[2:], win.kernel)):
-        return "the windows do not tile the input"
+    if not win.tiles(xt.shape[2:]):
+        return "the windows do not tile the input (overlap, skip, padding or a remainder)"
     if math.prod(win.kernel) > MAX_TAPS:
         return f"more than {MAX_TAPS} taps per window"
     return Match(node, {"kernel": tuple(win.kernel)})

@@ -34,8 +34,34 @@ def dim_mul(*dims: Dim) -> Dim:
         return k
     if k == 0:
         return 0
+    if k == 1 and len(syms) == 1:
+        return syms[0]  # unwrapped, so the same size keeps the same spelling
     parts = ([str(k)] if k != 1 else []) + [_wrap(s) for s in syms]
     return "*".join(parts)
+
+
+def dim_factors(d: Dim) -> tuple[int, list[str]]:
+    """A dim as (its integer factor, its symbolic factors): '4*N' -> (4, ['N'])."""
+    if isinstance(d, int):
+        return d, []
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(d):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "*" and depth == 0:
+            parts.append(d[start:i])
+            start = i + 1
+    parts.append(d[start:])
+    if len(parts) == 1:
+        return 1, [d]
+    k, syms = 1, []
+    for part in parts:
+        if part.isdigit():
+            k *= int(part)
+        else:
+            sub_k, sub = dim_factors(part[1:-1] if part.startswith("(") else part)
+            k, syms = k * sub_k, syms + sub
+    return k, syms
 
 
 def dim_add(a: Dim, b: Dim) -> Dim:
@@ -101,7 +127,7 @@ def concrete(
     shape: Sequence[Dim], sizes: dict[str, int] | None = None, default: int = 2
 ) -> tuple[int, ...]:
     """Replace symbolic dims by numbers (for random test inputs and estimates)."""
-    sizes = sizes or {}
+    sizes = {} if sizes is None else sizes  # not `or`: an empty defaultdict still has defaults
     out = []
     for d in shape:
         if isinstance(d, int):

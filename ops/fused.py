@@ -138,9 +138,18 @@ def _sce_ref(logits, target, reduction):
 
 def _sce_lower(e, n, logits, target):
     red = n.attrs["reduction"]
-    if e.type(n.inputs[1]).dtype in ("int64", "int32"):
-        return e.op("SoftmaxCrossEntropyLoss", [logits, target], outputs=2, reduction=red)
     logp = e.op("LogSoftmax", [logits], axis=1)
+    if e.type(n.inputs[1]).dtype in ("int64", "int32"):
+        # the label's log-probability picked by index. Not ONNX SoftmaxCrossEntropyLoss:
+        # ORT runs that as its function body, eleven nodes where these are five
+        if e.type(n.inputs[1]).dtype == "int32":
+            target = e.op("Cast", [target], to=e.onnx_dtype("int64"))
+        rows = e.op("Unsqueeze", [target, e.ints([1])])
+        picked = e.op("GatherElements", [logp, rows], axis=1)
+        if red == "none":
+            return [e.op("Neg", [e.op("Squeeze", [picked, e.ints([1])])]), logp]
+        total = e.op("ReduceMean" if red == "mean" else "ReduceSum", [picked], keepdims=0)
+        return [e.op("Neg", [total]), logp]
     nll = e.op("Neg", [e.op("ReduceSum", [e.op("Mul", [target, logp]), e.ints([1])], keepdims=0)])
     if red == "none":
         return [nll, logp]
@@ -171,8 +180,7 @@ defop(
     grad=_sce_grad,
     n_outputs=2,
     category="losses",
-    doc="cross_entropy that also returns log-probabilities (formed by "
-    "fuse_softmax_cross_entropy; one ONNX SoftmaxCrossEntropyLoss for integer labels)",
+    doc="cross_entropy that also returns log-probabilities (formed by fuse_softmax_cross_entropy)",
     test={
         "cases": [
             {"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"], "attrs": {}},

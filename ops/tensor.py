@@ -7,7 +7,16 @@ import numpy as np
 from graphc.ir import TensorType
 from graphc.ops.common import axes_of, axis_attr
 from graphc.ops.registry import Attr, InferCtx, defop
-from graphc.shapes import broadcast, dim_add, dim_mul, fmt_shape, is_static, normalize_axis, numel
+from graphc.shapes import (
+    broadcast,
+    dim_add,
+    dim_factors,
+    dim_mul,
+    fmt_shape,
+    is_static,
+    normalize_axis,
+    numel,
+)
 
 
 def _reshape_infer(ctx: InferCtx) -> TensorType:
@@ -27,12 +36,13 @@ def _reshape_infer(ctx: InferCtx) -> TensorType:
             out.append(d)
         else:
             raise ctx.fail(f"invalid shape entry {d}", hint="use positive sizes, 0 (copy) or -1")
-    rest = [d for i, d in enumerate(x.shape) if i not in copied]
-    known = [d for i, d in enumerate(out) if d != -1 and i not in copied]
-    rest_int = int(np.prod([d for d in rest if isinstance(d, int)]))
-    known_int = int(np.prod([d for d in known if isinstance(d, int)]))
-    rest_sym = [d for d in rest if not isinstance(d, int)]
-    known_sym = [d for d in known if not isinstance(d, int)]
+    # each side as an integer times symbols ('4*N' counts as 4 and N)
+    rest_int, rest_sym = dim_factors(
+        dim_mul(*(d for i, d in enumerate(x.shape) if i not in copied))
+    )
+    known_int, known_sym = dim_factors(
+        dim_mul(*(d for i, d in enumerate(out) if d != -1 and i not in copied))
+    )
     for s in known_sym:
         if s in rest_sym:
             rest_sym.remove(s)
@@ -507,7 +517,9 @@ def _one_hot_ref(x, depth, dtype):
 def _one_hot_lower(e, n, x):
     # Equal against arange rather than ONNX OneHot: ORT's OneHot has no float64 kernel
     classes = e.const(np.arange(n.attrs["depth"], dtype=e.type(n.inputs[0]).dtype))
-    hit = e.op("Equal", [e.op("Unsqueeze", [x, e.ints([-1])]), classes])
+    # a non-negative axis, so the softmax cross-entropy gradient's one-hot is the same nodes
+    rank = e.type(n.inputs[0]).rank
+    hit = e.op("Equal", [e.op("Unsqueeze", [x, e.ints([rank])]), classes])
     return e.op("Cast", [hit], to=e.onnx_dtype(n.attrs["dtype"]))
 
 

@@ -82,3 +82,28 @@ def test_binary_cross_entropy_from_logits_is_stable() -> None:
     b.output(b.binary_cross_entropy(z, t, reduction="none", name="l"))
     out = evaluate(b.graph, {"z": np.array([800.0, -800.0]), "t": np.array([0.0, 0.0])})["l"]
     np.testing.assert_allclose(out, [800.0, 0.0])
+
+
+def test_reshape_sees_the_integer_factor_inside_a_symbolic_dim() -> None:
+    """[N, 4, 3] -> [4N, 3] -> [N, 12]: the 4 inside '4*N' divides out again."""
+    b = Builder("r")
+    x = b.input("x", ["N", 4, 3])
+    flat = b.reshape(x, shape=(-1, 3))
+    back = b.reshape(flat, shape=(-1, 12))
+    assert flat.type.shape == ("4*N", 3)
+    assert back.type.shape == ("N", 12)
+    b.output(back)
+    xv = np.arange(24, dtype=np.float32).reshape(2, 4, 3)
+    np.testing.assert_array_equal(evaluate(b.graph, {"x": xv})[back.name], xv.reshape(2, 12))
+
+
+def test_size_estimates_evaluate_dim_expressions_with_default_sizes() -> None:
+    from collections import defaultdict
+
+    from graphc.passes.cost import nbytes
+    from graphc.shapes import dim_factors
+
+    assert dim_factors("4*N") == (4, ["N"])
+    assert dim_factors("2*(3*N)*T") == (6, ["N", "T"])
+    sizes = defaultdict(lambda: 32)  # what the planner uses when no size was given
+    assert nbytes(TensorType("float32", ("16*N", 9)), sizes) == 16 * 32 * 9 * 4

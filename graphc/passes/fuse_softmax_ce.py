@@ -3,10 +3,12 @@
 `cross_entropy` is a composite: log_softmax, one_hot, mul, reduce_sum, neg,
 reduce_mean, and autodiff turns that into about ten more nodes on [N, C]
 tensors (unsqueeze, broadcast, mul by the one-hot, the log_softmax rule).
-This rule puts the forward back as one `softmax_cross_entropy` (ONNX
-SoftmaxCrossEntropyLoss, which also returns the log-probabilities) and the
-backward as one stable expression, (exp(logp) - onehot) * dloss / N, that
-reuses those log-probabilities instead of recomputing a softmax.
+This rule puts the forward back as one `softmax_cross_entropy` (LogSoftmax
+and, for integer labels, the label's log-probability picked by GatherElements;
+ONNX SoftmaxCrossEntropyLoss would be the obvious lowering, but ONNX Runtime
+runs it as its eleven-node function body) and the backward as one stable
+expression, (exp(logp) - onehot) * dloss / N, that reuses those
+log-probabilities instead of recomputing a softmax.
 
 It must run before fold_constants: folding turns the loss's seed gradient
 into anonymous constants, and the rule needs the seed to find the chain.

@@ -24,7 +24,8 @@ schedule but left the recomputation pass nothing to gain on a residual MLP.
 
 Profiled in place on separable_cnn's step, its six batch sums took 370 µs
 as ReduceSum and 215 µs as products (conv biases over N, H, W included).
-Left alone: integer sums, Q = 1 (no faster), and sums over more than one
+Left alone: integer sums, rows under 1,024 values (a dense layer's bias:
+the ones row's own nodes cost what the sum saves), and sums over more than one
 leading axis (a recurrent layer's batch and time): MLAS packs the whole
 [P, Q] operand before a one-row product, which lost in place on
 lstm_sequence's [N, 20, 128] (44 against 28 µs).
@@ -40,6 +41,10 @@ from graphc.passes.rewrite import builder_for
 from graphc.shapes import is_static
 
 FLOATS = ("float32", "float64")
+# below this many values per batch row the ones row's own nodes (Slice, Shape,
+# ConstantOfShape, Reshape) cost about what the faster sum saves: with its three
+# bias sums ([N, <= 128]) rewritten, mlp_digits' step measured no faster
+MIN_ROW = 1024
 
 
 def _axes(node: Node, rank: int) -> list[int]:
@@ -59,7 +64,7 @@ def _plan(g: Graph, node: Node) -> list[int] | None:
     if axes[0] != 0 or axes[1:2] == [1]:
         return None  # not over the batch, or over more than one leading axis
     rest = t.shape[1:]
-    if not is_static(rest) or math.prod(rest) < 2:
+    if not is_static(rest) or math.prod(rest) < MIN_ROW:
         return None
     if not is_static(g.types[node.outputs[0]].shape):
         return None

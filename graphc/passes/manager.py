@@ -70,7 +70,6 @@ PIPELINES: dict[int, list[str]] = {
         "merge_step_slices",
         "merge_step_sums",
         "reassociate_factors",
-        "sum_rows_as_matmul",
         "simplify",
         "eliminate_common_subexpressions",
         "fuse_optimizer_update",

@@ -185,6 +185,7 @@ defop(
         "cases": [
             {"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"], "attrs": {}},
             {"shapes": [[4, 5], [4]], "dtypes": ["float", "int64"], "attrs": {"reduction": "sum"}},
+            {"shapes": [[4, 5], [4]], "dtypes": ["float", "int32"], "attrs": {"reduction": "none"}},
         ],
         "int_high": 5,
         "grad": True,

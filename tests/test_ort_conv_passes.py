@@ -178,9 +178,10 @@ def test_hoisting_rules_against_numpy():
     s = a * f
     b.output(b.mul(s, t, name="scaled"))
     b.output(b.reduce_sum(s * u, axes=(0, 2, 3), keepdims=True, name="summed"))
+    b.output(b.reduce_sum(s * u, axes=0, keepdims=True, name="summed_n"))  # an int axis
     g = b.graph
     opt = optimize(g, passes=[HOIST, "eliminate_dead_code"])
-    assert _full_size_muls(opt) == 2  # a * (f*t) and a * u; a * f is gone
+    assert _full_size_muls(opt) == 3  # a * (f*t) and each sum's a * u; a * f is gone
     rng = np.random.default_rng(3)
     vals = {
         k: rng.standard_normal(sh).astype(np.float32)
@@ -195,6 +196,7 @@ def test_hoisting_rules_against_numpy():
     want = {
         g.outputs[0]: vals["a"] * vals["f"] * vals["t"],
         g.outputs[1]: (vals["a"] * vals["f"] * vals["u"]).sum(axis=(0, 2, 3), keepdims=True),
+        g.outputs[2]: (vals["a"] * vals["f"] * vals["u"]).sum(axis=0, keepdims=True),
     }
     for k in g.outputs:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)

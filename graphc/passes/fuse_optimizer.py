@@ -34,10 +34,11 @@ from graphc.passes.rewrite import ELEMENTWISE, sort_nodes
 
 NEW, SLOT = "new.", "opt."
 # A member costs two copies per step (its gradient into the flat gradient, its part
-# out of the flat parameter) and saves ~13 launches (~6 µs on CPU): past ~20 K
-# elements the copies cost more (benchmarks/bench_train.py's large MLP, 1.8 M
-# parameters, against -O0: 0.95-0.985x with every tensor flat, 0.99-1.03x with the
-# two big weights apart).
+# out of the flat parameter) and saves ~13 launches (~6 µs on CPU). Large tensors lose:
+# benchmarks/bench_train.py's large MLP (1.8 M parameters; its weights 800 K and 1 M)
+# measured 0.95-0.985x of -O0 with every tensor flat, 0.99-1.03x with the two big
+# weights apart. The cut (64 K) keeps every sample's tensors flat but vgg_small's
+# 131 K-element weight (lenet5's largest is 48 K); it was not tuned more finely.
 MAX_ELEMENTS = 1 << 16
 LAYOUT = "flat_state"  # graphc.train.layout.KEY (not imported: train imports the passes)
 

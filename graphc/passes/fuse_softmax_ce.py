@@ -17,7 +17,7 @@ into anonymous constants, and the rule needs the seed to find the chain.
 from __future__ import annotations
 
 from graphc.ir import Graph, Node, TensorType
-from graphc.passes.rewrite import Match, Rule, replace_uses, rule_pass
+from graphc.passes.rewrite import Match, Rule, reduce_axes, replace_uses, rule_pass
 
 
 def _forward_users(ctx: dict, v: str) -> list[Node]:
@@ -51,7 +51,7 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     if (
         len(nxt) != 1
         or nxt[0].op != "reduce_sum"
-        or tuple(nxt[0].attrs["axes"] or ()) not in ((1,), (-1,))
+        or reduce_axes(g, nxt[0]) != (1,)
         or nxt[0].attrs["keepdims"]
     ):
         return "the product is not summed over the classes"
@@ -65,7 +65,7 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     if (
         len(nxt) == 1
         and nxt[0].op in ("reduce_mean", "reduce_sum")
-        and nxt[0].attrs["axes"] in (None, (0,), 0)
+        and reduce_axes(g, nxt[0]) == (0,)
         and not nxt[0].attrs["keepdims"]
     ):
         final, reduction = nxt[0], "mean" if nxt[0].op == "reduce_mean" else "sum"
@@ -121,10 +121,8 @@ def rewrite(g: Graph, m: Match) -> None:
     if v["dlogits"] is None:
         return
     name = g.unique_name(f"d_{final.name}_softmax_cross_entropy_grad")
-    from graphc.ir import Node as _Node
-
     g.add_node(
-        _Node(
+        Node(
             name,
             "softmax_cross_entropy_grad",
             [v["seed"], logp, v["target"]],

@@ -24,7 +24,7 @@ division by a per-channel value into multiplication by its reciprocal.
 from __future__ import annotations
 
 from graphc.ir import Graph, Node
-from graphc.passes.rewrite import Match, Rule, builder_for, rule_pass
+from graphc.passes.rewrite import Match, Rule, builder_for, reduce_axes, rule_pass
 from graphc.shapes import broadcast, is_static
 
 
@@ -91,7 +91,7 @@ def check_sum(g: Graph, node: Node, ctx: dict) -> Match | str:
         return "the summand is not a product read only here"
     prod = p.outputs[0]
     rank = g.types[prod].rank
-    axes = {ax % rank for ax in node.attrs["axes"]}
+    axes = reduce_axes(g, node)
     out = node.outputs[0]
     for i in (0, 1):
         s, u = p.inputs[i], p.inputs[1 - i]

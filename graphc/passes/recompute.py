@@ -11,9 +11,10 @@ bytes* (rather than equal node counts, so one wide layer does not dominate a
 segment); values crossing a boundary are kept, every other forward value the
 backward pass reads is dropped and recomputed from the kept ones, right
 before its first backward reader. k is chosen by planning each candidate
-(passes.memory) and taking the one with the least recomputed FLOPs whose
-planned peak fits the budget ("auto": the smallest planned peak, which is
-what √n checkpointing aims for).
+(passes.memory: the live peak, the liveness bound over ONNX Runtime's order,
+which the offset plan meets or nearly meets) and taking the one with the least
+recomputed FLOPs whose live peak fits the budget ("auto": the smallest live
+peak, which is what √n checkpointing aims for).
 
 Recomputed nodes carry `tags["recompute"]`, which is part of the CSE key, so
 eliminate_common_subexpressions never merges them back into the originals.
@@ -255,10 +256,10 @@ def _choose(g: Graph, budget: int | str) -> tuple[Graph, str]:
             else min(tried, key=lambda t: (t[1], t[2]))
         )
     if peak >= base:
-        return g, f"no gain: planned peak {cost.fmt_bytes(base)} is already the best"
+        return g, f"no gain: live peak {cost.fmt_bytes(base)} is already the best"
     note = (
         f"{k} segments{' (matmul/conv outputs kept)' if cheap else ''}: "
-        f"planned peak {cost.fmt_bytes(base)} -> {cost.fmt_bytes(peak)}, "
+        f"live peak {cost.fmt_bytes(base)} -> {cost.fmt_bytes(peak)}, "
         f"+{cost.fmt_count(flops)} FLOPs recomputed"
     )
     if budget != "auto" and peak > budget:

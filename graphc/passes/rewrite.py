@@ -64,6 +64,17 @@ def replace_uses(g: Graph, old: str, new: str) -> None:
             n.inputs = [new if v == old else v for v in n.inputs]
 
 
+def reduce_axes(g: Graph, node: Node) -> tuple[int, ...]:
+    """A reduction's axes attribute normalized: sorted and non-negative; None, an int or a
+    tuple as the op accepts them (the graph is verified, so they are in range)."""
+    rank = g.types[node.inputs[0]].rank
+    axes = node.attrs["axes"]
+    if axes is None:
+        return tuple(range(rank))
+    axes = (axes,) if isinstance(axes, int) else axes
+    return tuple(sorted({a % rank for a in axes}))
+
+
 def sort_nodes(g: Graph) -> None:
     """Store the nodes in a topological order (rewrites append nodes at the end)."""
     order = g.topo_order()

@@ -101,9 +101,10 @@ def test_size_estimates_evaluate_dim_expressions_with_default_sizes() -> None:
     from collections import defaultdict
 
     from graphc.passes.cost import nbytes
-    from graphc.shapes import dim_factors
+    from graphc.shapes import dim_factors, dim_mul
 
     assert dim_factors("4*N") == (4, ["N"])
+    assert dim_mul("4*N") == "4*N"  # one factor keeps its spelling (not "(4*N)")
     assert dim_factors("2*(3*N)*T") == (6, ["N", "T"])
     sizes = defaultdict(lambda: 32)  # what the planner uses when no size was given
     assert nbytes(TensorType("float32", ("16*N", 9)), sizes) == 16 * 32 * 9 * 4

@@ -31,7 +31,6 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     memory,
     recompute,
     simplify,
-    sum_rows,
     time_batch,
     unroll,
 )

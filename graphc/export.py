@@ -68,7 +68,9 @@ class Emitter:
 
     def const(self, value: Any, dtype: str | None = None, hint: str = "const") -> str:
         arr = np.asarray(value, dtype=dtype)
-        key = (str(arr.dtype), arr.shape, arr.tobytes()) if arr.size <= 64 else None
+        # equal constants share one initializer, so ORT's CSE can merge the nodes reading
+        # them (a one-hot's arange of up to 4 K classes); larger arrays are not hashed
+        key = (str(arr.dtype), arr.shape, arr.tobytes()) if arr.size <= 4096 else None
         if key is not None and key in self._consts:
             return self._consts[key]
         name = self.fresh(hint)

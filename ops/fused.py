@@ -12,6 +12,7 @@ import numpy as np
 from graphc.ir import TensorType
 from graphc.ops.losses import REDUCTION
 from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
+from graphc.ops.tensor import label_column, one_hot_nodes
 from graphc.shapes import broadcast, fmt_shape
 
 # ---------------------------------------------------------------------- gemm
@@ -142,9 +143,7 @@ def _sce_lower(e, n, logits, target):
     if e.type(n.inputs[1]).dtype in ("int64", "int32"):
         # the label's log-probability picked by index. Not ONNX SoftmaxCrossEntropyLoss:
         # ORT runs that as its function body, eleven nodes where these are five
-        if e.type(n.inputs[1]).dtype == "int32":
-            target = e.op("Cast", [target], to=e.onnx_dtype("int64"))
-        rows = e.op("Unsqueeze", [target, e.ints([1])])
+        rows = label_column(e, target, e.type(n.inputs[1]))
         picked = e.op("GatherElements", [logp, rows], axis=1)
         if red == "none":
             return [e.op("Neg", [e.op("Squeeze", [picked, e.ints([1])])]), logp]
@@ -212,12 +211,8 @@ def _sce_grad_lower(e, n, g, logp, target):
     dt = e.type(n.inputs[1]).dtype
     tdt = e.type(n.inputs[2]).dtype
     if tdt in ("int64", "int32"):
-        # one-hot as labels == arange(C): ORT's OneHot has no float64 kernel
-        classes = e.ints(range(int(e.type(n.inputs[1]).shape[1])))
-        if tdt == "int32":
-            target = e.op("Cast", [target], to=e.onnx_dtype("int64"))
-        hit = e.op("Equal", [e.op("Unsqueeze", [target, e.ints([1])]), classes])
-        target = e.op("Cast", [hit], to=e.onnx_dtype(dt))
+        depth = int(e.type(n.inputs[1]).shape[1])
+        target = one_hot_nodes(e, target, e.type(n.inputs[2]), depth, dt)
     diff = e.op("Sub", [e.op("Exp", [logp]), target])
     if red == "mean":
         rows = e.op("Cast", [e.op("Shape", [logp], start=0, end=1)], to=e.onnx_dtype(dt))

@@ -514,13 +514,27 @@ def _one_hot_ref(x, depth, dtype):
     return np.eye(depth, dtype=dtype)[x]
 
 
+def label_column(e, labels: str, label_type: TensorType) -> str:
+    """Integer labels as int64 with a new last axis (GatherElements indices, one-hot rows)."""
+    if label_type.dtype != "int64":
+        labels = e.op("Cast", [labels], to=e.onnx_dtype("int64"))
+    return e.op("Unsqueeze", [labels, e.ints([label_type.rank])])
+
+
+def one_hot_nodes(e, labels: str, label_type: TensorType, depth: int, dtype: str) -> str:
+    """labels == arange(depth) along a new last axis, as `dtype`.
+
+    Equal against arange rather than ONNX OneHot: ORT's OneHot has no float64
+    kernel. Every lowering that needs a one-hot of some labels spells it with
+    these same nodes (int64 labels, a non-negative axis, one arange constant),
+    so ONNX Runtime's CSE keeps one: the training step's loss gradient and
+    accuracy count share theirs."""
+    hit = e.op("Equal", [label_column(e, labels, label_type), e.ints(range(depth))])
+    return e.op("Cast", [hit], to=e.onnx_dtype(dtype))
+
+
 def _one_hot_lower(e, n, x):
-    # Equal against arange rather than ONNX OneHot: ORT's OneHot has no float64 kernel
-    classes = e.const(np.arange(n.attrs["depth"], dtype=e.type(n.inputs[0]).dtype))
-    # a non-negative axis, so the softmax cross-entropy gradient's one-hot is the same nodes
-    rank = e.type(n.inputs[0]).rank
-    hit = e.op("Equal", [e.op("Unsqueeze", [x, e.ints([rank])]), classes])
-    return e.op("Cast", [hit], to=e.onnx_dtype(n.attrs["dtype"]))
+    return one_hot_nodes(e, x, e.type(n.inputs[0]), n.attrs["depth"], n.attrs["dtype"])
 
 
 defop(

@@ -94,12 +94,15 @@ def test_fusions_show_up_in_the_exported_model():
     assert "Transpose" not in ops
 
 
-def test_labels_one_hot_is_one_set_of_nodes_in_what_ort_runs(tmp_path):
+@pytest.mark.parametrize("labels,classes", [("int64", 5), ("int32", 5), ("int64", 100)])
+def test_labels_one_hot_is_one_set_of_nodes_in_what_ort_runs(tmp_path, labels, classes):
     """Loss, gradient and accuracy spell the labels' one-hot alike, so ORT's CSE keeps one."""
     import onnx
     import onnxruntime as ort
 
-    g = graphc.parse(MLP)
+    g = graphc.parse(
+        MLP.replace("int64", labels).replace("linear(h2, 5)", f"linear(h2, {classes})")
+    )
     ts = build_step(g, StepConfig(optimizer="adam"))
     model = dataclasses.replace(ts, graph=optimize(ts.graph, 2)).export()
     assert [n.op_type for n in model.graph.node].count("Equal") >= 2
@@ -261,3 +264,26 @@ minimize(loss)
     assert_close(ref, out)
     out2, _ = run_step(ts, optimize(ts.graph, 2), feeds)
     assert_close(ref, out2)
+
+
+def test_a_hand_written_cross_entropy_with_int_axes_is_fused():
+    """axes=1 / axes=0 as plain ints (the reduce ops accept them) match like tuples do."""
+    b = graphc.Builder("ce")
+    x = b.input("x", ("N", 6))
+    t = b.input("t", ("N", 4))
+    logp = b.log_softmax(b.linear(x, 4, name="fc"), axis=1)
+    loss = b.reduce_mean(-b.reduce_sum(t * logp, axes=1), axes=0)
+    b.minimize(loss)
+    g = graphc.grad(b.graph)
+    opt = optimize(g, 2)
+    assert "softmax_cross_entropy" in {n.op for n in opt.nodes.values()}
+    outs = [g.loss] + list(g.meta["grads"].values())
+    rng = np.random.default_rng(6)
+    feeds = {
+        "x": rng.standard_normal((5, 6)).astype(np.float32),
+        "t": np.eye(4, dtype=np.float32)[rng.integers(0, 4, 5)],
+    }
+    ref = make_session(export(g, outputs=outs)).run(outs, feeds)
+    got = make_session(export(opt, outputs=outs)).run(outs, feeds)
+    for r, o in zip(ref, got):
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-6)

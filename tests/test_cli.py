@@ -160,7 +160,7 @@ def test_docs_list_the_o2_pipeline_in_order():
     import re
     from pathlib import Path
 
-    from graphc.passes import PIPELINES
+    from graphc.passes import PASSES, PIPELINES
 
     text = (Path(__file__).parent.parent / "docs" / "optimizer.md").read_text()
     (row,) = [line for line in text.splitlines() if line.startswith("| `-O2` |")]
@@ -169,7 +169,7 @@ def test_docs_list_the_o2_pipeline_in_order():
     for word in re.findall(r"[a-z_]+|`-O1` clean-up", row.split("|")[2]):
         if word == "`-O1` clean-up":
             listed += cleanup
-        elif word in PIPELINES[2]:
+        elif word in PASSES:  # a registered pass outside -O2 named here fails below
             listed.append(word)
     assert listed == PIPELINES[2]
 

@@ -221,21 +221,13 @@ def test_freeze_dims_the_layer_and_drops_its_gradients(tmp_path):
     assert f'fillcolor="{KIND_STYLES["frozen"].fill}"' in line
 
 
-def test_optimized_without_the_optimizer_is_a_clear_error(tmp_path, monkeypatch):
-    import argparse
-
-    from graphc.cli import render_cmd
-    from graphc.errors import GraphError
-
-    parser = argparse.ArgumentParser()
-    render_cmd.add_parser(parser.add_subparsers())
-    monkeypatch.setitem(sys.modules, "graphc.passes", None)  # as if not installed
-    for flag, message in (
-        ("--optimized", "--optimized needs the graph optimizer"),
-        ("--memory", "--memory needs the memory planner"),
-    ):
-        args = parser.parse_args(
-            ["render", str(SAMPLES / "xor.gc"), flag, "-o", str(tmp_path / "g.dot")]
-        )
-        with pytest.raises(GraphError, match=message):
-            render_cmd.run(args)
+def test_render_takes_the_optimizer_levels(tmp_path):
+    """-O2 is what --optimized draws; the default draws the graph as written (-O0)."""
+    outs = {}
+    for name, flags in [("o0", []), ("o2", ["-O2"]), ("opt", ["--optimized"]), ("o1", ["-O1"])]:
+        out = tmp_path / f"{name}.dot"
+        assert render(str(SAMPLES / "xor.gc"), "--train", *flags, "-o", str(out)) == 0
+        outs[name] = out.read_text()
+    assert outs["o2"] == outs["opt"]
+    nodes = {k: v.count("shape=") for k, v in outs.items()}
+    assert nodes["o2"] < nodes["o1"] < nodes["o0"]

@@ -40,7 +40,8 @@ def add_parser(sub):
     p.add_argument(
         "--optimized",
         action="store_true",
-        help="draw the graph after the -O2 optimizer (fused nodes show what they fused)",
+        help="the same as -O2: draw the graph after the optimizer (fused nodes show what "
+        "they fused)",
     )
     p.add_argument(
         "--collapse",
@@ -102,24 +103,28 @@ def add_parser(sub):
         add_train_args = None
     if add_train_args is not None:
         add_train_args(p)
+    from graphc.passes import add_opt_args
+
+    add_opt_args(p, default=0)
     return p
 
 
-def _optimize(graph):
-    from graphc.errors import GraphError
-
-    try:
-        from graphc.passes import optimize
-    except ImportError as err:
-        raise GraphError(
-            f"--optimized needs the graph optimizer (graphc.passes): {err}",
-            hint="render without --optimized",
-        ) from None
+def _optimizer(args: argparse.Namespace):
+    """graph -> the graph after the -O level's passes (fused nodes noted), or None at -O0."""
+    from graphc.passes import optimize_from_args
     from graphc.render_fusion import note_fusions
 
-    out = optimize(graph, level=2)
-    note_fusions(graph, out)
-    return out
+    if args.optimized:
+        args.opt_level = 2
+    if args.opt_level == 0 and args.memory_budget is None:
+        return None
+
+    def run(graph):
+        out = optimize_from_args(graph, args)
+        note_fusions(graph, out)
+        return out
+
+    return run
 
 
 def build_graph(args: argparse.Namespace):
@@ -129,7 +134,7 @@ def build_graph(args: argparse.Namespace):
     from graphc.render import backward_graph, note_composite_ops
 
     g = load_graph(args.file)
-    opt = _optimize if args.optimized else None
+    opt = _optimizer(args)
     extra = {}
     if args.train:
         try:
@@ -159,14 +164,8 @@ def build_graph(args: argparse.Namespace):
 def _memory_points(graph) -> list[tuple[int, int]]:
     """(step, live bytes) from the memory planner."""
     from graphc.errors import GraphError
+    from graphc.passes import plan_memory
 
-    try:
-        from graphc.passes import plan_memory
-    except ImportError as err:
-        raise GraphError(
-            f"--memory needs the memory planner (graphc.passes): {err}",
-            hint="render without --memory",
-        ) from None
     plan = plan_memory(graph)
     timeline = getattr(plan, "timeline", None)
     if callable(timeline):

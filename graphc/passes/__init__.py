@@ -71,7 +71,7 @@ def optimize(
     return out
 
 
-def add_opt_args(parser) -> None:
+def add_opt_args(parser, default: int = 1) -> None:
     """-O0/-O1/-O2, --print-passes, --dump-after, --memory-budget for a CLI command."""
     g = parser.add_argument_group("optimizer")
     g.add_argument(
@@ -79,10 +79,10 @@ def add_opt_args(parser) -> None:
         dest="opt_level",
         type=int,
         choices=sorted(PIPELINES),
-        default=1,
+        default=default,
         metavar="LEVEL",
         help="optimization level: 0 none, 1 clean-up, "
-        "2 clean-up + fusion + memory-aware order (default 1)",
+        f"2 clean-up + fusion + memory-aware order (default {default})",
     )
     g.add_argument(
         "--print-passes",

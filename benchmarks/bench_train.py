@@ -1,7 +1,7 @@
 """Time per training step: graphc's ONNX step vs. PyTorch eager, same network, data, threads.
 
     .venv/bin/python benchmarks/bench_train.py [--threads 2] [--steps 200] [--optimizer sgd]
-        [--profile] [--only digits_mlp,large_mlp,lenet5,lstm] [--markdown]
+        [--profile] [--only digits_mlp,large_mlp,lenet5,lstm] [-O 0,2] [--auto] [--json FILE]
 
 Each model runs in one process, side by side: graphc's StepRunner (the state
 stays in OrtValues; each step binds the batch and runs) and a PyTorch eager

@@ -122,7 +122,7 @@ def optimized_graph(graph: Graph) -> tuple[Graph, set[str]]:
 
 
 def memory_report(graph: Graph) -> str:
-    """The memory plan of the training graph: summary, a live-bytes timeline, live ranges."""
+    """The memory plan of the backward graph: summary, a live-bytes timeline, live ranges."""
     passes = _need("graphc.passes", "the memory planner")
     plan_memory = getattr(passes, "plan_memory", None)
     if plan_memory is None:

@@ -7,7 +7,6 @@ both cases.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 Dim = int | str
@@ -27,40 +26,63 @@ def _wrap(d: Dim) -> str:
 
 
 def dim_mul(*dims: Dim) -> Dim:
-    ints = [d for d in dims if isinstance(d, int)]
-    syms = [d for d in dims if not isinstance(d, int)]
-    k = math.prod(ints)
-    if not syms:
+    """The product of dims; symbolic ones as 'k*A*B' with every integer factor in k."""
+    k, syms = 1, []
+    for d in dims:
+        dk, ds = dim_factors(d)
+        k, syms = k * dk, syms + ds
+    if not syms or k == 0:
         return k
-    if k == 0:
-        return 0
     if k == 1 and len(syms) == 1:
         return syms[0]  # unwrapped, so the same size keeps the same spelling
     parts = ([str(k)] if k != 1 else []) + [_wrap(s) for s in syms]
     return "*".join(parts)
 
 
-def dim_factors(d: Dim) -> tuple[int, list[str]]:
-    """A dim as (its integer factor, its symbolic factors): '4*N' -> (4, ['N'])."""
-    if isinstance(d, int):
-        return d, []
-    parts, depth, start = [], 0, 0
+def _top_level(d: str) -> list[tuple[int, str]]:
+    """(index, char) of d's operator characters outside parentheses."""
+    out, depth = [], 0
     for i, ch in enumerate(d):
         depth += ch == "("
         depth -= ch == ")"
-        if ch == "*" and depth == 0:
-            parts.append(d[start:i])
-            start = i + 1
-    parts.append(d[start:])
-    if len(parts) == 1:
+        if depth == 0 and ch in "*/+-":
+            out.append((i, ch))
+    return out
+
+
+def _unwrap(d: str) -> str:
+    """d without parentheses that enclose all of it ('(N-1)' -> 'N-1'; '(T+1)//2' stays)."""
+    while d.startswith("(") and d.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(d):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0 and i < len(d) - 1:
+                return d  # the first parenthesis closes before the end
+        d = d[1:-1]
+    return d
+
+
+def dim_factors(d: Dim) -> tuple[int, list[str]]:
+    """A dim as (its integer factor, its symbolic factors): '4*N' -> (4, ['N']).
+
+    Only a product at the top level is split: a sum or a floor division
+    ('N+1', '(4*T)//2') is one symbolic factor."""
+    if isinstance(d, int):
+        return d, []
+    d = _unwrap(d)
+    ops = _top_level(d)
+    if not ops or any(ch != "*" for _i, ch in ops):
         return 1, [d]
-    k, syms = 1, []
-    for part in parts:
+    k, syms, start = 1, [], 0
+    for i in [i for i, _ch in ops] + [len(d)]:
+        part = d[start:i]
+        start = i + 1
         if part.isdigit():
             k *= int(part)
         else:
-            sub_k, sub = dim_factors(part[1:-1] if part.startswith("(") else part)
-            k, syms = k * sub_k, syms + sub
+            pk, ps = dim_factors(part)
+            k, syms = k * pk, syms + ps
     return k, syms
 
 
@@ -135,20 +157,25 @@ def concrete(
         elif d in sizes:
             out.append(sizes[d])
         else:
-            value = eval_dim(d, sizes)
+            value = eval_dim(d, sizes, default)
             out.append(default if value is None else value)
     return tuple(out)
 
 
-def eval_dim(expr: str, sizes: dict[str, int]) -> int | None:
-    """Evaluate a dim expression such as '(T+2)//2' without executing code."""
+def eval_dim(expr: str, sizes: dict[str, int], default: int | None = None) -> int | None:
+    """Evaluate a dim expression such as '(T+2)//2' without executing code; names not
+    in `sizes` count as `default` (None: the expression has no value)."""
     import ast
 
     def ev(n: ast.AST) -> int:
         if isinstance(n, ast.Constant) and isinstance(n.value, int):
             return n.value
         if isinstance(n, ast.Name):
-            return sizes[n.id]
+            if n.id in sizes:
+                return sizes[n.id]
+            if default is None:
+                raise KeyError(n.id)
+            return default
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):  # conv_out's "T+-1"
             return -ev(n.operand)
         if isinstance(n, ast.BinOp):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from graphc.ir import TensorType
@@ -36,16 +38,12 @@ def _reshape_infer(ctx: InferCtx) -> TensorType:
             out.append(d)
         else:
             raise ctx.fail(f"invalid shape entry {d}", hint="use positive sizes, 0 (copy) or -1")
-    # each side as an integer times symbols ('4*N' counts as 4 and N)
+    # the input's other dims as an integer times symbols ('4*N' counts as 4 and N);
+    # the spec's own entries are ints
     rest_int, rest_sym = dim_factors(
         dim_mul(*(d for i, d in enumerate(x.shape) if i not in copied))
     )
-    known_int, known_sym = dim_factors(
-        dim_mul(*(d for i, d in enumerate(out) if d != -1 and i not in copied))
-    )
-    for s in known_sym:
-        if s in rest_sym:
-            rest_sym.remove(s)
+    known_int = math.prod(d for i, d in enumerate(out) if d != -1 and i not in copied)
     if -1 in out:
         if rest_int % max(known_int, 1):
             raise ctx.fail(

@@ -108,3 +108,23 @@ def test_size_estimates_evaluate_dim_expressions_with_default_sizes() -> None:
     assert dim_factors("2*(3*N)*T") == (6, ["N", "T"])
     sizes = defaultdict(lambda: 32)  # what the planner uses when no size was given
     assert nbytes(TensorType("float32", ("16*N", 9)), sizes) == 16 * 32 * 9 * 4
+
+
+def test_symbolic_products_have_one_spelling() -> None:
+    """flatten -> reshape -> flatten reaches [4*N, 3] like one flatten does, so the two add."""
+    from graphc.shapes import dim_factors, dim_mul
+
+    assert dim_mul("2*N", 2) == "4*N" and dim_mul(3, "2*N", "T") == "6*N*T"
+    # only a product at the top level is split: sums and floor divisions stay whole
+    assert dim_factors("(T+1)//2") == (1, ["(T+1)//2"])
+    assert dim_factors("4*T//2") == (1, ["4*T//2"])
+    assert dim_factors("(N-2)*3") == (3, ["N-2"])
+    b = Builder("r")
+    x = b.input("x", ["N", 2, 2, 3])
+    once = b.flatten(x, axis=3)
+    twice = b.flatten(b.reshape(b.flatten(x, axis=2), shape=(0, 2, 3)), axis=2)
+    assert once.type.shape == twice.type.shape == ("4*N", 3)
+    total = once + twice
+    b.output(total)
+    xv = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3)
+    np.testing.assert_array_equal(evaluate(b.graph, {"x": xv})[total.name], 2 * xv.reshape(8, 3))

@@ -50,18 +50,7 @@ def backward_graph(graph: Graph) -> Graph:
     wrt = None
     if not default_targets(graph):
         wrt = [k for k, t in graph.inputs.items() if t.dtype in FLOAT_DTYPES]
-    bg = grad(graph, wrt=wrt)
-    note_composite_ops(graph, bg)
-    return bg
-
-
-def note_composite_ops(source: Graph, expanded: Graph) -> None:
-    """Tag each primitive of an expanded composite with the composite's op (`expanded_op`),
-    so clusters and folded boxes can say "batch_norm" rather than list its primitives."""
-    for n in expanded.nodes.values():
-        comp = n.tags.get("expanded_from")
-        if comp in source.nodes and "expanded_op" not in n.tags:
-            n.tags["expanded_op"] = source.nodes[comp].op
+    return grad(graph, wrt=wrt)
 
 
 def to_dot(

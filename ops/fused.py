@@ -15,6 +15,10 @@ from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
 from graphc.ops.tensor import label_column, one_hot_nodes
 from graphc.shapes import broadcast, fmt_shape
 
+FUSED_BACKWARD = NotDifferentiable(
+    "a backward kernel formed by fusion; differentiate the unfused graph for higher derivatives"
+)
+
 # ---------------------------------------------------------------------- gemm
 
 
@@ -229,9 +233,7 @@ defop(
     infer=_sce_grad_infer,
     reference=_sce_grad_ref,
     lower=_sce_grad_lower,
-    grad=NotDifferentiable(
-        "a backward kernel formed by fusion; differentiate the unfused graph for higher derivatives"
-    ),
+    grad=FUSED_BACKWARD,
     category="losses",
     doc="d(cross_entropy)/d(logits) = (softmax - onehot) * dloss / N",
     test={
@@ -314,7 +316,6 @@ def _unflatten_lower(e, n, x):
     parts = (
         [x] if len(shapes) == 1 else e.op("Split", [x, e.ints(sizes)], outputs=len(shapes), axis=0)
     )
-    parts = [parts] if isinstance(parts, str) else parts
     return [
         p if len(s) == 1 else e.op("Reshape", [p, e.ints(list(s))]) for p, s in zip(parts, shapes)
     ]
@@ -426,9 +427,7 @@ defop(
     infer=_bce_grad_infer,
     reference=_bce_grad_ref,
     lower=_bce_grad_lower,
-    grad=NotDifferentiable(
-        "a backward kernel formed by fusion; differentiate the unfused graph for higher derivatives"
-    ),
+    grad=FUSED_BACKWARD,
     category="losses",
     doc="d(binary_cross_entropy(z, t, from_logits))/dz = (sigmoid(z) - t) * dloss / n",
     test={

@@ -527,6 +527,7 @@ for _name, _np_fn, _onnx_op, _grad, _what in (
         test=_REDUCE_TEST,
         flops=lambda ctx, outs: elementwise_flops(ctx, [ctx.inputs[0]]),
     )
+del _name, _np_fn, _onnx_op, _grad, _what  # the loop's names are not the module's
 
 # ------------------------------------------------------------------ matmul
 

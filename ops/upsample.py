@@ -19,22 +19,22 @@ from graphc.ops.windows import tuple_of
 from graphc.shapes import dim_mul, is_static
 
 
-def _scale(ctx_fail, attrs: dict, d: int) -> tuple[int, ...]:
-    return tuple_of(ctx_fail, "scale", attrs["scale"], d)
-
-
 def _infer(ctx: InferCtx) -> TensorType:
     x = ctx.need_float(0)
     if x.rank < 3:
         raise ctx.fail(f"the input must be [N, C, *spatial], got {x}")
-    scale = _scale(ctx.fail, ctx.attrs, x.rank - 2)
+    if x.dtype != "float32" and not is_static(x.shape[2:]):
+        raise ctx.fail(
+            f"upsample_nearest of {x.dtype} needs fixed spatial sizes, got {x}",
+            hint="give the input fixed spatial sizes, or use float32 (ONNX Resize)",
+        )
+    scale = tuple_of(ctx.fail, "scale", ctx.attrs["scale"], x.rank - 2)
     spatial = tuple(dim_mul(d, s) for d, s in zip(x.shape[2:], scale))
     return TensorType(x.dtype, x.shape[:2] + spatial)
 
 
 def _reference(x, *, scale):
-    d = x.ndim - 2
-    for i, s in enumerate(scale if isinstance(scale, tuple) else (scale,) * d):
+    for i, s in enumerate(tuple_of(None, "scale", scale, x.ndim - 2)):
         x = np.repeat(x, s, axis=2 + i)
     return x
 
@@ -52,9 +52,8 @@ def _lower(e, n, x):
             coordinate_transformation_mode="asymmetric",
             nearest_mode="floor",
         )
-    # other dtypes: a [N, C, S1, 1, S2, 1, ...] view expanded over the blocks
-    if not is_static(t.shape[2:]):
-        raise ValueError("upsample_nearest needs fixed spatial sizes outside float32")
+    # other dtypes (fixed spatial sizes, _infer checks): a [N, C, S1, 1, S2, 1, ...]
+    # view expanded over the blocks
     spatial = t.shape[2:]
     view = [0, 0] + [v for s in spatial for v in (s, 1)]
     full = [1, 1] + [v for s, k in zip(spatial, scale) for v in (s, k)]

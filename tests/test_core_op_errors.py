@@ -80,3 +80,13 @@ def test_residual_shape_mismatch_says_how_to_fix_it() -> None:
         b.residual(x, b.linear(x, 4, name="f"), name="skip")
     assert info.value.node == "skip"
     assert "project" in (info.value.hint or "")
+
+
+def test_upsampling_float64_with_symbolic_sizes_is_a_clear_error() -> None:
+    """ONNX Resize is float32 here; the other dtypes need fixed sizes, said at build time
+    (it used to be a ValueError from the exporter)."""
+    b = Builder("u")
+    x = b.input("x", ["N", 2, "H", "W"], dtype="float64")
+    with pytest.raises(GraphError, match="fixed spatial sizes") as info:
+        b.op("upsample_nearest", x, scale=2, name="up")
+    assert info.value.node == "up" and info.value.hint

@@ -131,7 +131,7 @@ def build_graph(args: argparse.Namespace):
     """The graph the command draws, its mode, and extra feeds for --values."""
     from graphc.cli.common import load_graph
     from graphc.errors import GraphError
-    from graphc.render import backward_graph, note_composite_ops
+    from graphc.render import backward_graph
 
     g = load_graph(args.file)
     opt = _optimizer(args)
@@ -142,7 +142,6 @@ def build_graph(args: argparse.Namespace):
         except ImportError:
             raise GraphError("--train needs the training-step builder (graphc.train)") from None
         ts = step_from_args(g, args, opt)
-        note_composite_ops(g, ts.graph)
         import numpy as np
 
         from graphc.train.step import LR, STEP

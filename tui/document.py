@@ -46,16 +46,6 @@ def autosave_path(path: str | os.PathLike) -> Path:
     return p.with_name(f".{p.name}.autosave")
 
 
-def _file_mode(path: Path) -> int:
-    """The file's permission bits, or what a new file gets under the current umask."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -216,9 +206,7 @@ class Document:
                 hint="fix the error first (or undo the edit that made it)",
             )
         text = self.text()
-        mode = _file_mode(self.path)
-        atomic_write_text(self.path, text)
-        os.chmod(self.path, mode)  # the temporary file's 0600 must not stick to the model
+        atomic_write_text(self.path, text)  # keeps the file's permissions (fileio)
         self.saved_graph_text = text
         self._disk_digest = _digest(text)
         self._disk_mtime = self._mtime()

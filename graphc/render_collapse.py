@@ -83,7 +83,6 @@ def collapse_view(
             group[n.name] = f"grad:{fwd_group(anchor)}"
     # gradient nodes of no rule (autodiff's sums over fan-in) join the group all their
     # gradient inputs come from, or else the group of the parameter gradient they feed
-    readers = graph.consumers()
     for n in order:
         if kinds[n.name] != "grad" or n.name in group:
             continue
@@ -91,7 +90,7 @@ def collapse_view(
         to_groups = {
             group.get(c.name)
             for o in n.outputs
-            for c in readers.get(o, [])
+            for c in consumers.get(o, [])
             if kinds[c.name] == "param_grad"
         }
         for cands in (from_groups, to_groups):

@@ -217,7 +217,7 @@ def view_to_dot(
 
     emit(None, "  ")
     for w in view.wires:
-        style, color, width, _arrow, _ = EDGE_STYLES[w.kind]
+        style, color, width, _ = EDGE_STYLES[w.kind]
         attrs: dict[str, object] = {"label": _wire_label(view, w, values, grads, shapes)}
         if (
             w.kind == "data"
@@ -283,7 +283,7 @@ def legend_node(view: View) -> str:
     for k in ("data", "grad", "saved", "update"):
         if k not in kinds:
             continue
-        style, color, _, _, text = EDGE_STYLES[k]
+        style, color, _, text = EDGE_STYLES[k]
         glyph = "\u2013 \u2013 \u25b8" if style == "dashed" else "\u2014\u2014\u25b8"
         cells.append(
             f'<tr><td><font color="{color}" point-size="9">{glyph}</font></td>'

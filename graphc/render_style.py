@@ -104,12 +104,12 @@ def group_style(category: str) -> BoxStyle:
     return BoxStyle("box", s.fill, s.border, "rounded,filled", penwidth=1.6, legend="folded group")
 
 
-# Edges: (style, colour, penwidth, arrowhead, legend text).
-EDGE_STYLES: dict[str, tuple[str, str, float, str, str]] = {
-    "data": ("solid", "#475569", 1.1, "normal", "tensor (forward)"),
-    "grad": ("solid", "#dc2626", 1.3, "normal", "gradient"),
-    "saved": ("dashed", "#94a3b8", 1.0, "normal", "saved for backward"),
-    "update": ("solid", "#7c3aed", 1.2, "normal", "optimizer step"),
+# Edges: (style, colour, penwidth, legend text).
+EDGE_STYLES: dict[str, tuple[str, str, float, str]] = {
+    "data": ("solid", "#475569", 1.1, "tensor (forward)"),
+    "grad": ("solid", "#dc2626", 1.3, "gradient"),
+    "saved": ("dashed", "#94a3b8", 1.0, "saved for backward"),
+    "update": ("solid", "#7c3aed", 1.2, "optimizer step"),
 }
 
 CLUSTER_STYLES: dict[str, tuple[str, str, str]] = {

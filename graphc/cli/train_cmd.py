@@ -129,6 +129,7 @@ def run(args) -> int:
     from graphc.train.cli_args import step_from_args
     from graphc.train.loop import TrainConfig, Trainer
     from graphc.train.runner import data_inputs, export_trained
+    from graphc.train.step import step_summary
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -153,7 +154,7 @@ def run(args) -> int:
     )
     log(f"data: {ds.describe()}")
     log(
-        f"model: {len(ts.params)} trained tensors ({_count(ts, ts.params):,} values), "
+        f"model: {len(ts.params)} trained tensors ({step_summary(ts)['trained']:,} values), "
         f"{len(ts.frozen)} frozen; optimizer {ts.optimizer.name}, lr "
         f"{ts.config.learning_rate():g}"
     )
@@ -233,9 +234,3 @@ def _threads(text: str):
     if n < 1:
         raise argparse.ArgumentTypeError("needs at least 1 thread")
     return n
-
-
-def _count(ts, names) -> int:
-    import numpy as np
-
-    return int(sum(np.prod(ts.init[k].shape) for k in names))

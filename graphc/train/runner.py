@@ -267,7 +267,7 @@ class Evaluator:
         ts: TrainStep,
         runner: StepRunner | None,
         device: str = "cpu",
-        threads: int | None = None,
+        threads: int | str | None = None,  # "auto": what the step runner measured
     ) -> None:
         self.ts = ts
         self.runner = runner

@@ -17,15 +17,11 @@ into anonymous constants, and the rule needs the seed to find the chain.
 from __future__ import annotations
 
 from graphc.ir import Graph, Node, TensorType
-from graphc.passes.rewrite import Match, Rule, reduce_axes, replace_uses, rule_pass
+from graphc.passes.rewrite import Match, Rule, reduce_axes, replace_uses, rule_pass, tagged
 
 
 def _forward_users(ctx: dict, v: str) -> list[Node]:
     return [n for n in ctx["consumers"].get(v, ()) if not n.tags.get("grad")]
-
-
-def _grad_group(g: Graph, name: str) -> list[Node]:
-    return [n for n in g.nodes.values() if n.tags.get("grad_of") == name]
 
 
 def check(g: Graph, node: Node, ctx: dict) -> Match | str:
@@ -74,11 +70,11 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         if n.outputs[0] in ctx["protected"]:
             return f"the intermediate '{n.name}' is a graph output"
     # the backward: log_softmax's rule produced d(logits); the loss's seed feeds the chain
-    dlogits = [n for n in _grad_group(g, node.name) if n.op == "sub"]
+    dlogits = [n for n in tagged(g, ctx, "grad_of", node.name) if n.op == "sub"]
     seed = None
     if dlogits:
         inner = {o for n in chain for o in n.outputs}
-        group = [n for c in chain for n in _grad_group(g, c.name)]
+        group = [n for c in chain for n in tagged(g, ctx, "grad_of", c.name)]
         made = {o for n in group for o in n.outputs}
         cands = {
             v

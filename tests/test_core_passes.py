@@ -393,3 +393,21 @@ def test_ort_schedule_is_onnx_runtimes_depth_first_order():
     for n in order:  # a valid topological order
         assert all(producers[v].name in seen for v in n.inputs if v in producers)
         seen.add(n.name)
+
+
+def test_the_rule_driver_says_when_it_stopped_at_the_round_limit():
+    from graphc.passes.rewrite import Match, Rule, apply_rules
+
+    g = graphc.grad(mlp(depth=1))
+    flips = Rule(
+        "flip",
+        ("relu",),
+        lambda g, node, ctx: Match(node),
+        lambda g, m: m.node.tags.update(flipped=not m.node.tags.get("flipped")),
+        local=False,  # one firing per round: never a fixed point
+    )
+    report = apply_rules(g, [flips], max_rounds=3)
+    assert report.unfinished and report.fired["flip"] == 3
+    assert "round limit" in report.summary()
+    calm = Rule("calm", ("relu",), lambda g, node, ctx: "never", lambda g, m: None)
+    assert not apply_rules(g, [calm], max_rounds=3).unfinished

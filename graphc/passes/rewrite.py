@@ -121,9 +121,12 @@ class Rule:
 class RuleReport:
     fired: Counter = field(default_factory=Counter)
     missed: Counter = field(default_factory=Counter)  # (rule, reason) -> count
+    unfinished: bool = False  # the round limit came before a fixed point
 
     def summary(self) -> str:
         parts = [f"{k} x{v}" for k, v in self.fired.items()]
+        if self.unfinished:
+            parts.append("stopped at the round limit: rules could still fire")
         return ", ".join(parts)
 
 
@@ -222,6 +225,8 @@ def apply_rules(g: Graph, rules: Iterable[Rule], *, max_rounds: int = 200) -> Ru
                 break
         if not changed:
             break
+    else:
+        report.unfinished = True
     sort_nodes(g)
     return report
 

@@ -83,7 +83,7 @@ def _canonical(g: Graph, n: Node, producers) -> tuple[str, list[str]]:
     simplify turns `a / s` into `a * reciprocal(s)` only where the result is
     8x larger than the divisor, so a 5-element bias keeps the division its
     neighbours lost: read back as the division, equal updates look equal (the
-    flat vector is large, so simplify may rewrite it afterwards once).
+    flat vector is large: the simplify that follows in -O2 rewrites it once).
     """
     if n.op == "mul" and len(n.inputs) == 2:
         for i in (1, 0):
@@ -229,12 +229,6 @@ def _fuse_group(g: Graph, gi: int, key: tuple, members: list, producers) -> list
     for i, (op, _attrs, refs) in enumerate(sig):  # the canonical op: see _canonical
         attrs = dict(members[0][3][i].attrs)  # equal in every member: part of the key
         ins = [made[r] if k == "n" else flat[r] if k == "t" else r for k, r in refs]
-        if op == "div" and refs[1][0] == "s":
-            # the flat vector is large: divide once, multiply per element (simplify's
-            # div_by_small, which ran before the vectors were joined)
-            recip = _add(g, f"opt_flat{gi}_reciprocal", "reciprocal", [ins[1]], {})
-            recip.tags = {"train": True}  # a scalar: not part of the flat update
-            op, ins = "mul", [ins[0], recip.name]
         made.append(_add(g, f"opt_flat{gi}_{op}", op, ins, attrs).name)
     # the buffers' outputs replace the members'; each takes its first member's place
     replace: dict[str, str | None] = {}

@@ -73,6 +73,7 @@ PIPELINES: dict[int, list[str]] = {
         "simplify",
         "eliminate_common_subexpressions",
         "fuse_optimizer_update",
+        "simplify",  # the flat update's divisions by a scalar become multiplications
         "eliminate_dead_code",
         "order_for_memory",
     ],

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from graphc.builder import Builder
 from graphc.ir import Graph, Node
-from graphc.passes.rewrite import Match, Rule, replace_uses, rule_pass, tagged
+from graphc.passes.rewrite import Match, Rule, grad_boundary, replace_uses, rule_pass, tagged
 
 
 def check(g: Graph, node: Node, ctx: dict) -> Match | str:
@@ -44,27 +44,14 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         gamma = scale[0].inputs[1] if scale[0].inputs[0] == xhat else scale[0].inputs[0]
     if tagged(g, ctx, "bn_fused", node.name):
         return "already fused"
-    names = {n.name for n in region}
-    group = [n for name in names for n in tagged(g, ctx, "grad_of", name)]
-    if not group:
+    back = grad_boundary(g, ctx, region)
+    if not back.nodes:
         return "no backward pass"
-    gmade = {o for n in group for o in n.outputs}
     outside = {v for n in region for v in n.inputs if v and v not in made}
-    seeds = {
-        v
-        for n in group
-        for v in n.inputs
-        if v and v not in gmade and v not in made and v not in outside and v not in g.constants
-    }
+    seeds = back.reads - outside
     if len(seeds) != 1 or g.types[next(iter(seeds))] != g.types[node.outputs[0]]:
         return "the backward reads gradients other than the output's"
-    gnames = {n.name for n in group}
-    exits = {
-        o
-        for n in group
-        for o in n.outputs
-        if any(c.name not in gnames for c in ctx["consumers"].get(o, ()))
-    }
+    exits, gnames = back.exits, {n.name for n in back.nodes}
     dx = [v for v in exits if g.types[v] == g.types[x]]
     rest = [v for v in exits if v not in dx]
     if len(dx) != 1 or len(rest) > 2:

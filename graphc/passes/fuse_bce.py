@@ -15,7 +15,7 @@ softmax rule it must run before constant folding hides the loss's seed.
 from __future__ import annotations
 
 from graphc.ir import Graph, Node, TensorType
-from graphc.passes.rewrite import Match, Rule, replace_uses, rule_pass, tagged
+from graphc.passes.rewrite import Match, Rule, grad_boundary, replace_uses, rule_pass, tagged
 
 STABLE_FORM = {"relu", "mul", "sub", "abs", "neg", "softplus", "add"}
 
@@ -45,31 +45,13 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
         n.op == "binary_cross_entropy_logits_grad" for n in tagged(g, ctx, "grad_of", node.name)
     ):
         return "already fused"
-    names = {n.name for n in region}
-    made = {o for n in region for o in n.outputs}
-    group = [n for name in names for n in tagged(g, ctx, "grad_of", name)]
-    if not group:
+    back = grad_boundary(g, ctx, region)
+    if not back.nodes:
         return "no backward pass"
-    gmade = {o for n in group for o in n.outputs}
-    seeds = {
-        v
-        for n in group
-        for v in n.inputs
-        if v
-        and v not in gmade
-        and v not in made
-        and v not in g.constants
-        and g.types[v].shape == g.types[node.outputs[0]].shape
-    }
+    seeds = {v for v in back.reads if g.types[v].shape == g.types[node.outputs[0]].shape}
     if len(seeds) != 1:
         return "cannot tell the loss's incoming gradient (run before fold_constants)"
-    gnames = {n.name for n in group}
-    exits = {
-        o
-        for n in group
-        for o in n.outputs
-        if any(c.name not in gnames for c in ctx["consumers"].get(o, ()))
-    }
+    exits = back.exits
     if len(exits) != 1 or g.types[next(iter(exits))] != g.types[z]:
         return "the gradient leaves the loss in more than one value"
     return Match(

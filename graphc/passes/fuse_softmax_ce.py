@@ -17,7 +17,15 @@ into anonymous constants, and the rule needs the seed to find the chain.
 from __future__ import annotations
 
 from graphc.ir import Graph, Node, TensorType
-from graphc.passes.rewrite import Match, Rule, reduce_axes, replace_uses, rule_pass, tagged
+from graphc.passes.rewrite import (
+    Match,
+    Rule,
+    grad_boundary,
+    reduce_axes,
+    replace_uses,
+    rule_pass,
+    tagged,
+)
 
 
 def _forward_users(ctx: dict, v: str) -> list[Node]:
@@ -73,19 +81,8 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     dlogits = [n for n in tagged(g, ctx, "grad_of", node.name) if n.op == "sub"]
     seed = None
     if dlogits:
-        inner = {o for n in chain for o in n.outputs}
-        group = [n for c in chain for n in tagged(g, ctx, "grad_of", c.name)]
-        made = {o for n in group for o in n.outputs}
-        cands = {
-            v
-            for n in group
-            for v in n.inputs
-            if v
-            and v not in made
-            and v not in inner
-            and v not in g.constants
-            and g.types[v].shape == g.types[final.outputs[0]].shape
-        }
+        reads = grad_boundary(g, ctx, chain).reads
+        cands = {v for v in reads if g.types[v].shape == g.types[final.outputs[0]].shape}
         if len(cands) != 1:
             return "cannot tell the loss's incoming gradient (run before fold_constants)"
         seed = cands.pop()

@@ -100,6 +100,39 @@ def tagged(g: Graph, ctx: dict, key: str, value) -> list[Node]:
 
 
 @dataclass
+class GradBoundary:
+    """Where a forward region's backward pass meets the rest of the gradient graph."""
+
+    nodes: list[Node]  # the gradient nodes of the region (tags grad_of)
+    reads: set[str]  # what they read from neither the region nor themselves nor constants
+    exits: set[str]  # what they make that nodes outside them read
+
+
+def grad_boundary(g: Graph, ctx: dict, region: Iterable[Node]) -> GradBoundary:
+    """The backward of a decomposed op (a loss, a batch norm) as the fusions see it: the
+    incoming gradient is among `reads`, the outgoing ones are `exits`."""
+    region = list(region)
+    made = {o for n in region for o in n.outputs}
+    names = dict.fromkeys(n.name for n in region)
+    nodes = [n for name in names for n in tagged(g, ctx, "grad_of", name)]
+    gmade = {o for n in nodes for o in n.outputs}
+    reads = {
+        v
+        for n in nodes
+        for v in n.inputs
+        if v and v not in gmade and v not in made and v not in g.constants
+    }
+    inside = {n.name for n in nodes}
+    exits = {
+        o
+        for n in nodes
+        for o in n.outputs
+        if any(c.name not in inside for c in ctx["consumers"].get(o, ()))
+    }
+    return GradBoundary(nodes, reads, exits)
+
+
+@dataclass
 class Match:
     """What a rule's check found; `values` are whatever its rewrite needs."""
 

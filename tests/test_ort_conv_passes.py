@@ -10,6 +10,8 @@ same batch, output by output.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -30,22 +32,33 @@ from graphc.train.step import StepConfig, build_step
 
 WG = "conv_weight_grad_as_gemm"
 
-# (layer, channels, spatial, layer attrs, whether the rewrite applies)
+# (layer, channels, spatial, layer attrs, the lowering the rewrite picks: None = left alone)
 CASES = [
-    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "padding": 1}, True),
-    ("conv2d", 4, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, True),
-    ("conv2d", 4, (10, 8), {"filters": 9, "kernel": (3, 2), "stride": (2, 1)}, True),
-    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, True),
-    ("conv2d", 4, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, True),
-    ("conv2d", 4, (8, 8), {"filters": 20, "kernel": 3, "groups": 2, "padding": 1}, True),
-    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 1}, True),
-    ("conv2d", 4, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, True),
-    ("conv1d", 3, (20,), {"filters": 8, "kernel": 3, "padding": 1, "dilation": 2}, True),
-    ("conv3d", 2, (4, 5, 4), {"filters": 8, "kernel": 2}, True),
+    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "padding": 1}, "patches"),
+    ("conv2d", 4, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, "patches"),
+    ("conv2d", 4, (10, 8), {"filters": 9, "kernel": (3, 2), "stride": (2, 1)}, "patches"),
+    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, "patches"),
+    ("conv2d", 4, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, "patches"),
+    ("conv2d", 4, (8, 8), {"filters": 20, "kernel": 3, "groups": 2, "padding": 1}, "patches"),
+    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 1}, "patches"),
+    ("conv2d", 4, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, "patches"),
+    ("conv1d", 3, (20,), {"filters": 8, "kernel": 3, "padding": 1, "dilation": 2}, "patches"),
+    ("conv3d", 2, (4, 5, 4), {"filters": 8, "kernel": 2}, "patches"),
+    # eight or more input channels, one group: a GEMM per tap over channels-last copies
+    ("conv2d", 8, (8, 8), {"filters": 6, "kernel": 3, "padding": 1}, "taps"),
+    ("conv2d", 8, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, "taps"),
+    ("conv2d", 9, (10, 8), {"filters": 5, "kernel": (3, 2), "stride": (2, 1)}, "taps"),
+    ("conv2d", 8, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, "taps"),
+    ("conv2d", 8, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, "taps"),
+    ("conv2d", 8, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, "taps"),
+    ("conv1d", 8, (20,), {"filters": 4, "kernel": 3, "padding": 1, "dilation": 2}, "taps"),
+    ("conv3d", 8, (4, 5, 4), {"filters": 3, "kernel": (2, 3, 1), "stride": (1, 2, 1)}, "taps"),
+    ("conv2d", 16, (8, 8), {"filters": 20, "kernel": 3, "groups": 2, "padding": 1}, "patches"),
     # left alone: depthwise, too few output positions, more taps than filters
-    ("conv2d", 4, (8, 8), {"filters": 8, "kernel": 3, "groups": 4, "padding": 1}, False),
-    ("conv2d", 4, (5, 5), {"filters": 12, "kernel": 3}, False),
-    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 3, "padding": 1}, False),
+    ("conv2d", 4, (8, 8), {"filters": 8, "kernel": 3, "groups": 4, "padding": 1}, None),
+    ("conv2d", 4, (5, 5), {"filters": 12, "kernel": 3}, None),
+    ("conv2d", 8, (5, 5), {"filters": 12, "kernel": 3}, None),
+    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 3, "padding": 1}, None),
 ]
 
 
@@ -67,11 +80,17 @@ def _run(g, outputs, values):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[3]}")
 def test_weight_grad_pass_matches_the_numpy_reference(case):
-    layer, channels, spatial, attrs, applies = case
+    layer, channels, spatial, attrs, lowering = case
     g = graphc.grad(_conv_graph(layer, channels, spatial, attrs))
     opt = optimize(g, passes=[WG])
-    ops = [n.op for n in opt.nodes.values()]
-    assert ("conv_weight_grad" not in ops) == applies
+    ops = Counter(n.op for n in opt.nodes.values())
+    assert ("conv_weight_grad" not in ops) == (lowering is not None)
+    k = attrs["kernel"]
+    taps = math.prod(k) if isinstance(k, tuple) else k ** len(spatial)
+    if lowering == "taps":  # one window slice and one GEMM per tap, no patch convolution
+        assert ops["slice"] == ops["matmul"] == taps and ops["conv"] == 1
+    elif lowering == "patches":  # one batched GEMM over all the taps
+        assert ops["matmul"] == 1 and ops["slice"] == 0
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, channels, *spatial)).astype(np.float32)
     params = {k: v.astype(np.float32) for k, v in g.param_values().items()}
@@ -342,10 +361,11 @@ def test_upsample_nearest_gradient_sums_each_block():
     np.testing.assert_allclose(got["x.grad"], want, rtol=1e-5, atol=1e-6)
 
 
-def test_weight_grad_patches_live_for_their_layer_only(convnet_step):
-    """The patches (K times a layer's input) are made in the backward pass, once the layer's
-    output gradient exists, in ORT's order as in the graph's: the peak grows by about one
-    layer's patches, not by all of them held from the forward pass on."""
+def test_weight_grad_working_copies_live_for_their_layer_only(convnet_step):
+    """The patches (K times a layer's input) and the tap GEMMs' channels-last copy of x are
+    made in the backward pass, once the layer's output gradient exists, in ORT's order as
+    in the graph's: the peak grows by about one layer's copy, not by all of them held from
+    the forward pass on."""
     from graphc.passes import plan_memory
     from graphc.passes.cost import dim_sizes, nbytes
     from graphc.passes.memory import ort_schedule
@@ -354,19 +374,22 @@ def test_weight_grad_patches_live_for_their_layer_only(convnet_step):
     base = optimize(ts.graph, passes=[p for p in PIPELINES[2] if p != WG])
     opt = optimize(ts.graph, 2)  # order_for_memory had moved every layer's patches forward
     sizes = dim_sizes(opt)
-    patches = [
-        nbytes(opt.types[n.outputs[0]], sizes)
+    patches = [n for n in opt.nodes.values() if n.op == "conv" and n.tags.get("grad")]
+    copies = [  # x [N, C, *S] -> [*S, N, C]
+        n
         for n in opt.nodes.values()
-        if n.op == "conv" and n.tags.get("grad")
+        if n.op == "transpose" and "_taps_" in n.name and n.attrs["perm"][-2:] == (0, 1)
     ]
-    assert len(patches) >= 2  # the test needs layers whose patches could pile up
+    # the test needs layers of both lowerings whose copies could pile up
+    assert patches and len(copies) >= 2
+    largest = max(nbytes(opt.types[n.outputs[0]], sizes) for n in patches + copies)
 
     def peak(g, schedule):
         return plan_memory(g, schedule(g) if schedule else None, offsets=False).peak
 
     for schedule in (None, ort_schedule):
-        # one layer's patches (and the copy a transpose may make) at a time
-        assert peak(opt, schedule) <= peak(base, schedule) + 2 * max(patches)
+        # one layer's copy (and the copy a transpose may make) at a time
+        assert peak(opt, schedule) <= peak(base, schedule) + 2 * largest
 
 
 FULL = "conv_full_window_as_gemm"

@@ -44,8 +44,12 @@ import math
 import numpy as np
 
 from graphc.ir import Graph, Node
+from graphc.ops.windows import Window, geometry_error, make_window
 from graphc.passes.rewrite import Match, Rule, builder_for, rule_pass
 from graphc.shapes import is_static
+
+# the tap GEMMs' columns are x's channels: below this they are too skinny to pay
+TAP_GEMM_MIN_CHANNELS = 8
 
 
 def one_hot_taps(kernel: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -65,6 +69,8 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     cg, og = xt.shape[1] // groups, gt.shape[1] // groups
     taps = math.prod(g.types[node.outputs[0]].shape[2:])
     positions = math.prod(gt.shape[2:])
+    if groups == 1 and cg >= TAP_GEMM_MIN_CHANNELS and positions >= 16 and is_static(xt.shape[2:]):
+        return Match(node, {"tap_gemms": True})
     # when these fail, the measured gain turned into a loss (docs/optimizer.md)
     if cg < 2:
         return "one input channel per group: the GEMM is no wider than the Conv's"
@@ -88,7 +94,56 @@ def _is_identity_window(g: Graph, node: Node) -> bool:
     )
 
 
+def _tap_gemms(g: Graph, node: Node) -> None:
+    """dw[:, :, t] = gy2 @ x_t for each tap t, over channels-last copies of x and gy.
+
+    x goes to [*S, N, C] and is padded once; each tap's window is then a
+    strided Slice over the spatial axes whose inner blocks are whole [N, C]
+    planes (fast copies), and the GEMM contracts all N * P positions at once:
+    [O, P*N] @ [P*N, C]. The K results [O, C] are stacked on a last axis.
+    """
+    x, gy = node.inputs
+    xt, gt = g.types[x], g.types[gy]
+    c, o = xt.shape[1], gt.shape[1]
+    kernel = tuple(g.types[node.outputs[0]].shape[2:])
+    out = tuple(gt.shape[2:])
+    win = _window(g, node)
+    d = len(kernel)
+    b = builder_for(g, node, prefix=f"{node.name}_taps_")
+    spatial = tuple(range(2, 2 + d))
+    # gy [N, O, *S'] -> [O, *S', N] -> [O, P*N]
+    rows = b.reshape(b.transpose(b.tensor(gy), perm=(1, *spatial, 0)), shape=(o, -1))
+    # x [N, C, *S] -> [*S, N, C], padded on the spatial axes; made once gy exists
+    # (the ordering edge), so the copy lives through this layer's backward alone
+    cols = b.transpose(b.op("recompute_barrier", b.tensor(x), b.tensor(gy)), perm=(*spatial, 0, 1))
+    if any(win.begin) or any(win.end):
+        cols = b.pad(cols, pads=tuple(win.begin) + (0, 0) + tuple(win.end) + (0, 0))
+    taps = []
+    for tap in np.ndindex(*kernel):
+        starts = tuple(t * dl for t, dl in zip(tap, win.dilation))
+        ends = tuple(st + (n - 1) * sd + 1 for st, n, sd in zip(starts, out, win.stride))
+        window = b.slice(
+            cols, starts=starts, ends=ends, axes=tuple(range(d)), steps=tuple(win.stride)
+        )
+        prod = b.matmul(rows, b.reshape(window, shape=(-1, c)))  # [O, C]
+        taps.append(b.unsqueeze(prod, axes=(2,)))
+    stacked = b.concat(*taps, axis=2)  # [O, C, K]
+    node.op, node.inputs, node.attrs = "reshape", [stacked.name], {"shape": (o, c) + kernel}
+
+
+def _window(g: Graph, node: Node) -> Window:
+    a = node.attrs
+    x = g.types[node.inputs[0]]
+    kernel = tuple(g.types[node.outputs[0]].shape[2:])
+    return make_window(
+        geometry_error, x.shape[2:], kernel, a["stride"], a["padding"], a["dilation"]
+    )
+
+
 def rewrite(g: Graph, m: Match) -> None:
+    if m.values.get("tap_gemms"):
+        _tap_gemms(g, m.node)
+        return
     node = m.node
     x, gy = node.inputs
     a = node.attrs

@@ -34,31 +34,34 @@ WG = "conv_weight_grad_as_gemm"
 
 # (layer, channels, spatial, layer attrs, the lowering the rewrite picks: None = left alone)
 CASES = [
-    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "padding": 1}, "patches"),
-    ("conv2d", 4, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, "patches"),
-    ("conv2d", 4, (10, 8), {"filters": 9, "kernel": (3, 2), "stride": (2, 1)}, "patches"),
-    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, "patches"),
-    ("conv2d", 4, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, "patches"),
+    # one group, under eight input channels: the taps' windows stacked, one GEMM
+    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "padding": 1}, "stacked"),
+    ("conv2d", 4, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, "stacked"),
+    ("conv2d", 4, (10, 8), {"filters": 9, "kernel": (3, 2), "stride": (2, 1)}, "stacked"),
+    ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, "stacked"),
+    ("conv2d", 4, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, "stacked"),
+    ("conv2d", 1, (12, 12), {"filters": 6, "kernel": 5}, "stacked"),
+    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 1}, "stacked"),
+    ("conv2d", 4, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, "stacked"),
+    ("conv1d", 3, (20,), {"filters": 8, "kernel": 3, "padding": 1, "dilation": 2}, "stacked"),
+    ("conv3d", 2, (4, 5, 4), {"filters": 8, "kernel": 2}, "stacked"),
+    # eight or more: a GEMM per tap over channels-last copies
+    ("conv2d", 8, (8, 8), {"filters": 6, "kernel": 3, "padding": 1}, "per_tap"),
+    ("conv2d", 8, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, "per_tap"),
+    ("conv2d", 9, (10, 8), {"filters": 5, "kernel": (3, 2), "stride": (2, 1)}, "per_tap"),
+    ("conv2d", 8, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, "per_tap"),
+    ("conv2d", 8, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, "per_tap"),
+    ("conv2d", 8, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, "per_tap"),
+    ("conv1d", 8, (20,), {"filters": 4, "kernel": 3, "padding": 1, "dilation": 2}, "per_tap"),
+    ("conv3d", 8, (4, 5, 4), {"filters": 3, "kernel": (2, 3, 1), "stride": (1, 2, 1)}, "per_tap"),
+    # groups: one-hot tap patches and a GEMM batched over the groups
     ("conv2d", 4, (8, 8), {"filters": 20, "kernel": 3, "groups": 2, "padding": 1}, "patches"),
-    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 1}, "patches"),
-    ("conv2d", 4, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, "patches"),
-    ("conv1d", 3, (20,), {"filters": 8, "kernel": 3, "padding": 1, "dilation": 2}, "patches"),
-    ("conv3d", 2, (4, 5, 4), {"filters": 8, "kernel": 2}, "patches"),
-    # eight or more input channels, one group: a GEMM per tap over channels-last copies
-    ("conv2d", 8, (8, 8), {"filters": 6, "kernel": 3, "padding": 1}, "taps"),
-    ("conv2d", 8, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, "taps"),
-    ("conv2d", 9, (10, 8), {"filters": 5, "kernel": (3, 2), "stride": (2, 1)}, "taps"),
-    ("conv2d", 8, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, "taps"),
-    ("conv2d", 8, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, "taps"),
-    ("conv2d", 8, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, "taps"),
-    ("conv1d", 8, (20,), {"filters": 4, "kernel": 3, "padding": 1, "dilation": 2}, "taps"),
-    ("conv3d", 8, (4, 5, 4), {"filters": 3, "kernel": (2, 3, 1), "stride": (1, 2, 1)}, "taps"),
     ("conv2d", 16, (8, 8), {"filters": 20, "kernel": 3, "groups": 2, "padding": 1}, "patches"),
-    # left alone: depthwise, too few output positions, more taps than filters
+    # left alone: depthwise, too few output positions, more taps than filters per group
     ("conv2d", 4, (8, 8), {"filters": 8, "kernel": 3, "groups": 4, "padding": 1}, None),
     ("conv2d", 4, (5, 5), {"filters": 12, "kernel": 3}, None),
     ("conv2d", 8, (5, 5), {"filters": 12, "kernel": 3}, None),
-    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 3, "padding": 1}, None),
+    ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 3, "groups": 2, "padding": 1}, None),
 ]
 
 
@@ -87,8 +90,9 @@ def test_weight_grad_pass_matches_the_numpy_reference(case):
     assert ("conv_weight_grad" not in ops) == (lowering is not None)
     k = attrs["kernel"]
     taps = math.prod(k) if isinstance(k, tuple) else k ** len(spatial)
-    if lowering == "taps":  # one window slice and one GEMM per tap, no patch convolution
-        assert ops["slice"] == ops["matmul"] == taps and ops["conv"] == 1
+    if lowering in ("per_tap", "stacked"):  # a window slice per tap, no patch convolution
+        assert ops["slice"] == taps and ops["conv"] == 1
+        assert ops["matmul"] == (taps if lowering == "per_tap" else 1)
     elif lowering == "patches":  # one batched GEMM over all the taps
         assert ops["matmul"] == 1 and ops["slice"] == 0
     rng = np.random.default_rng(7)
@@ -375,10 +379,11 @@ def test_weight_grad_working_copies_live_for_their_layer_only(convnet_step):
     opt = optimize(ts.graph, 2)  # order_for_memory had moved every layer's patches forward
     sizes = dim_sizes(opt)
     patches = [n for n in opt.nodes.values() if n.op == "conv" and n.tags.get("grad")]
-    copies = [  # x [N, C, *S] -> [*S, N, C]
+    producer = {v: n for n in opt.nodes.values() for v in n.outputs}
+    copies = [  # x [N, C, *S] to the batch-innermost layouts, behind the ordering edge
         n
         for n in opt.nodes.values()
-        if n.op == "transpose" and "_taps_" in n.name and n.attrs["perm"][-2:] == (0, 1)
+        if n.op == "transpose" and "_taps_" in producer[n.inputs[0]].name
     ]
     # the test needs layers of both lowerings whose copies could pile up
     assert patches and len(copies) >= 2

@@ -48,7 +48,7 @@ from graphc.ops.windows import Window, geometry_error, make_window
 from graphc.passes.rewrite import Match, Rule, builder_for, rule_pass
 from graphc.shapes import is_static
 
-# the tap GEMMs' columns are x's channels: below this they are too skinny to pay
+# with fewer input channels the per-tap GEMMs are too skinny: one GEMM over stacked windows
 TAP_GEMM_MIN_CHANNELS = 8
 
 
@@ -69,7 +69,7 @@ def check(g: Graph, node: Node, ctx: dict) -> Match | str:
     cg, og = xt.shape[1] // groups, gt.shape[1] // groups
     taps = math.prod(g.types[node.outputs[0]].shape[2:])
     positions = math.prod(gt.shape[2:])
-    if groups == 1 and cg >= TAP_GEMM_MIN_CHANNELS and positions >= 16 and is_static(xt.shape[2:]):
+    if groups == 1 and positions >= 16 and is_static(xt.shape[2:]):
         return Match(node, {"tap_gemms": True})
     # when these fail, the measured gain turned into a loss (docs/optimizer.md)
     if cg < 2:
@@ -95,12 +95,17 @@ def _is_identity_window(g: Graph, node: Node) -> bool:
 
 
 def _tap_gemms(g: Graph, node: Node) -> None:
-    """dw[:, :, t] = gy2 @ x_t for each tap t, over channels-last copies of x and gy.
+    """The weight gradient from each tap's window of x, as strided slices and GEMMs.
 
-    x goes to [*S, N, C] and is padded once; each tap's window is then a
-    strided Slice over the spatial axes whose inner blocks are whole [N, C]
-    planes (fast copies), and the GEMM contracts all N * P positions at once:
-    [O, P*N] @ [P*N, C]. The K results [O, C] are stacked on a last axis.
+    gy goes to [O, *S', N] = [O, Q] (Q = P*N, every output position of every
+    image) and x to a padded copy with the batch innermost. Tap t's window is a
+    strided Slice over the spatial axes, and the GEMM contracts all Q at once:
+
+        C >= 8: x as [*S, N, C]; dw[:, :, t] = gy2 @ x_t, [O, Q] @ [Q, C], one per tap
+        C <  8: x as [C, *S, N]; the K windows stacked to [C*K, Q]; dw = gy2 @ that^T
+
+    With few channels the per-tap GEMMs are too skinny and one GEMM over the
+    stacked windows pays for the stacking copy (lenet5's 6-channel layer).
     """
     x, gy = node.inputs
     xt, gt = g.types[x], g.types[gy]
@@ -109,26 +114,35 @@ def _tap_gemms(g: Graph, node: Node) -> None:
     out = tuple(gt.shape[2:])
     win = _window(g, node)
     d = len(kernel)
+    per_tap = c >= TAP_GEMM_MIN_CHANNELS
     b = builder_for(g, node, prefix=f"{node.name}_taps_")
     spatial = tuple(range(2, 2 + d))
-    # gy [N, O, *S'] -> [O, *S', N] -> [O, P*N]
-    rows = b.reshape(b.transpose(b.tensor(gy), perm=(1, *spatial, 0)), shape=(o, -1))
-    # x [N, C, *S] -> [*S, N, C], padded on the spatial axes; made once gy exists
-    # (the ordering edge), so the copy lives through this layer's backward alone
-    cols = b.transpose(b.op("recompute_barrier", b.tensor(x), b.tensor(gy)), perm=(*spatial, 0, 1))
+    rows = b.reshape(b.transpose(b.tensor(gy), perm=(1, *spatial, 0)), shape=(o, -1))  # [O, Q]
+    # x's copy is made once gy exists (the ordering edge): it lives for this layer's
+    # backward alone instead of from the forward pass on
+    late = b.op("recompute_barrier", b.tensor(x), b.tensor(gy))
+    first = 0 if per_tap else 1  # the first spatial axis of the copy
+    cols = b.transpose(late, perm=(*spatial, 0, 1) if per_tap else (1, *spatial, 0))
     if any(win.begin) or any(win.end):
-        cols = b.pad(cols, pads=tuple(win.begin) + (0, 0) + tuple(win.end) + (0, 0))
-    taps = []
+        rank = d + 2
+        pads = [0] * (2 * rank)
+        pads[first : first + d] = win.begin
+        pads[rank + first : rank + first + d] = win.end
+        cols = b.pad(cols, pads=tuple(pads))
+    windows = []
     for tap in np.ndindex(*kernel):
         starts = tuple(t * dl for t, dl in zip(tap, win.dilation))
         ends = tuple(st + (n - 1) * sd + 1 for st, n, sd in zip(starts, out, win.stride))
-        window = b.slice(
-            cols, starts=starts, ends=ends, axes=tuple(range(d)), steps=tuple(win.stride)
-        )
-        prod = b.matmul(rows, b.reshape(window, shape=(-1, c)))  # [O, C]
-        taps.append(b.unsqueeze(prod, axes=(2,)))
-    stacked = b.concat(*taps, axis=2)  # [O, C, K]
-    node.op, node.inputs, node.attrs = "reshape", [stacked.name], {"shape": (o, c) + kernel}
+        axes = tuple(range(first, first + d))
+        windows.append(b.slice(cols, starts=starts, ends=ends, axes=axes, steps=win.stride))
+    if per_tap:
+        prods = [b.matmul(rows, b.reshape(w, shape=(-1, c))) for w in windows]  # [O, C] each
+        summed = b.concat(*(b.unsqueeze(p, axes=(2,)) for p in prods), axis=2)  # [O, C, K]
+    else:
+        stacked = b.concat(*(b.unsqueeze(w, axes=(1,)) for w in windows), axis=1)
+        cols_k = b.reshape(stacked, shape=(c * len(windows), -1))  # [C*K, Q]
+        summed = b.matmul(rows, b.transpose(cols_k, perm=(1, 0)))  # [O, C*K]
+    node.op, node.inputs, node.attrs = "reshape", [summed.name], {"shape": (o, c) + kernel}
 
 
 def _window(g: Graph, node: Node) -> Window:

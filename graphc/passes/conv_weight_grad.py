@@ -1,4 +1,4 @@
-"""conv_weight_grad_as_gemm: a convolution's weight gradient as patches + one batched GEMM.
+"""conv_weight_grad_as_gemm: a convolution's weight gradient as GEMMs over its taps' windows.
 
 `conv_weight_grad` lowers to a Conv whose batch is the input channels and
 whose *kernel* is the output gradient (ops/conv.py). That is exact and needs
@@ -7,34 +7,47 @@ channel with as many columns as the weight has taps (9 for 3x3): a skinny
 GEMM over an im2col buffer of the whole image, about a third of the forward
 convolution's speed. On resnet_small these Convs were 44% of the step.
 
-The rewrite spells the same sum as
+One group (every sample's dense convolutions): tap GEMMs. With Q = N * P (every
+output position of every image), gy becomes [O, Q] and x one padded copy with
+the batch innermost, so that each tap's window is a strided Slice whose inner
+blocks are whole [N, C] planes (a handful of large copies, not one per row):
+
+    rows = reshape(transpose(gy, [O, *out, N]), [O, Q])
+    C >= 8:  x_t = window_t(pad(transpose(x, [*in, N, C])))     # [*out, N, C]
+             dw[:, :, t] = rows @ reshape(x_t, [Q, C])          # one GEMM per tap
+    C <  8:  x_t = window_t(pad(transpose(x, [C, *in, N])))     # [C, *out, N]
+             dw = rows @ reshape(stack_t(x_t), [C*K, Q])^T      # one GEMM
+
+Each GEMM contracts all Q positions at once (K = 4096 deep on an 8x8 layer at
+batch 64), where MLAS runs at its full rate. With few input channels the
+per-tap GEMMs are too skinny and stacking the windows pays for its copy.
+Measured alone, one thread, batch 64 (ms, tap GEMMs / one-hot patches below /
+the Conv): separable_cnn's dilated 32->32 layer 1.1 / 2.1 / 2.9, vgg_small's
+16->16 32x32 layer 7.8 / 15.8 / 19.5, lenet5's 6->16 5x5 layer (stacked)
+0.7 / 1.2 / 1.1. The copy of x is made only once gy exists (an ordering edge,
+`recompute_barrier`), so it lives for this layer's backward alone.
+
+Groups: one-hot tap patches and a GEMM batched over the groups.
 
     taps    = conv(reshape(x, [N*C, 1, *in]), E)   # [N*C, K, *out]: the K taps
     patches = reshape(taps, [N, C*K, *out])        # each output position reads
-    dw      = sum_n gy[n] @ patches[n]^T           # [O, C*K] -> [O, C/groups, *kernel]
+    dw      = sum_n gy[n] @ patches[n]^T           # per group -> [O, C/groups, *kernel]
 
 E is a constant one-hot [K, 1, *kernel] with E[t, 0, t] = 1, so the patch
 convolution copies values (x*1 plus zeros: exact) with the original window
-(stride, padding, dilation); the GEMM then has all C*K columns at once.
-Every channel is an image of its own: as one grouped conv (groups=C) ORT
-ran the patches group by group, 1.2-2.8x slower alone with a constant
-kernel ([64, 32, 8, 8]: 1.53 against 0.51 ms); in place, where the kernel
-comes through the ordering edge below, separable_cnn's dilated layer went
-from 1.82 to 1.49 ms (profiled). With
-groups, the patches and gy are split per group and the GEMM batched over
-them. Each output element is the same sum of the same products, in a
-different order: equal up to float rounding. Caveat: a non-finite x (inf or
-NaN) turns into NaN in the neighbouring taps' patches (0*inf), where the
-original might have kept inf.
+(stride, padding, dilation). Every channel is an image of its own: as one
+grouped conv (groups=C) ORT ran the patches group by group, 1.2-2.8x slower.
+The patches take K times x's memory while they live (one layer at a time).
+This form is skipped where it measured slower in ORT: one input channel per
+group (depthwise: the GEMM is no wider than the Conv's), more taps than
+output channels per group (the one-hot convolution spends K multiply-adds
+per patch value, more than the GEMM's O).
 
-The patches take K times x's memory while they live (one layer at a time);
-with a 1x1 kernel, stride 1 and no padding they are x itself. The rewrite is
-skipped where it measured slower in ORT (lenet5, separable_cnn): one input
-channel per group (depthwise, or a first layer on a grey image: the GEMM is
-no wider than the Conv's), more taps than output channels (the one-hot
-convolution spends K multiply-adds per patch value, more than the GEMM's O),
-and fewer than 16 output positions (64 tiny GEMMs and a large sum). Only
-float32 is rewritten (float64 convolutions lower through Einsum).
+Both forms are skipped under 16 output positions (lenet5's c5 is a dense
+layer, see conv_full_window.py) and for float64 (lowered through Einsum).
+Each output element is the same sum of the same products in a different
+order: equal up to float rounding. Caveat of the patch form: a non-finite x
+(inf or NaN) turns into NaN in the neighbouring taps' patches (0*inf).
 """
 
 from __future__ import annotations
@@ -180,14 +193,9 @@ def rewrite(g: Graph, m: Match) -> None:
         planes = b.reshape(b.tensor(x), shape=(-1, 1) + (0,) * len(kernel))  # [N*C, 1, *in]
         taps = b.conv(planes, e, **window)  # [N*C, K, *out]
         patches = b.reshape(taps, shape=(-1, c * k) + tuple(gt.shape[2:]))  # [N, C*K, *out]
-    if groups == 1:
-        cols = b.reshape(patches, shape=(0, c * k, -1))  # [N, C*K, P]
-        rows = b.reshape(b.tensor(gy), shape=(0, o, -1))  # [N, O, P]
-        prod = b.matmul(rows, b.transpose(cols, perm=(0, 2, 1)))  # [N, O, C*K]
-    else:
-        cols = b.reshape(patches, shape=(0, groups, cg * k, -1))  # [N, g, Cg*K, P]
-        rows = b.reshape(b.tensor(gy), shape=(0, groups, o // groups, -1))  # [N, g, O/g, P]
-        prod = b.matmul(rows, b.transpose(cols, perm=(0, 1, 3, 2)))  # [N, g, O/g, Cg*K]
+    cols = b.reshape(patches, shape=(0, groups, cg * k, -1))  # [N, g, Cg*K, P]
+    rows = b.reshape(b.tensor(gy), shape=(0, groups, o // groups, -1))  # [N, g, O/g, P]
+    prod = b.matmul(rows, b.transpose(cols, perm=(0, 1, 3, 2)))  # [N, g, O/g, Cg*K]
     summed = b.reduce_sum(prod, axes=(0,))
     # the matched node becomes the final reshape: its output keeps its name (it may be an output)
     node.op, node.inputs, node.attrs = "reshape", [summed.name], {"shape": (o, cg) + kernel}
@@ -199,13 +207,13 @@ RULES = [
         ("conv_weight_grad",),
         check,
         rewrite,
-        "conv_weight_grad -> one-hot patch conv + batched matmul + sum over the batch",
+        "conv_weight_grad -> GEMMs over its taps' windows (one group) or one-hot patches",
     )
 ]
 
 conv_weight_grad_as_gemm = rule_pass(
     "conv_weight_grad_as_gemm",
-    "a convolution's weight gradient as tap patches and one batched GEMM "
+    "a convolution's weight gradient as GEMMs over its taps' windows "
     "(instead of a Conv with the output gradient as its kernel)",
     RULES,
 )

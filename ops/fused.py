@@ -110,6 +110,56 @@ defop(
     },
 )
 
+# ------------------------------------------------------------ batch sums
+
+
+def _batch_sum_infer(ctx: InferCtx) -> TensorType:
+    x, like = ctx.inputs
+    if x.rank < 1 or like.rank < 1 or x.shape[0] != like.shape[0]:
+        raise ctx.fail(f"x and like need the same leading (batch) dim, got {x} and {like}")
+    return TensorType(x.dtype, x.shape[1:])
+
+
+def _batch_sum_lower(e, n, x, like):
+    xt, lt = e.type(n.inputs[0]), e.type(n.inputs[1])
+    if isinstance(lt.shape[0], int):
+        ones = e.const(np.ones(lt.shape[0], dtype=xt.dtype))
+    else:  # from like's batch size: one ConstantOfShape per `like`, which ORT's CSE shares
+        size = e.op("Shape", [like], start=0, end=1)
+        one = np.ones(1, dtype=xt.dtype)
+        ones = e.op("ConstantOfShape", [size], value=e.tensor(one))
+    if xt.rank <= 2:
+        return e.op("MatMul", [ones, x])  # [N] @ [N, C]: a GEMV in MLAS
+    rows = e.op("MatMul", [ones, e.op("Reshape", [x, e.ints([0, -1])])])
+    return e.op("Reshape", [rows, e.ints(list(xt.shape[1:]))])
+
+
+def _batch_sum_grad(c):
+    g = c.b.unsqueeze(c.g, axes=(0,))
+    return [c.b.broadcast_to(g, c.x[0]), None]
+
+
+defop(
+    "batch_sum",
+    inputs=("x", "like"),
+    infer=_batch_sum_infer,
+    reference=lambda x, like: x.sum(axis=0).astype(x.dtype),
+    lower=_batch_sum_lower,
+    grad=_batch_sum_grad,
+    category="math",
+    doc="x summed over its leading (batch) axis as ones[N] @ x, the ones sized by like's "
+    "batch dim (formed by sum_batch_as_gemv)",
+    test={
+        "cases": [
+            {"shapes": [[4, 3], [4, 2]], "attrs": {}},
+            {"shapes": [[4], [4, 5]], "attrs": {}},
+            {"shapes": [[4, 2, 3], [4]], "attrs": {}},
+        ],
+        "batch": True,
+        "grad": True,
+    },
+)
+
 # ----------------------------------------------------- softmax cross-entropy
 
 

@@ -287,3 +287,30 @@ def test_a_hand_written_cross_entropy_with_int_axes_is_fused():
     got = make_session(export(opt, outputs=outs)).run(outs, feeds)
     for r, o in zip(ref, got):
         np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_sums_become_products_with_one_shared_ones_vector(tmp_path):
+    """The bias gradients' sums over the batch run as ones[N] @ gy in what ORT runs, the
+    ones vector made once; narrow rows (the logits' 5) keep their ReduceSum."""
+    import onnx
+    import onnxruntime as ort
+
+    g = graphc.parse(MLP.replace("linear(x, 16)", "linear(x, 40)").replace("h1, 16", "h1, 33"))
+    ts = build_step(g, StepConfig(optimizer="adam"))
+    feeds = random_feeds(g, batch=7, seed=2)
+    ref, _ = run_step(ts, ts.graph, feeds)
+    opt = optimize(ts.graph, passes=["sum_batch_as_gemv"])
+    sums = [n for n in opt.nodes.values() if n.op == "batch_sum"]
+    assert sorted(opt.types[n.outputs[0]].shape for n in sums) == [(33,), (40,)]
+    assert {n.inputs[1] for n in sums} == {"x"}  # one source for every ones vector
+    assert any(
+        n.op == "reduce_sum" and opt.types[n.inputs[0]].shape == ("N", 5)
+        for n in opt.nodes.values()
+    )
+    out, model = run_step(ts, opt, feeds)
+    assert_close(ref, out)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ran = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ran.count("ConstantOfShape") == 1 and ran.count("MatMul") >= 2

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from graphc.ir import Graph
 from graphc.passes import (  # noqa: F401 - imported to register the passes
     avg_pool_conv,
+    batch_sum,
     conv_full_window,
     conv_weight_grad,
     cse,

@@ -72,6 +72,7 @@ PIPELINES: dict[int, list[str]] = {
         "reassociate_factors",
         "simplify",
         "eliminate_common_subexpressions",
+        "sum_batch_as_gemv",
         "fuse_optimizer_update",
         "simplify",  # the flat update's divisions by a scalar become multiplications
         "eliminate_dead_code",

@@ -136,8 +136,11 @@ def time_runners(runners: dict, feeds, rounds: int, budget_s: float) -> dict:
     one = max(time.perf_counter() - t0, 1e-5)
     reps = max(1, min(300, int(budget_s / len(runners) / rounds / one)))
     per = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k in runners:
+    order = list(runners)
+    for i in range(rounds):
+        # every other round in reverse: a slot's position in the round (what ran just
+        # before it, a burst of load early or late in the round) must not favour a variant
+        for k in order if i % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
             steps(k, reps)
             per[k].append((time.perf_counter() - t0) / reps)
@@ -184,7 +187,7 @@ def bench_step(quick: bool, only: list[str] | None = None) -> str:
         steps = {lvl: dataclasses.replace(ts, graph=optimize(ts.graph, lvl)) for lvl in (0, 1, 2)}
         runners = {lvl: StepRunner(s, threads=1) for lvl, s in steps.items()}
         check_same_step(name, runners, feeds)  # a benchmark of a wrong program is worthless
-        t = time_runners(runners, feeds, rounds=5 if quick else 11, budget_s=3.0 if quick else 12.0)
+        t = time_runners(runners, feeds, rounds=5 if quick else 31, budget_s=3.0 if quick else 15.0)
         onnx_nodes = {lvl: len(s.export().graph.node) for lvl, s in steps.items() if lvl != 1}
         rows.append(
             f"| {name} | {len(steps[0].graph.nodes)} → {len(steps[2].graph.nodes)} | "

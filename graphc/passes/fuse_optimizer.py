@@ -40,11 +40,12 @@ NEW, SLOT = "new.", "opt."
 # weights apart. The cut (64 K) keeps every sample's tensors flat but vgg_small's
 # 131 K-element weight (lenet5's largest is 48 K); it was not tuned more finely.
 MAX_ELEMENTS = 1 << 16
-# Those two copies also outweigh a short update: SGD and momentum (whose `mu*v + g`
-# ORT folds into the gradient's Gemm) update a parameter in two nodes, and flat they
-# measured 5-10% slower than per parameter (xor, perceptron, mlp_digits; interleaved
-# StepRunner timing); Nesterov (6 nodes), AdaGrad (7), RMSprop (9) and Adam (13) gain.
-MIN_UPDATE_NODES = 3
+# Those two copies also outweigh a short update: SGD's two nodes per parameter and
+# momentum's (two for a weight, whose `mu*v + g` fuse_gemm puts into its gradient's Gemm,
+# four for a bias) measured 1-10% slower flat than per parameter (xor, perceptron,
+# mlp_digits; interleaved StepRunner timing); Nesterov (6 nodes), AdaGrad (7), RMSprop
+# (9) and Adam (13) gain.
+MIN_UPDATE_NODES = 5
 LAYOUT = "flat_state"  # graphc.train.layout.KEY (not imported: train imports the passes)
 
 

@@ -34,13 +34,13 @@ WG = "conv_weight_grad_as_gemm"
 
 # (layer, channels, spatial, layer attrs, the lowering the rewrite picks: None = left alone)
 CASES = [
-    # one group, under eight input channels: the taps' windows stacked, one GEMM
+    # one group, 2-7 input channels: one kernel row's windows stacked, a GEMM per row
     ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "padding": 1}, "stacked"),
     ("conv2d", 4, (9, 9), {"filters": 12, "kernel": 3, "stride": 2, "padding": "same"}, "stacked"),
     ("conv2d", 4, (10, 8), {"filters": 9, "kernel": (3, 2), "stride": (2, 1)}, "stacked"),
     ("conv2d", 4, (8, 8), {"filters": 12, "kernel": 3, "dilation": 2, "padding": 2}, "stacked"),
     ("conv2d", 4, (8, 7), {"filters": 10, "kernel": 3, "padding": (1, 0, 0, 1)}, "stacked"),
-    ("conv2d", 1, (12, 12), {"filters": 6, "kernel": 5}, "stacked"),
+    ("conv2d", 1, (12, 12), {"filters": 6, "kernel": 5}, "per_tap"),  # one channel: GEMVs
     ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 1}, "stacked"),
     ("conv2d", 4, (9, 9), {"filters": 6, "kernel": 1, "stride": 2}, "stacked"),
     ("conv1d", 3, (20,), {"filters": 8, "kernel": 3, "padding": 1, "dilation": 2}, "stacked"),
@@ -89,10 +89,11 @@ def test_weight_grad_pass_matches_the_numpy_reference(case):
     ops = Counter(n.op for n in opt.nodes.values())
     assert ("conv_weight_grad" not in ops) == (lowering is not None)
     k = attrs["kernel"]
-    taps = math.prod(k) if isinstance(k, tuple) else k ** len(spatial)
+    kernel = k if isinstance(k, tuple) else (k,) * len(spatial)
+    taps = math.prod(kernel)
     if lowering in ("per_tap", "stacked"):  # a window slice per tap, no patch convolution
         assert ops["slice"] == taps and ops["conv"] == 1
-        assert ops["matmul"] == (taps if lowering == "per_tap" else 1)
+        assert ops["matmul"] == (taps if lowering == "per_tap" else taps // kernel[-1])
     elif lowering == "patches":  # one batched GEMM over all the taps
         assert ops["matmul"] == 1 and ops["slice"] == 0
     rng = np.random.default_rng(7)

@@ -13,14 +13,18 @@ the batch innermost, so that each tap's window is a strided Slice whose inner
 blocks are whole [N, C] planes (a handful of large copies, not one per row):
 
     rows = reshape(transpose(gy, [O, *out, N]), [O, Q])
-    C >= 8:  x_t = window_t(pad(transpose(x, [*in, N, C])))     # [*out, N, C]
-             dw[:, :, t] = rows @ reshape(x_t, [Q, C])          # one GEMM per tap
-    C <  8:  x_t = window_t(pad(transpose(x, [C, *in, N])))     # [C, *out, N]
-             dw = rows @ reshape(stack_t(x_t), [C*K, Q])^T      # one GEMM
+    C >= 8 or C = 1:  x_t = window_t(pad(transpose(x, [*in, N, C])))  # [*out, N, C]
+                      dw[:, :, t] = rows @ reshape(x_t, [Q, C])       # a GEMM per tap
+    2 <= C < 8:       x_t = window_t(pad(transpose(x, [C, *in, N])))  # [C, *out, N]
+                      dw[:, :, r, :] = rows @ reshape(stack(x_t for t in row r), [C*kw, Q])^T
 
 Each GEMM contracts all Q positions at once (K = 4096 deep on an 8x8 layer at
-batch 64), where MLAS runs at its full rate. With few input channels the
-per-tap GEMMs are too skinny and stacking the windows pays for its copy.
+batch 64), where MLAS runs at its full rate. With 2-7 input channels the
+per-tap GEMMs are too skinny and stacking one kernel row's windows pays for
+its copy (stacking all K taps measured no faster and tripled lenet5's step
+peak); with one channel the per-tap products are GEMVs, faster than either.
+Each window is read as soon as it is made: one window (or one row's) lives
+at a time.
 Measured alone, one thread, batch 64 (ms, tap GEMMs / one-hot patches below /
 the Conv): separable_cnn's dilated 32->32 layer 1.1 / 2.1 / 2.9, vgg_small's
 16->16 32x32 layer 7.8 / 15.8 / 19.5, lenet5's 6->16 5x5 layer (stacked)
@@ -61,7 +65,7 @@ from graphc.ops.windows import Window, geometry_error, make_window
 from graphc.passes.rewrite import Match, Rule, builder_for, rule_pass
 from graphc.shapes import is_static
 
-# with fewer input channels the per-tap GEMMs are too skinny: one GEMM over stacked windows
+# with 2 to 7 input channels the per-tap GEMMs are too skinny: a kernel row's windows stacked
 TAP_GEMM_MIN_CHANNELS = 8
 
 
@@ -127,7 +131,7 @@ def _tap_gemms(g: Graph, node: Node) -> None:
     out = tuple(gt.shape[2:])
     win = _window(g, node)
     d = len(kernel)
-    per_tap = c >= TAP_GEMM_MIN_CHANNELS
+    per_tap = c == 1 or c >= TAP_GEMM_MIN_CHANNELS
     b = builder_for(g, node, prefix=f"{node.name}_taps_")
     spatial = tuple(range(2, 2 + d))
     rows = b.reshape(b.transpose(b.tensor(gy), perm=(1, *spatial, 0)), shape=(o, -1))  # [O, Q]
@@ -142,19 +146,28 @@ def _tap_gemms(g: Graph, node: Node) -> None:
         pads[first : first + d] = win.begin
         pads[rank + first : rank + first + d] = win.end
         cols = b.pad(cols, pads=tuple(pads))
-    windows = []
-    for tap in np.ndindex(*kernel):
+
+    def window(tap):
         starts = tuple(t * dl for t, dl in zip(tap, win.dilation))
         ends = tuple(st + (n - 1) * sd + 1 for st, n, sd in zip(starts, out, win.stride))
         axes = tuple(range(first, first + d))
-        windows.append(b.slice(cols, starts=starts, ends=ends, axes=axes, steps=win.stride))
+        return b.slice(cols, starts=starts, ends=ends, axes=axes, steps=win.stride)
+
+    # each window is read as soon as it is made, so one (or one kernel row) lives at a time
+    parts = []
     if per_tap:
-        prods = [b.matmul(rows, b.reshape(w, shape=(-1, c))) for w in windows]  # [O, C] each
-        summed = b.concat(*(b.unsqueeze(p, axes=(2,)) for p in prods), axis=2)  # [O, C, K]
-    else:
-        stacked = b.concat(*(b.unsqueeze(w, axes=(1,)) for w in windows), axis=1)
-        cols_k = b.reshape(stacked, shape=(c * len(windows), -1))  # [C*K, Q]
-        summed = b.matmul(rows, b.transpose(cols_k, perm=(1, 0)))  # [O, C*K]
+        for tap in np.ndindex(*kernel):
+            prod = b.matmul(rows, b.reshape(window(tap), shape=(-1, c)))  # [O, C]
+            parts.append(b.unsqueeze(prod, axes=(2,)))
+        summed = b.concat(*parts, axis=2)  # [O, C, K]
+    else:  # the windows of one kernel row stacked: [C*kw, Q], one GEMM per row
+        kw = kernel[-1]
+        for row in np.ndindex(*kernel[:-1]):
+            taps = [b.unsqueeze(window(row + (t,)), axes=(1,)) for t in range(kw)]
+            stacked = b.reshape(b.concat(*taps, axis=1), shape=(c * kw, -1))
+            prod = b.matmul(rows, b.transpose(stacked, perm=(1, 0)))  # [O, C*kw]
+            parts.append(b.reshape(prod, shape=(o, c, 1, kw)))
+        summed = b.concat(*parts, axis=2)  # [O, C, rows, kw]
     node.op, node.inputs, node.attrs = "reshape", [summed.name], {"shape": (o, c) + kernel}
 
 

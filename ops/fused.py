@@ -13,7 +13,7 @@ from graphc.ir import TensorType
 from graphc.ops.losses import REDUCTION
 from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
 from graphc.ops.tensor import label_column, one_hot_nodes
-from graphc.shapes import broadcast, fmt_shape
+from graphc.shapes import broadcast, fmt_shape, is_static
 
 FUSED_BACKWARD = NotDifferentiable(
     "a backward kernel formed by fusion; differentiate the unfused graph for higher derivatives"
@@ -117,6 +117,8 @@ def _batch_sum_infer(ctx: InferCtx) -> TensorType:
     x, like = ctx.inputs
     if x.rank < 1 or like.rank < 1 or x.shape[0] != like.shape[0]:
         raise ctx.fail(f"x and like need the same leading (batch) dim, got {x} and {like}")
+    if not is_static(x.shape[1:]):
+        raise ctx.fail(f"the sizes after the batch dim must be fixed, got {x}")
     return TensorType(x.dtype, x.shape[1:])
 
 

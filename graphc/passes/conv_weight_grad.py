@@ -116,13 +116,8 @@ def _tap_gemms(g: Graph, node: Node) -> None:
 
     gy goes to [O, *S', N] = [O, Q] (Q = P*N, every output position of every
     image) and x to a padded copy with the batch innermost. Tap t's window is a
-    strided Slice over the spatial axes, and the GEMM contracts all Q at once:
-
-        C >= 8: x as [*S, N, C]; dw[:, :, t] = gy2 @ x_t, [O, Q] @ [Q, C], one per tap
-        C <  8: x as [C, *S, N]; the K windows stacked to [C*K, Q]; dw = gy2 @ that^T
-
-    With few channels the per-tap GEMMs are too skinny and one GEMM over the
-    stacked windows pays for the stacking copy (lenet5's 6-channel layer).
+    strided Slice over the spatial axes, and each GEMM contracts all Q at once
+    (the module docstring has the two forms and their measurements).
     """
     x, gy = node.inputs
     xt, gt = g.types[x], g.types[gy]

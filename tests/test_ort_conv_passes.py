@@ -57,8 +57,12 @@ CASES = [
     # groups: one-hot tap patches and a GEMM batched over the groups
     ("conv2d", 4, (8, 8), {"filters": 20, "kernel": 3, "groups": 2, "padding": 1}, "patches"),
     ("conv2d", 16, (8, 8), {"filters": 20, "kernel": 3, "groups": 2, "padding": 1}, "patches"),
-    # left alone: depthwise, too few output positions, more taps than filters per group
-    ("conv2d", 4, (8, 8), {"filters": 8, "kernel": 3, "groups": 4, "padding": 1}, None),
+    # depthwise (one input channel per group, m outputs each): window * gy, summed as GEMVs
+    ("conv2d", 4, (8, 8), {"filters": 8, "kernel": 3, "groups": 4, "padding": 1}, "depthwise"),
+    ("conv2d", 4, (11, 9), {"filters": 4, "kernel": 3, "groups": 4, "stride": 2}, "depthwise"),
+    ("conv1d", 3, (20,), {"filters": 9, "kernel": 3, "groups": 3, "dilation": 2}, "depthwise"),
+    ("conv3d", 2, (4, 5, 4), {"filters": 2, "kernel": 2, "groups": 2}, "depthwise"),
+    # left alone: too few output positions, more taps than filters per group
     ("conv2d", 4, (5, 5), {"filters": 12, "kernel": 3}, None),
     ("conv2d", 8, (5, 5), {"filters": 12, "kernel": 3}, None),
     ("conv2d", 4, (8, 8), {"filters": 6, "kernel": 3, "groups": 2, "padding": 1}, None),
@@ -94,6 +98,8 @@ def test_weight_grad_pass_matches_the_numpy_reference(case):
     if lowering in ("per_tap", "stacked"):  # a window slice per tap, no patch convolution
         assert ops["slice"] == taps and ops["conv"] == 1
         assert ops["matmul"] == (taps if lowering == "per_tap" else taps // kernel[-1])
+    elif lowering == "depthwise":  # per tap a window, a product with gy and a GEMV
+        assert ops["slice"] == ops["batch_sum"] == taps and ops["conv"] == 1
     elif lowering == "patches":  # one batched GEMM over all the taps
         assert ops["matmul"] == 1 and ops["slice"] == 0
     rng = np.random.default_rng(7)
@@ -126,7 +132,8 @@ d = relu(batch_norm(conv2d(r, 32, 3, stride=2, padding=1, bias=False)))
 s = batch_norm(conv2d(r, 32, 1, stride=2, bias=False), affine=False, momentum=0.8)
 e = relu(residual(s, conv2d(d, 32, 3, padding=2, dilation=2)))
 g = relu(conv2d(e, 32, 3, padding=1, groups=2))
-p = max_pool2d(g, 2)
+h = relu(separable_conv2d(g, 16, 3, padding=1, depth_multiplier=2))
+p = max_pool2d(h, 2)
 logits = linear(flatten(p), 5)
 loss = cross_entropy(logits, y)
 output(logits)

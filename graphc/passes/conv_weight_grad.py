@@ -65,7 +65,8 @@ import math
 import numpy as np
 
 from graphc.ir import Graph, Node
-from graphc.ops.windows import Window, geometry_error, make_window
+from graphc.ops.conv import _conv_window
+from graphc.ops.windows import geometry_error
 from graphc.passes.rewrite import Match, Rule, builder_for, rule_pass
 from graphc.shapes import is_static
 
@@ -114,43 +115,52 @@ def _is_identity_window(g: Graph, node: Node) -> bool:
     )
 
 
-def _tap_gemms(g: Graph, node: Node) -> None:
-    """The weight gradient from each tap's window of x, as strided slices and GEMMs.
+def _windows(b, g: Graph, node: Node, channels_last: bool):
+    """x's tap windows over one padded copy of x with the batch innermost.
 
-    gy goes to [O, *S', N] = [O, Q] (Q = P*N, every output position of every
-    image) and x to a padded copy with the batch innermost. Tap t's window is a
-    strided Slice over the spatial axes, and each GEMM contracts all Q at once
-    (the module docstring has the two forms and their measurements).
+    The copy is [*in, N, C] (channels_last) or [C, *in, N]; it is made only once
+    gy exists (an ordering edge), so it lives for this layer's backward alone
+    instead of from the forward pass on. Returns window(tap): one strided Slice,
+    [*out, N, C] or [C, *out, N].
     """
     x, gy = node.inputs
-    xt, gt = g.types[x], g.types[gy]
-    c, o = xt.shape[1], gt.shape[1]
     kernel = tuple(g.types[node.outputs[0]].shape[2:])
-    out = tuple(gt.shape[2:])
-    win = _window(g, node)
+    out = tuple(g.types[gy].shape[2:])
+    win = _conv_window(geometry_error, g.types[x], kernel, node.attrs)
     d = len(kernel)
-    per_tap = c == 1 or c >= TAP_GEMM_MIN_CHANNELS
-    b = builder_for(g, node, prefix=f"{node.name}_taps_")
     spatial = tuple(range(2, 2 + d))
-    rows = b.reshape(b.transpose(b.tensor(gy), perm=(1, *spatial, 0)), shape=(o, -1))  # [O, Q]
-    # x's copy is made once gy exists (the ordering edge): it lives for this layer's
-    # backward alone instead of from the forward pass on
     late = b.op("recompute_barrier", b.tensor(x), b.tensor(gy))
-    first = 0 if per_tap else 1  # the first spatial axis of the copy
-    cols = b.transpose(late, perm=(*spatial, 0, 1) if per_tap else (1, *spatial, 0))
+    copy = b.transpose(late, perm=(*spatial, 0, 1) if channels_last else (1, *spatial, 0))
+    first = 0 if channels_last else 1  # the copy's first spatial axis
     if any(win.begin) or any(win.end):
-        rank = d + 2
-        pads = [0] * (2 * rank)
+        pads = [0] * (2 * (d + 2))
         pads[first : first + d] = win.begin
-        pads[rank + first : rank + first + d] = win.end
-        cols = b.pad(cols, pads=tuple(pads))
+        pads[d + 2 + first : d + 2 + first + d] = win.end
+        copy = b.pad(copy, pads=tuple(pads))
+    axes = tuple(range(first, first + d))
 
     def window(tap):
         starts = tuple(t * dl for t, dl in zip(tap, win.dilation))
         ends = tuple(st + (n - 1) * sd + 1 for st, n, sd in zip(starts, out, win.stride))
-        axes = tuple(range(first, first + d))
-        return b.slice(cols, starts=starts, ends=ends, axes=axes, steps=win.stride)
+        return b.slice(copy, starts=starts, ends=ends, axes=axes, steps=win.stride)
 
+    return window
+
+
+def _tap_gemms(g: Graph, node: Node) -> None:
+    """The weight gradient as GEMMs over x's tap windows, gy as [O, Q] (Q = P*N).
+
+    Each GEMM contracts every output position of every image at once (the module
+    docstring has the forms and their measurements).
+    """
+    x, gy = node.inputs
+    c, o = g.types[x].shape[1], g.types[gy].shape[1]
+    kernel = tuple(g.types[node.outputs[0]].shape[2:])
+    per_tap = c == 1 or c >= TAP_GEMM_MIN_CHANNELS
+    b = builder_for(g, node, prefix=f"{node.name}_taps_")
+    spatial = tuple(range(2, 2 + len(kernel)))
+    rows = b.reshape(b.transpose(b.tensor(gy), perm=(1, *spatial, 0)), shape=(o, -1))  # [O, Q]
+    window = _windows(b, g, node, channels_last=per_tap)
     # each window is read as soon as it is made, so one (or one kernel row) lives at a time
     parts = []
     if per_tap:
@@ -169,45 +179,26 @@ def _tap_gemms(g: Graph, node: Node) -> None:
     node.op, node.inputs, node.attrs = "reshape", [summed.name], {"shape": (o, c) + kernel}
 
 
-def _window(g: Graph, node: Node) -> Window:
-    a = node.attrs
-    x = g.types[node.inputs[0]]
-    kernel = tuple(g.types[node.outputs[0]].shape[2:])
-    return make_window(
-        geometry_error, x.shape[2:], kernel, a["stride"], a["padding"], a["dilation"]
-    )
-
-
 def _depthwise_taps(g: Graph, node: Node) -> None:
     """A depthwise conv's weight gradient: per tap, its window times gy, summed over Q.
 
     With one input channel per group, dw[c*m + j, 0, t] = sum_q x_t[q, c] gy[q, c*m + j]
     (m outputs per channel): an element-wise product and a sum over all N * P
-    positions, as ones[Q] @ prod (a GEMV, see batch_sum). x and gy are copied
-    channels-last as for the tap GEMMs, so each window is one strided Slice.
+    positions, as ones[Q] @ prod (a GEMV, see batch_sum).
     """
     x, gy = node.inputs
-    xt, gt = g.types[x], g.types[gy]
-    c, o = xt.shape[1], gt.shape[1]
-    mult = o // c
+    c, o = g.types[x].shape[1], g.types[gy].shape[1]
     kernel = tuple(g.types[node.outputs[0]].shape[2:])
-    out = tuple(gt.shape[2:])
-    win = _window(g, node)
+    out = tuple(g.types[gy].shape[2:])
     d = len(kernel)
     b = builder_for(g, node, prefix=f"{node.name}_taps_")
     spatial = tuple(range(2, 2 + d))
-    grads = b.reshape(b.transpose(b.tensor(gy), perm=(*spatial, 0, 1)), shape=(*out, -1, c, mult))
+    grads = b.reshape(b.transpose(b.tensor(gy), perm=(*spatial, 0, 1)), shape=(*out, -1, c, o // c))
     flat = b.reshape(grads, shape=(-1, o))  # [Q, O]: its batch dim sizes every ones vector
-    late = b.op("recompute_barrier", b.tensor(x), b.tensor(gy))  # see _tap_gemms
-    cols = b.transpose(late, perm=(*spatial, 0, 1))  # [*in, N, C]
-    if any(win.begin) or any(win.end):
-        cols = b.pad(cols, pads=tuple(win.begin) + (0, 0) + tuple(win.end) + (0, 0))
+    window = _windows(b, g, node, channels_last=True)
     parts = []
     for tap in np.ndindex(*kernel):
-        starts = tuple(t * dl for t, dl in zip(tap, win.dilation))
-        ends = tuple(st + (n - 1) * sd + 1 for st, n, sd in zip(starts, out, win.stride))
-        window = b.slice(cols, starts=starts, ends=ends, axes=tuple(range(d)), steps=win.stride)
-        prod = b.unsqueeze(window, axes=(d + 2,)) * grads  # [*out, N, C, m]
+        prod = b.unsqueeze(window(tap), axes=(d + 2,)) * grads  # [*out, N, C, m]
         summed = b.batch_sum(b.reshape(prod, shape=(-1, o)), flat)  # [O]
         parts.append(b.unsqueeze(summed, axes=(1,)))
     stacked = b.concat(*parts, axis=1)  # [O, K]

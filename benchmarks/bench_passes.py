@@ -74,26 +74,43 @@ def step_model(ts, graph):
     return dataclasses.replace(ts, graph=graph).export()
 
 
-def time_variants(sessions: dict, feeds, rounds: int, budget_s: float = 1.0) -> dict:
-    """Median seconds per step of each session, and median per-round ratio to the first."""
-    for s in sessions.values():
-        s.run(None, feeds)
+def interleave(run: dict, rounds: int, budget_s: float, max_reps: int) -> dict:
+    """Median seconds per call of each `run[k](n)` (n calls), and median per-round ratio
+    to the first; the variants alternate within every round."""
     t0 = time.perf_counter()
-    next(iter(sessions.values())).run(None, feeds)
+    first = next(iter(run))
+    run[first](1)
     one = max(time.perf_counter() - t0, 1e-5)
-    reps = max(1, min(200, int(budget_s / len(sessions) / rounds / one)))
-    per = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
+    reps = max(1, min(max_reps, int(budget_s / len(run) / rounds / one)))
+    per = {k: [] for k in run}
+    order = list(run)
+    for i in range(rounds):
+        # every other round in reverse: a slot's position in the round (what ran just
+        # before it, a burst of load early or late in the round) must not favour a variant;
+        # in a fixed order the last slot measured 2-3% faster
+        for k in order if i % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
-            for _ in range(reps):
-                s.run(None, feeds)
+            run[k](reps)
             per[k].append((time.perf_counter() - t0) / reps)
-    base = next(iter(per))
     return {
-        k: (statistics.median(v), statistics.median(b / x for b, x in zip(per[base], v)))
+        k: (statistics.median(v), statistics.median(b / x for b, x in zip(per[first], v)))
         for k, v in per.items()
     }
+
+
+def time_variants(sessions: dict, feeds, rounds: int, budget_s: float = 1.0) -> dict:
+    """interleave over InferenceSessions (plain session.run)."""
+    for s in sessions.values():
+        s.run(None, feeds)
+
+    def runner(s):
+        def run(n):
+            for _ in range(n):
+                s.run(None, feeds)
+
+        return run
+
+    return interleave({k: runner(s) for k, s in sessions.items()}, rounds, budget_s, 200)
 
 
 def samples_with_loss():
@@ -115,7 +132,7 @@ def samples_with_loss():
 
 # ----------------------------------------------------------------------- step
 def time_runners(runners: dict, feeds, rounds: int, budget_s: float) -> dict:
-    """Like time_variants, over StepRunners: the training path (IOBinding, state on device).
+    """interleave over StepRunners: the training path (IOBinding, state on device).
 
     Each runner keeps training from where its last timed step left it; Adam on
     random data keeps every value finite over a few thousand steps.
@@ -131,24 +148,8 @@ def time_runners(runners: dict, feeds, rounds: int, budget_s: float) -> dict:
 
     for k in runners:
         steps(k, 3)  # warm-up (and the first-run allocations)
-    t0 = time.perf_counter()
-    steps(next(iter(runners)), 1)
-    one = max(time.perf_counter() - t0, 1e-5)
-    reps = max(1, min(300, int(budget_s / len(runners) / rounds / one)))
-    per = {k: [] for k in runners}
-    order = list(runners)
-    for i in range(rounds):
-        # every other round in reverse: a slot's position in the round (what ran just
-        # before it, a burst of load early or late in the round) must not favour a variant
-        for k in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            steps(k, reps)
-            per[k].append((time.perf_counter() - t0) / reps)
-    base = next(iter(per))
-    return {
-        k: (statistics.median(v), statistics.median(b / x for b, x in zip(per[base], v)))
-        for k, v in per.items()
-    }
+    run = {k: (lambda n, k=k: steps(k, n)) for k in runners}
+    return interleave(run, rounds, budget_s, 300)
 
 
 def check_same_step(name: str, runners: dict, feeds) -> None:

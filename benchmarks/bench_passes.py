@@ -57,6 +57,7 @@ from graphc.passes.memory import ort_schedule
 from graphc.train.step import StepConfig, build_step
 
 SAMPLE_BATCH = 64
+INSTANCES = 3  # sessions per -O level in the step section (see interleave)
 
 
 def session(model, threads=1):
@@ -75,26 +76,36 @@ def step_model(ts, graph):
 
 
 def interleave(run: dict, rounds: int, budget_s: float, max_reps: int) -> dict:
-    """Median seconds per call of each `run[k](n)` (n calls), and median per-round ratio
-    to the first; the variants alternate within every round."""
+    """Median seconds per call of each variant, and its median per-round ratio to the first.
+
+    `run[(variant, i)](n)` makes n calls on instance i of a variant (a key that is not a
+    tuple is instance 0 of itself). Each round runs every instance once, every other round
+    in reverse order: a slot's position in the round (what ran just before it, a burst of
+    load early or late in the round) must not favour a variant; in a fixed order the last
+    slot measured 2-3% faster. A variant's time in a round is the mean over its instances:
+    two sessions of one model differ by up to 5-8% (where their buffers landed), so one
+    instance per variant can decide a comparison by itself.
+    """
+    keys = [k if isinstance(k, tuple) else (k, 0) for k in run]
+    run = dict(zip(keys, run.values()))
     t0 = time.perf_counter()
-    first = next(iter(run))
-    run[first](1)
+    run[keys[0]](1)
     one = max(time.perf_counter() - t0, 1e-5)
     reps = max(1, min(max_reps, int(budget_s / len(run) / rounds / one)))
-    per = {k: [] for k in run}
-    order = list(run)
+    variants = list(dict.fromkeys(k[0] for k in keys))
+    per = {v: [] for v in variants}
     for i in range(rounds):
-        # every other round in reverse: a slot's position in the round (what ran just
-        # before it, a burst of load early or late in the round) must not favour a variant;
-        # in a fixed order the last slot measured 2-3% faster
-        for k in order if i % 2 == 0 else order[::-1]:
+        took = {v: [] for v in variants}
+        for k in keys if i % 2 == 0 else keys[::-1]:
             t0 = time.perf_counter()
             run[k](reps)
-            per[k].append((time.perf_counter() - t0) / reps)
+            took[k[0]].append((time.perf_counter() - t0) / reps)
+        for v in variants:
+            per[v].append(statistics.mean(took[v]))
+    first = variants[0]
     return {
-        k: (statistics.median(v), statistics.median(b / x for b, x in zip(per[first], v)))
-        for k, v in per.items()
+        v: (statistics.median(t), statistics.median(b / x for b, x in zip(per[first], t)))
+        for v, t in per.items()
     }
 
 
@@ -134,8 +145,8 @@ def samples_with_loss():
 def time_runners(runners: dict, feeds, rounds: int, budget_s: float) -> dict:
     """interleave over StepRunners: the training path (IOBinding, state on device).
 
-    Each runner keeps training from where its last timed step left it; Adam on
-    random data keeps every value finite over a few thousand steps.
+    Keys as for `interleave`. Each runner keeps training from where its last timed step
+    left it; Adam on random data keeps every value finite over a few thousand steps.
     """
     lr = {k: r.ts.config.learning_rate() for k, r in runners.items()}
     count = dict.fromkeys(runners, 0)
@@ -186,9 +197,15 @@ def bench_step(quick: bool, only: list[str] | None = None) -> str:
         ts = build_step(g, StepConfig(optimizer="adam"))
         feeds = random_feeds(g, batch=SAMPLE_BATCH, seed=0)
         steps = {lvl: dataclasses.replace(ts, graph=optimize(ts.graph, lvl)) for lvl in (0, 1, 2)}
-        runners = {lvl: StepRunner(s, threads=1) for lvl, s in steps.items()}
-        check_same_step(name, runners, feeds)  # a benchmark of a wrong program is worthless
-        t = time_runners(runners, feeds, rounds=5 if quick else 31, budget_s=3.0 if quick else 15.0)
+        # INSTANCES sessions per level, made in turn (0, 1, 2, 0, 1, 2, ...)
+        runners = {
+            (lvl, i): StepRunner(s, threads=1)
+            for i in range(INSTANCES)
+            for lvl, s in steps.items()
+        }
+        # a benchmark of a wrong program is worthless
+        check_same_step(name, {lvl: runners[lvl, 0] for lvl in steps}, feeds)
+        t = time_runners(runners, feeds, rounds=5 if quick else 31, budget_s=3.0 if quick else 20.0)
         onnx_nodes = {lvl: len(s.export().graph.node) for lvl, s in steps.items() if lvl != 1}
         rows.append(
             f"| {name} | {len(steps[0].graph.nodes)} → {len(steps[2].graph.nodes)} | "

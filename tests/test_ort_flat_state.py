@@ -301,3 +301,19 @@ def test_pack_and_unpack_are_inverse_and_check_shapes():
     assert layout.carried_names(["x", "a", "y", "b"], lay) == ["x", "params.flat0", "y"]
     with pytest.raises(graphc.GraphError, match="shape"):
         layout.pack({"a": np.zeros(6, "float32"), "b": np.ones(4, "float32")}, lay)
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_device_state_is_aligned_for_vector_kernels(level):
+    """Both sets of state buffers sit on 64-byte boundaries (ORT's own allocations), also
+    after set_state: NumPy's memory is only 16-byte aligned, and an OrtValue made from it
+    on the CPU would share it."""
+    g = graphc.parse(MLP)
+    r = runner(g, StepConfig(optimizer="adam"), level)
+    r.set_state(r.state())
+    for side in r.buffers:
+        assert side and all(v.data_ptr() % 64 == 0 for v in side.values())
+    before = r.state()
+    r.step(batches(g, 1)[0], 0.01, 0)
+    r.rollback()
+    assert_same_state(before, r.state(), rtol=0, atol=0)  # filled with the values given

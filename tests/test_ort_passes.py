@@ -314,3 +314,70 @@ def test_batch_sums_become_products_with_one_shared_ones_vector(tmp_path):
     ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     ran = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert ran.count("ConstantOfShape") == 1 and ran.count("MatMul") >= 2
+
+
+def test_relu_mask_reads_the_activation_so_ort_fuses_it_into_its_layer(tmp_path):
+    """relu's gradient mask compares relu(x), not x, so x has one reader and ONNX Runtime
+    fuses Gemm + Relu (FusedGemm); without the rule it cannot."""
+    import onnx
+    import onnxruntime as ort
+
+    g = graphc.parse(MLP)
+    ts = build_step(g, StepConfig(optimizer="adam"))
+
+    def ran(graph, name):
+        model = dataclasses.replace(ts, graph=graph).export()
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / name)
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return model, [n.op_type for n in onnx.load(str(tmp_path / name)).graph.node]
+
+    model, ops = ran(optimize(ts.graph, 2), "o2.onnx")
+    relu = next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
+    assert any(n.op_type == "Greater" and n.input[0] == relu for n in model.graph.node)
+    assert "Relu" not in ops and "FusedGemm" in ops
+    _, ops1 = ran(optimize(ts.graph, 1), "o1.onnx")  # -O1's clean-up has the rule too
+    assert "Relu" not in ops1
+    _, ops0 = ran(ts.graph, "o0.onnx")
+    assert "Relu" in ops0  # the mask read the pre-activation: no fusion at -O0
+
+
+@pytest.mark.parametrize("opt", ["adam", "adamw"])
+def test_adams_bias_correction_moves_out_of_the_square_root(opt):
+    """sqrt(v / (1 - b2^t)) + eps becomes sqrt(v) + eps * sqrt(1 - b2^t), the factor moved
+    into the step size: one full-size pass over the flat buffer less, same update. A
+    one-element parameter (the last bias) is rewritten alike and stays in the one buffer."""
+    import graphc.passes.simplify as simplify
+
+    g = graphc.parse(
+        MLP.replace("logits = linear(h2, 5)", "logits = linear(h2, 1)")
+        .replace("y = input(int64, [N])", "y = input(float32, [N, 1])")
+        .replace("cross_entropy", "mse")
+    )
+    ts = build_step(g, StepConfig(optimizer=opt))
+    feeds = random_feeds(g, batch=6, seed=4)
+    ref, _ = run_step(ts, ts.graph, feeds)
+    fused = optimize(ts.graph, 2)
+    out, model = run_step(ts, fused, feeds)
+    assert_close(ref, out)
+    carried = dataclasses.replace(ts, graph=fused).carried
+    assert carried == ["params.flat0", "opt.m.params.flat0", "opt.v.params.flat0"]
+    flat = fused.types[carried[0]].shape
+    roots = [
+        n for n in fused.nodes.values() if n.op == "sqrt" and fused.types[n.inputs[0]].shape == flat
+    ]
+    (root,) = roots
+    # the square root reads the new v itself (b2 * v + (1 - b2) * g^2), not v / (1 - b2^t)
+    assert fused.producers()[root.inputs[0]].op == "add"
+
+    rule = next(r for r in simplify.RULES if r.name == "scale_out_of_sqrt")
+    simplify.RULES.remove(rule)
+    try:
+        plain = optimize(ts.graph, 2)
+    finally:
+        simplify.RULES.append(rule)
+
+    def full_size(graph):
+        return sum(graph.types[n.outputs[0]].shape == flat for n in graph.nodes.values())
+
+    assert full_size(plain) == full_size(fused) + 1

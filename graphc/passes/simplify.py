@@ -210,6 +210,103 @@ def rewrite_mask_mul(g, m):
     m.node.inputs = [m.values["mask"], m.values["x"], zero.name]
 
 
+def _unit(g: Graph, v: str) -> bool:
+    """v holds one value (a 0-d or all-ones-shaped tensor)."""
+    return all(d == 1 for d in g.types[v].shape)
+
+
+def _only_reader(ctx: dict, v: str, node: Node) -> Node | None:
+    """v's producer when `node` is its only reader and v is not a graph output."""
+    readers = ctx["consumers"].get(v, ())
+    if v in ctx["protected"] or len(readers) != 1 or readers[0] is not node:
+        return None
+    return ctx["producers"].get(v)
+
+
+def _scaled_operand(g, node: Node) -> tuple[str, str] | None:
+    """(x, s) when node = x * s (either order) with s one value, else None.
+
+    When both operands hold one value (a parameter of one element), s is the one whose
+    type is not the product's (the 0-d scalar), so every parameter's update is rewritten
+    alike and the optimizer-update fusion still sees one pattern.
+    """
+    if node.op != "mul":
+        return None
+    out = g.types[node.outputs[0]]
+    units = [i for i in (0, 1) if _unit(g, node.inputs[i])]
+    units.sort(key=lambda i: g.types[node.inputs[i]] == out)
+    if not units or g.types[node.inputs[1 - units[0]]] != out:
+        return None
+    i = units[0]
+    return node.inputs[1 - i], node.inputs[i]
+
+
+def check_scale_out_of_sqrt(g, node, ctx):
+    """(k * m) / (sqrt(x / y) + e) -> (k * sqrt(y)) * m / (sqrt(x) + e * sqrt(y)), with k, y, e
+    one value each: the division of the whole tensor x by y (Adam's bias correction of v)
+    becomes two products of scalars, one full-size pass less. Exact for y > 0; for y <= 0
+    the original is already NaN or infinite wherever x > 0."""
+    num, den = node.inputs
+    add = _only_reader(ctx, den, node)
+    if add is None or add.op != "add":
+        return "the divisor is not a sum read only here"
+    for i in (0, 1):
+        root, e = add.inputs[i], add.inputs[1 - i]
+        sq = _only_reader(ctx, root, add)
+        if sq is not None and sq.op == "sqrt" and _unit(g, e):
+            break
+    else:
+        return "the divisor is not sqrt(...) + one value"
+    inner = _only_reader(ctx, sq.inputs[0], sq)
+    if inner is None:
+        return "the square root's operand has other readers"
+    x = y = None
+    if inner.op == "div" and _unit(g, inner.inputs[1]):
+        x, y = inner.inputs
+    elif inner.op == "mul":
+        for i in (0, 1):
+            rec = _producer(ctx, inner.inputs[i], "reciprocal")
+            if rec is not None and _unit(g, rec.inputs[0]):
+                x, y = inner.inputs[1 - i], rec.inputs[0]
+    if y is None:
+        return "the square root's operand is not x / y or x * reciprocal(y) with y one value"
+    numer = _only_reader(ctx, num, node)
+    ks = _scaled_operand(g, numer) if numer is not None else None
+    if ks is None:
+        return "the numerator is not a product with one value read only here"
+    if g.types[x] != g.types[node.outputs[0]] or g.types[ks[0]] != g.types[x]:
+        return "the operands broadcast"
+    return Match(node, {"numer": numer, "k": ks[1], "add": add, "e": e, "sqrt": sq, "x": x, "y": y})
+
+
+def rewrite_scale_out_of_sqrt(g, m):
+    v = m.values
+    b = builder_for(g, m.node)
+    root_y = b.sqrt(b.tensor(v["y"]))
+    k = b.tensor(v["k"]) * root_y
+    e = b.tensor(v["e"]) * root_y
+    v["numer"].inputs = [k.name if u == v["k"] else u for u in v["numer"].inputs]
+    v["sqrt"].inputs = [v["x"]]
+    v["add"].inputs = [v["sqrt"].outputs[0], e.name]
+
+
+def check_relu_mask(g, node, ctx):
+    """x > 0 -> relu(x) > 0 where relu(x) exists: the same mask, and x's only other reader
+    (the relu) can then be fused into the layer that produces x (ONNX Runtime fuses
+    Gemm/Conv + Relu only when the activation is the single reader)."""
+    x, zero = node.inputs
+    if not _const_equal(g, zero, 0.0) or g.constants[zero].size != 1:
+        return "not a comparison with the scalar 0"
+    for c in ctx["consumers"].get(x, ()):
+        if c.op == "relu" and c.name in g.nodes and g.types[c.outputs[0]] == g.types[x]:
+            return Match(node, {"relu": c.outputs[0]})
+    return "the compared value has no relu reader"
+
+
+def rewrite_relu_mask(g, m):
+    m.node.inputs = [m.values["relu"], m.node.inputs[1]]
+
+
 RULES = [
     Rule("identity", ("identity",), check_identity, _replace, "identity(x) -> x"),
     Rule(
@@ -263,6 +360,20 @@ RULES = [
         check_div_small,
         rewrite_div_small,
         "a / b -> a * reciprocal(b) for a small broadcast divisor",
+    ),
+    Rule(
+        "scale_out_of_sqrt",
+        ("div",),
+        check_scale_out_of_sqrt,
+        rewrite_scale_out_of_sqrt,
+        "(k*m) / (sqrt(x/y) + e) -> (k*sqrt(y))*m / (sqrt(x) + e*sqrt(y)), k, y, e scalars",
+    ),
+    Rule(
+        "relu_mask",
+        ("greater",),
+        check_relu_mask,
+        rewrite_relu_mask,
+        "x > 0 -> relu(x) > 0 where relu(x) is computed",
     ),
     Rule(
         "mask_multiply",

@@ -142,9 +142,13 @@ class StepRunner:
         self.set_state(ts.init)
 
     def _ortvalue(self, arr: np.ndarray):
-        import onnxruntime as ort
-
-        return ort.OrtValue.ortvalue_from_numpy(np.array(arr, copy=True), self.device, 0)
+        # allocated by ONNX Runtime (64-byte aligned), then filled: on the CPU,
+        # ortvalue_from_numpy would share NumPy's memory, which is only 16-byte aligned, and
+        # every other step would read misaligned parameters
+        arr = np.asarray(arr)
+        v = self._empty(arr.shape, arr.dtype)
+        v.update_inplace(np.ascontiguousarray(arr))
+        return v
 
     def _empty(self, shape, dtype):
         import onnxruntime as ort

@@ -199,9 +199,7 @@ def bench_step(quick: bool, only: list[str] | None = None) -> str:
         steps = {lvl: dataclasses.replace(ts, graph=optimize(ts.graph, lvl)) for lvl in (0, 1, 2)}
         # INSTANCES sessions per level, made in turn (0, 1, 2, 0, 1, 2, ...)
         runners = {
-            (lvl, i): StepRunner(s, threads=1)
-            for i in range(INSTANCES)
-            for lvl, s in steps.items()
+            (lvl, i): StepRunner(s, threads=1) for i in range(INSTANCES) for lvl, s in steps.items()
         }
         # a benchmark of a wrong program is worthless
         check_same_step(name, {lvl: runners[lvl, 0] for lvl in steps}, feeds)

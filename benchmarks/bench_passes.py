@@ -8,8 +8,10 @@ Sections (each printed as a Markdown table; paste into benchmarks/RESULTS.md):
 step       -O2 vs -O0 (and -O1) training-step time per sample, Adam, ORT_ENABLE_ALL
            for both, one intra-op thread, timed through graphc's StepRunner (the
            path `graphc train` takes: IOBinding, parameters and optimizer state
-           kept in OrtValues between steps); rounds interleave the variants and
-           the speedup is the median of per-round ratios (the machine is shared).
+           kept in OrtValues between steps), three sessions per level made in
+           turn (two sessions of one model differ by up to 5-8%); rounds
+           interleave the sessions and the speedup is the median of per-round
+           ratios of the levels' mean times (the machine is shared).
            `--samples NAME ...` limits it to some samples.
 memory     planned peak vs a naive plan vs the liveness lower bound, and the
            planner's estimate vs the peak measured while ORT runs the step.

@@ -316,13 +316,27 @@ def test_batch_sums_become_products_with_one_shared_ones_vector(tmp_path):
     assert ran.count("ConstantOfShape") == 1 and ran.count("MatMul") >= 2
 
 
-def test_relu_mask_reads_the_activation_so_ort_fuses_it_into_its_layer(tmp_path):
+CONV_RELU = """\
+x = input(float32, [N, 2, 8, 8])
+y = input(int64, [N])
+c = relu(conv2d(x, 4, 3, padding=1))
+logits = linear(flatten(c), 3)
+loss = cross_entropy(logits, y)
+output(logits)
+minimize(loss)
+"""
+
+
+@pytest.mark.parametrize(
+    "text,fused", [(MLP, "FusedGemm"), (CONV_RELU, "FusedConv")], ids=["dense", "conv"]
+)
+def test_relu_mask_reads_the_activation_so_ort_fuses_it_into_its_layer(tmp_path, text, fused):
     """relu's gradient mask compares relu(x), not x, so x has one reader and ONNX Runtime
-    fuses Gemm + Relu (FusedGemm); without the rule it cannot."""
+    fuses Gemm or Conv + Relu; without the rule it cannot."""
     import onnx
     import onnxruntime as ort
 
-    g = graphc.parse(MLP)
+    g = graphc.parse(text)
     ts = build_step(g, StepConfig(optimizer="adam"))
 
     def ran(graph, name):
@@ -335,7 +349,7 @@ def test_relu_mask_reads_the_activation_so_ort_fuses_it_into_its_layer(tmp_path)
     model, ops = ran(optimize(ts.graph, 2), "o2.onnx")
     relu = next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
     assert any(n.op_type == "Greater" and n.input[0] == relu for n in model.graph.node)
-    assert "Relu" not in ops and "FusedGemm" in ops
+    assert "Relu" not in ops and fused in ops
     _, ops1 = ran(optimize(ts.graph, 1), "o1.onnx")  # -O1's clean-up has the rule too
     assert "Relu" not in ops1
     _, ops0 = ran(ts.graph, "o0.onnx")

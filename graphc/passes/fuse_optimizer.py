@@ -30,7 +30,7 @@ import numpy as np
 from graphc.infer import infer_node
 from graphc.ir import Graph, Node, Param
 from graphc.passes.manager import register
-from graphc.passes.rewrite import ELEMENTWISE, sort_nodes
+from graphc.passes.rewrite import ELEMENTWISE, one_value, sort_nodes
 
 NEW, SLOT = "new.", "opt."
 # A member costs two copies per step (its gradient into the flat gradient, its part
@@ -47,10 +47,6 @@ MAX_ELEMENTS = 1 << 16
 # (9) and Adam (13) gain.
 MIN_UPDATE_NODES = 5
 LAYOUT = "flat_state"  # graphc.train.layout.KEY (not imported: train imports the passes)
-
-
-def _is_scalar(g: Graph, v: str) -> bool:
-    return all(d == 1 for d in g.types[v].shape)
 
 
 def _collect(g: Graph, shape, outs: dict[str, str], producers, consumers) -> dict[str, Node]:
@@ -94,7 +90,7 @@ def _canonical(g: Graph, n: Node, producers) -> tuple[str, list[str]]:
     if n.op == "mul" and len(n.inputs) == 2:
         for i in (1, 0):
             p = producers.get(n.inputs[i])
-            if p is not None and p.op == "reciprocal" and _is_scalar(g, n.inputs[i]):
+            if p is not None and p.op == "reciprocal" and one_value(g, n.inputs[i]):
                 return "div", [n.inputs[1 - i], p.inputs[0]]
     return n.op, list(n.inputs)
 
@@ -146,7 +142,7 @@ def _region(g: Graph, param: str, outs: dict[str, str], producers, consumers):
                 refs.append(("n", index[v]))
             elif g.types[v].shape == shape:  # first: a parameter may have shape (1,)
                 refs.append(leaf(v))
-            elif _is_scalar(g, v):
+            elif one_value(g, v):
                 if g.types[v].rank > 1:  # (1, 1) would broadcast the flat vector to a matrix
                     return f"'{n.name}' reads '{v}', a scalar of rank {g.types[v].rank}"
                 refs.append(("s", v))

@@ -75,6 +75,19 @@ def reduce_axes(g: Graph, node: Node) -> tuple[int, ...]:
     return tuple(sorted({a % rank for a in axes}))
 
 
+def one_value(g: Graph, v: str) -> bool:
+    """v holds a single element (0-d, or every dim 1): a scalar wherever it broadcasts."""
+    return all(d == 1 for d in g.types[v].shape)
+
+
+def read_once(ctx: dict, v: str) -> Node | None:
+    """v's producer when v is read exactly once and is not a graph output (a rule may then
+    rewrite or drop that producer), else None."""
+    if v in ctx["protected"] or len(ctx["consumers"].get(v, ())) != 1:
+        return None
+    return ctx["producers"].get(v)
+
+
 def sort_nodes(g: Graph) -> None:
     """Store the nodes in a topological order (rewrites append nodes at the end)."""
     order = g.topo_order()

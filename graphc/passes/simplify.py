@@ -7,7 +7,15 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import Graph, Node
-from graphc.passes.rewrite import Match, Rule, builder_for, replace_uses, rule_pass
+from graphc.passes.rewrite import (
+    Match,
+    Rule,
+    builder_for,
+    one_value,
+    read_once,
+    replace_uses,
+    rule_pass,
+)
 from graphc.shapes import broadcast
 
 
@@ -210,19 +218,6 @@ def rewrite_mask_mul(g, m):
     m.node.inputs = [m.values["mask"], m.values["x"], zero.name]
 
 
-def _unit(g: Graph, v: str) -> bool:
-    """v holds one value (a 0-d or all-ones-shaped tensor)."""
-    return all(d == 1 for d in g.types[v].shape)
-
-
-def _only_reader(ctx: dict, v: str, node: Node) -> Node | None:
-    """v's producer when `node` is its only reader and v is not a graph output."""
-    readers = ctx["consumers"].get(v, ())
-    if v in ctx["protected"] or len(readers) != 1 or readers[0] is not node:
-        return None
-    return ctx["producers"].get(v)
-
-
 def _scaled_operand(g, node: Node) -> tuple[str, str] | None:
     """(x, s) when node = x * s (either order) with s one value, else None.
 
@@ -233,7 +228,7 @@ def _scaled_operand(g, node: Node) -> tuple[str, str] | None:
     if node.op != "mul":
         return None
     out = g.types[node.outputs[0]]
-    units = [i for i in (0, 1) if _unit(g, node.inputs[i])]
+    units = [i for i in (0, 1) if one_value(g, node.inputs[i])]
     units.sort(key=lambda i: g.types[node.inputs[i]] == out)
     if not units or g.types[node.inputs[1 - units[0]]] != out:
         return None
@@ -247,30 +242,30 @@ def check_scale_out_of_sqrt(g, node, ctx):
     becomes two products of scalars, one full-size pass less. Exact for y > 0; for y <= 0
     the original is already NaN or infinite wherever x > 0."""
     num, den = node.inputs
-    add = _only_reader(ctx, den, node)
+    add = read_once(ctx, den)
     if add is None or add.op != "add":
         return "the divisor is not a sum read only here"
     for i in (0, 1):
         root, e = add.inputs[i], add.inputs[1 - i]
-        sq = _only_reader(ctx, root, add)
-        if sq is not None and sq.op == "sqrt" and _unit(g, e):
+        sq = read_once(ctx, root)
+        if sq is not None and sq.op == "sqrt" and one_value(g, e):
             break
     else:
         return "the divisor is not sqrt(...) + one value"
-    inner = _only_reader(ctx, sq.inputs[0], sq)
+    inner = read_once(ctx, sq.inputs[0])
     if inner is None:
         return "the square root's operand has other readers"
     x = y = None
-    if inner.op == "div" and _unit(g, inner.inputs[1]):
+    if inner.op == "div" and one_value(g, inner.inputs[1]):
         x, y = inner.inputs
     elif inner.op == "mul":
         for i in (0, 1):
             rec = _producer(ctx, inner.inputs[i], "reciprocal")
-            if rec is not None and _unit(g, rec.inputs[0]):
+            if rec is not None and one_value(g, rec.inputs[0]):
                 x, y = inner.inputs[1 - i], rec.inputs[0]
     if y is None:
         return "the square root's operand is not x / y or x * reciprocal(y) with y one value"
-    numer = _only_reader(ctx, num, node)
+    numer = read_once(ctx, num)
     ks = _scaled_operand(g, numer) if numer is not None else None
     if ks is None:
         return "the numerator is not a product with one value read only here"
@@ -295,7 +290,7 @@ def check_relu_mask(g, node, ctx):
     (the relu) can then be fused into the layer that produces x (ONNX Runtime fuses
     Gemm/Conv + Relu only when the activation is the single reader)."""
     x, zero = node.inputs
-    if not _const_equal(g, zero, 0.0) or g.constants[zero].size != 1:
+    if not (_const_equal(g, zero, 0.0) and one_value(g, zero)):
         return "not a comparison with the scalar 0"
     for c in ctx["consumers"].get(x, ()):
         if c.op == "relu" and c.name in g.nodes and g.types[c.outputs[0]] == g.types[x]:

@@ -45,6 +45,7 @@ from graphc.passes.rewrite import (
     Rule,
     builder_for,
     protected,
+    read_once,
     replace_uses,
     rule_pass,
     sort_nodes,
@@ -215,13 +216,6 @@ def _is_one(g: Graph, v: str) -> bool:
     return v in g.constants and np.asarray(g.constants[v]).size == 1 and np.all(g.constants[v] == 1)
 
 
-def _single(ctx: dict, v: str) -> Node | None:
-    """v's producer when v is read once and not protected."""
-    if v in ctx["protected"] or len(ctx["consumers"].get(v, ())) != 1:
-        return None
-    return ctx["producers"].get(v)
-
-
 def check_complement(g: Graph, node: Node, ctx: dict) -> Match | str:
     """a * (1 - b * e), all forward-only, where the product a * b already exists."""
     _ctx_back(g, ctx)
@@ -230,10 +224,10 @@ def check_complement(g: Graph, node: Node, ctx: dict) -> Match | str:
     out = node.outputs[0]
     for i in (0, 1):
         a, s = node.inputs[i], node.inputs[1 - i]
-        sub = _single(ctx, s)
+        sub = read_once(ctx, s)
         if sub is None or sub.op != "sub" or not _is_one(g, sub.inputs[0]):
             continue
-        x = _single(ctx, sub.inputs[1])
+        x = read_once(ctx, sub.inputs[1])
         if x is None or x.op != "mul":
             continue
         if not all(_forward(ctx, v) and g.types[v] == g.types[out] for v in (a, *x.inputs)):

@@ -30,6 +30,7 @@ from graphc.passes import (  # noqa: F401 - imported to register the passes
     hoist_scale,
     max_pool_grad,
     memory,
+    projection,
     recompute,
     simplify,
     time_batch,

@@ -69,6 +69,7 @@ PIPELINES: dict[int, list[str]] = {
         "static_reshape",
         "merge_step_slices",
         "merge_step_sums",
+        "fold_input_projection",
         "reassociate_factors",
         "simplify",
         "eliminate_common_subexpressions",

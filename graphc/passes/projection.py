@@ -1,0 +1,231 @@
+"""fold_input_projection: a sequence layer's input projection, without its [N, T, K] tensors.
+
+A recurrent layer projects its whole input sequence at once, `Y = X @ W + b`
+with X [N, T, F] (one matmul for all steps, as cuDNN does), cuts Y into
+steps, and adds step t's slice to the recurrent product: `z_t = h @ U + y_t`.
+Autodiff writes the way back as the reverse: the steps' gradients dz_t are
+copied into one [N, T, K] stack, and the weight's gradient is a batched
+product of X transposed with that stack, summed over the batch; the bias's a
+reduce_sum over N and T. In ONNX Runtime on a CPU every one of these is a
+pass over N*T*K values that the steps themselves never need whole (the
+stack, the matmul, the bias add, the split, the batched product, the sum),
+and the batched product runs as N small GEMMs. Two rules remove them:
+
+* `step_projection` (forward): when every step's slice but the first is the
+  C operand of its recurrent GEMM, each step's projection moves into that
+  GEMM, stacked along the contraction:
+
+      gemm(h, U, C=y_t)  ->  gemm(concat(x_t, 1, h), concat(W, b, U))
+
+  x_t = X[:, t, :] comes from one split of X (with a column of ones for the
+  bias, built once); the first step, which has no recurrent product, gets
+  `gemm(concat(x_0, 1), concat(W, b))`. Y, its bias add and its split go.
+* `projection_grads` (backward): the weight's batched product and the
+  bias's sum become one 2-D GEMM over all N*T rows, the bias gradient as its
+  last row (the same column of ones):
+
+      sum_n X[n]^T dZ[n], sum_{n,t} dZ[n,t]  ->  split(gemm([X, 1] as [N*T, F+1],
+                                                           dZ as [N*T, K], transA))
+
+  It matches any matmul of a [N, T, F] tensor by a 2-D weight whose
+  gradient autodiff sums over the batch (`linear` on a sequence already
+  lowers to one 2-D Gemm and needs nothing).
+
+Both are exact up to float summation order. Matched by data flow and
+shapes; an unrolled GRU keeps its forward projection (its recurrent product
+is split into gates and added piecewise, so no slice is a GEMM's C) and
+gets only the backward rule. See docs/optimizer.md for what each measured.
+"""
+
+from __future__ import annotations
+
+from graphc.builder import Builder, Tensor
+from graphc.ir import Graph, Node
+from graphc.passes.rewrite import (
+    Match,
+    Rule,
+    builder_for,
+    reduce_axes,
+    replace_uses,
+    rule_pass,
+)
+from graphc.passes.time_batch import SHAPE_ONLY
+
+
+def _with_ones(b: Builder, x: Tensor) -> Tensor:
+    """[N, T, F] -> [N, T, F + 1], the last column ones (the bias's row of the products)."""
+    return b.concat(x, b.ones_like(b.slice(x, starts=(0,), ends=(1,), axes=(2,))), axis=2)
+
+
+def _sum_over_batch(g: Graph, node: Node) -> bool:
+    """A sum over the leading axis alone (as autodiff writes it, or as a ones GEMV)."""
+    if node.op == "batch_sum":
+        return True
+    return node.op == "reduce_sum" and reduce_axes(g, node) == (0,) and not node.attrs["keepdims"]
+
+
+def _sequence(g: Graph, x: str, steps) -> int | None:
+    """F when x is [N, T, F] with this T and F known, else None."""
+    shape = g.types[x].shape
+    if len(shape) != 3 or shape[1] != steps or not isinstance(shape[2], int):
+        return None
+    return shape[2]
+
+
+# ------------------------------------------------------------- projection_grads
+def check_grads(g: Graph, node: Node, ctx: dict) -> Match | str:
+    """matmul(transpose(X, (0, 2, 1)), dZ) read only by a sum over the batch."""
+    tr = ctx["producers"].get(node.inputs[0])
+    if tr is None or tr.op != "transpose" or tuple(tr.attrs["perm"] or ()) != (0, 2, 1):
+        return "the left operand is not a transpose of its last two axes"
+    dz = node.inputs[1]
+    shape = g.types[dz].shape
+    if len(shape) != 3 or not isinstance(shape[2], int):
+        return "the right operand is not [N, T, K] with K known"
+    if _sequence(g, tr.inputs[0], shape[1]) is None or g.types[tr.inputs[0]].shape[0] != shape[0]:
+        return "the left operand is not [N, T, F] with the same N and T and F known"
+    out = node.outputs[0]
+    readers = ctx["consumers"].get(out, ())
+    if out in ctx["protected"] or len(readers) != 1 or not _sum_over_batch(g, readers[0]):
+        return "the product is not read by a sum over the batch alone"
+    bias = [
+        r
+        for r in ctx["consumers"].get(dz, ())
+        if r.op == "reduce_sum" and reduce_axes(g, r) == (0, 1) and not r.attrs["keepdims"]
+    ]
+    return Match(node, {"x": tr.inputs[0], "dz": dz, "sum": readers[0], "bias": bias[:1]})
+
+
+def rewrite_grads(g: Graph, m: Match) -> None:
+    total, bias = m.values["sum"], m.values["bias"]
+    b = builder_for(g, total)
+    x, dz = b.tensor(m.values["x"]), b.tensor(m.values["dz"])
+    features = x.shape[2]
+    if bias:
+        x = _with_ones(b, x)
+    rows = b.reshape(x, shape=(-1, x.shape[2]))
+    grad = b.gemm(rows, b.reshape(dz, shape=(-1, dz.shape[2])), transA=True)
+    if bias:
+        dw, db = b.split(grad, axis=0, sizes=(features, 1))
+        replace_uses(g, bias[0].outputs[0], b.reshape(db, shape=(-1,)).name)
+        grad = dw
+    replace_uses(g, total.outputs[0], grad.name)
+    # gone, not just unread: a sum left behind keeps the product alive for the next round
+    for n in (total, *bias):
+        del g.nodes[n.name]
+
+
+# ------------------------------------------------------------- step_projection
+def _projection(g: Graph, ctx: dict, y: str) -> tuple[str, str, str | None] | None:
+    """(X, W, b) for y = X @ W [+ b] with W 2-D and b [K], y read once, else None."""
+    p = ctx["producers"].get(y)
+    if p is None or y in ctx["protected"] or len(ctx["consumers"].get(y, ())) != 1:
+        return None
+    bias = None
+    if p.op == "add":
+        mm = [
+            v for v in p.inputs if (q := ctx["producers"].get(v)) is not None and q.op == "matmul"
+        ]
+        if len(mm) != 1 or len(ctx["consumers"].get(mm[0], ())) != 1 or mm[0] in ctx["protected"]:
+            return None
+        bias = p.inputs[1] if p.inputs[0] == mm[0] else p.inputs[0]
+        if g.types[bias].shape != g.types[y].shape[-1:]:
+            return None
+        p = ctx["producers"][mm[0]]
+    if p.op != "matmul" or g.types[p.inputs[1]].rank != 2:
+        return None
+    return p.inputs[0], p.inputs[1], bias
+
+
+def _recurrent_gemm(g: Graph, ctx: dict, v: str) -> tuple[Node, list[Node]] | None:
+    """The plain gemm(h, U, C=v) that alone reads the step slice v, and the nodes reading
+    only v's shape (a zeros_like for a step truncated BPTT cuts off), else None."""
+    if v in ctx["protected"]:
+        return None
+    gemms, shape = [], []
+    for r in ctx["consumers"].get(v, ()):
+        only_shape = all((r.op, i) in SHAPE_ONLY for i, x in enumerate(r.inputs) if x == v)
+        (shape if only_shape else gemms).append(r)
+    if len(gemms) != 1:
+        return None
+    r = gemms[0]
+    if r.op != "gemm" or len(r.inputs) < 3 or r.inputs[2] != v or v in r.inputs[:2]:
+        return None
+    if r.attrs["transA"] or r.attrs["transB"] or r.attrs["alpha"] != 1.0 or r.attrs["beta"] != 1.0:
+        return None
+    return (r, shape) if g.types[v] == g.types[r.outputs[0]] else None
+
+
+def check_steps(g: Graph, node: Node, ctx: dict) -> Match | str:
+    """split(reshape(X @ W + b, [N, T*K]), axis=1, sizes=K...) feeding recurrent GEMMs."""
+    flat = ctx["producers"].get(node.inputs[0])
+    if flat is None or flat.op != "reshape" or node.attrs["axis"] % 2 != 1:
+        return "not a split of a reshaped sequence along axis 1"
+    y = flat.inputs[0]
+    shape = g.types[y].shape
+    if len(shape) != 3 or g.types[node.inputs[0]].rank != 2:
+        return "not a [N, T, K] sequence viewed as [N, T*K]"
+    if tuple(node.attrs["sizes"]) != (shape[2],) * shape[1]:
+        return "not one part per step"
+    if len(ctx["consumers"].get(node.inputs[0], ())) != 1 or node.inputs[0] in ctx["protected"]:
+        return "the reshaped sequence has another reader"
+    found = _projection(g, ctx, y)
+    if found is None:
+        return "the sequence is not X @ W (+ b) read only here"
+    if _sequence(g, found[0], shape[1]) is None:
+        return "X is not [N, T, F] with F known"
+    gemms = [_recurrent_gemm(g, ctx, v) for v in node.outputs]
+    if sum(r is None for r in gemms) > 1:
+        return "more than one step's slice is not the C of a recurrent gemm"
+    if any(v in ctx["protected"] for v in node.outputs):
+        return "a step's slice is a graph output"
+    return Match(node, {"projection": found, "gemms": gemms})
+
+
+def rewrite_steps(g: Graph, m: Match) -> None:
+    node = m.node
+    x_name, w_name, bias_name = m.values["projection"]
+    b = builder_for(g, node)
+    x, w = b.tensor(x_name), b.tensor(w_name)
+    if bias_name is not None:
+        x = _with_ones(b, x)
+        w = b.concat(w, b.unsqueeze(b.tensor(bias_name), axes=(0,)), axis=0)
+    steps, cols = x.shape[1], x.shape[2]
+    xs = b.split(b.reshape(x, shape=(0, steps * cols)), axis=1, sizes=(cols,) * steps)
+    stacked: dict[str, Tensor] = {}  # one [W; b; U] per recurrent weight
+    for v, x_t, found in zip(node.outputs, xs, m.values["gemms"]):
+        if found is None:  # the first step: no recurrent product to join
+            replace_uses(g, v, b.gemm(x_t, w).name)
+            continue
+        gemm, shape_readers = found
+        u = gemm.inputs[1]
+        if u not in stacked:
+            stacked[u] = b.concat(w, b.tensor(u), axis=0)
+        gemm.inputs = [b.concat(x_t, b.tensor(gemm.inputs[0]), axis=1).name, stacked[u].name]
+        for r in shape_readers:  # the gemm's output has the slice's shape
+            r.inputs = [gemm.outputs[0] if i == v else i for i in r.inputs]
+
+
+fold_input_projection = rule_pass(
+    "fold_input_projection",
+    "a sequence layer's input projection folded into its per-step recurrent gemms, and "
+    "its weight and bias gradients as one 2-D gemm (no [N, T, K] stack, product or sum)",
+    [
+        Rule(
+            "step_projection",
+            ("split",),
+            check_steps,
+            rewrite_steps,
+            "gemm(h, U, C=(X @ W + b)[:, t]) -> gemm(concat(x_t, 1, h), concat(W, b, U))",
+            local=False,
+        ),
+        Rule(
+            "projection_grads",
+            ("matmul",),
+            check_grads,
+            rewrite_grads,
+            "sum_n X[n]^T dZ[n] and sum_{n,t} dZ -> split(gemm([X, 1]^T, dZ) over N*T rows)",
+            local=False,
+        ),
+    ],
+)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import TensorType
+from graphc.ops.common import elementwise_flops
 from graphc.ops.losses import REDUCTION
 from graphc.ops.registry import Attr, InferCtx, NotDifferentiable, defop
 from graphc.ops.tensor import label_column, one_hot_nodes
@@ -158,6 +159,43 @@ defop(
             {"shapes": [[4, 2, 3], [4]], "attrs": {}},
         ],
         "batch": True,
+        "grad": True,
+    },
+)
+
+# ------------------------------------------------------------ masked products
+
+
+def _masked_infer(ctx: InferCtx) -> TensorType:
+    x, mask = ctx.inputs
+    if mask.dtype != "bool":
+        raise ctx.fail(f"the mask must be bool, got {mask}")
+    if x.dtype not in ("float32", "float64"):
+        raise ctx.fail(f"x must be float, got {x}")
+    if mask.shape != x.shape:
+        raise ctx.fail(f"the mask {fmt_shape(mask.shape)} differs from x {fmt_shape(x.shape)}")
+    return x
+
+
+def _masked_lower(e, n, x, mask):
+    dtype = e.onnx_dtype(e.type(n.inputs[0]).dtype)
+    return e.op("Mul", [x, e.op("Cast", [mask], to=dtype)])
+
+
+defop(
+    "masked",
+    inputs=("x", "mask"),
+    infer=_masked_infer,
+    reference=lambda x, mask: x * mask.astype(x.dtype),
+    lower=_masked_lower,
+    grad=lambda c: [c.b.masked(c.g, c.x[1]) if c.needs(0) else None, None],
+    category="math",
+    doc="x * mask as x's dtype: relu's gradient with its mask kept as bool until the "
+    "product (formed by simplify's mask_multiply; run as Cast + Mul, faster than Where in "
+    "ONNX Runtime's CPU kernels)",
+    flops=elementwise_flops,
+    test={
+        "cases": [{"shapes": [[4, 5], [4, 5]], "dtypes": ["float", "bool"]}],
         "grad": True,
     },
 )

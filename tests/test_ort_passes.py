@@ -8,6 +8,7 @@ give the same loss, metrics, new parameters and optimizer state.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -354,6 +355,40 @@ def test_relu_mask_reads_the_activation_so_ort_fuses_it_into_its_layer(tmp_path,
     assert "Relu" not in ops1
     _, ops0 = ran(ts.graph, "o0.onnx")
     assert "Relu" in ops0  # the mask read the pre-activation: no fusion at -O0
+
+
+def test_relus_gradient_is_a_masked_product_with_a_bool_mask():
+    """g * cast(mask) -> masked(g, mask): the same step; in the plan the mask stays bool
+    until the product (autodiff's order had the float cast in the forward pass); the export
+    writes Cast + Mul side by side, not a Where (slower in ORT's CPU kernels)."""
+    from graphc.passes import plan_memory
+    from graphc.passes.simplify import RULES
+
+    g = graphc.parse(CONV_RELU)
+    ts = build_step(g, StepConfig(optimizer="sgd"))
+    ts.graph.meta["dim_sizes"] = {"N": 64}
+    feeds = random_feeds(g, batch=5, seed=3)
+    ref, _ = run_step(ts, ts.graph, feeds)
+    opt = optimize(ts.graph, 1)
+    masked = [n for n in opt.nodes.values() if n.op == "masked"]
+    assert len(masked) == 1 and opt.types[masked[0].inputs[1]].dtype == "bool"
+    out, model = run_step(ts, opt, feeds)
+    assert_close(ref, out)
+    nodes = list(model.graph.node)
+    assert "Where" not in [n.op_type for n in nodes]
+    # the float mask lives for one node: its Cast runs right before the Mul reading it
+    adjacent = [
+        (a.op_type, b.op_type) for a, b in itertools.pairwise(nodes) if a.output[0] in b.input
+    ]
+    assert ("Cast", "Mul") in adjacent
+    at = next(i for i, r in enumerate(RULES) if r.name == "mask_multiply")
+    rule = RULES.pop(at)
+    try:
+        without = optimize(ts.graph, 1)
+    finally:
+        RULES.insert(at, rule)
+    assert not any(n.op == "masked" for n in without.nodes.values())
+    assert plan_memory(opt).peak < plan_memory(without).peak
 
 
 @pytest.mark.parametrize("opt", ["adam", "adamw"])

@@ -168,3 +168,39 @@ def test_the_sample_steps_lose_their_sequence_tensors():
         loss0 = run_step(ts, ts.graph, feeds)[ts.graph.loss]
         loss2 = run_step(ts, g2, feeds)[ts.graph.loss]
         np.testing.assert_allclose(loss2, loss0, rtol=1e-5, err_msg=name)
+
+
+STACKED = """\
+x = input(float32, [N, 5, 2])
+h0 = input(float32, [N, 4])
+c0 = input(float32, [N, 4])
+y = input(int64, [N])
+s = lstm(x, h0, c0, 4, return_sequences=True)
+h = rnn(s, 3)
+logits = linear(h, 3)
+loss = cross_entropy(logits, y)
+output(logits)
+minimize(loss)
+"""
+
+
+def test_stacked_layers_with_an_initial_state():
+    """An LSTM given h0 and c0 (every step, the first included, has a recurrent gemm) under
+    an RNN reading its output sequence (whose gradient still needs the dZ stack): both
+    layers are folded, and the step matches -O0."""
+    g = graphc.parse(STACKED)
+    ts = build_step(g, StepConfig(optimizer="adam"))
+    feeds = random_feeds(g, batch=3, seed=2)
+    ref = run_step(ts, ts.graph, feeds)
+    o2 = optimize(ts.graph, passes=[p for p in PIPELINES[2] if p != "fuse_optimizer_update"])
+    note = next(s.note for s in o2.meta["pass_stats"] if s.name == "fold_input_projection")
+    assert note == "step_projection x2, projection_grads x2"
+    assert weight_products(o2) == 0
+    assert not any(
+        n.op == "matmul"
+        and o2.types[n.outputs[0]].rank == 3
+        and o2.types[n.inputs[1]].rank == 2
+        and "grad" not in n.tags
+        for n in o2.nodes.values()
+    )  # no whole-sequence projection in the forward
+    assert_close(ref, run_step(ts, o2, feeds))

@@ -159,12 +159,12 @@ def _recurrent_gemm(g: Graph, ctx: dict, v: str) -> tuple[Node, list[Node]] | No
 def check_steps(g: Graph, node: Node, ctx: dict) -> Match | str:
     """split(reshape(X @ W + b, [N, T*K]), axis=1, sizes=K...) feeding recurrent GEMMs."""
     flat = ctx["producers"].get(node.inputs[0])
-    if flat is None or flat.op != "reshape" or node.attrs["axis"] % 2 != 1:
-        return "not a split of a reshaped sequence along axis 1"
+    if flat is None or flat.op != "reshape" or g.types[node.inputs[0]].rank != 2:
+        return "not a split of a reshaped sequence"
     y = flat.inputs[0]
     shape = g.types[y].shape
-    if len(shape) != 3 or g.types[node.inputs[0]].rank != 2:
-        return "not a [N, T, K] sequence viewed as [N, T*K]"
+    if len(shape) != 3 or node.attrs["axis"] % 2 != 1:
+        return "not a [N, T, K] sequence viewed as [N, T*K] and split along axis 1"
     if tuple(node.attrs["sizes"]) != (shape[2],) * shape[1]:
         return "not one part per step"
     if len(ctx["consumers"].get(node.inputs[0], ())) != 1 or node.inputs[0] in ctx["protected"]:

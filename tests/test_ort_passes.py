@@ -358,13 +358,14 @@ def test_relu_mask_reads_the_activation_so_ort_fuses_it_into_its_layer(tmp_path,
 
 
 def test_relus_gradient_is_a_masked_product_with_a_bool_mask():
-    """g * cast(mask) -> masked(g, mask): the same step; in the plan the mask stays bool
-    until the product (autodiff's order had the float cast in the forward pass); the export
-    writes Cast + Mul side by side, not a Where (slower in ORT's CPU kernels)."""
+    """g * cast(mask) -> masked(g, mask) for a dense layer: the same step; in the plan the
+    mask stays bool until the product (autodiff's order had the float cast in the forward
+    pass); the export writes Cast + Mul side by side, not a Where (slower in ORT's CPU
+    kernels). A conv feature map's mask becomes a Where (no float copy of a feature map)."""
     from graphc.passes import plan_memory
     from graphc.passes.simplify import RULES
 
-    g = graphc.parse(CONV_RELU)
+    g = graphc.parse(MLP)
     ts = build_step(g, StepConfig(optimizer="sgd"))
     ts.graph.meta["dim_sizes"] = {"N": 64}
     feeds = random_feeds(g, batch=5, seed=3)
@@ -389,6 +390,10 @@ def test_relus_gradient_is_a_masked_product_with_a_bool_mask():
         RULES.insert(at, rule)
     assert not any(n.op == "masked" for n in without.nodes.values())
     assert plan_memory(opt).peak < plan_memory(without).peak
+
+    conv = build_step(graphc.parse(CONV_RELU), StepConfig(optimizer="sgd"))
+    ops = [n.op for n in optimize(conv.graph, 1).nodes.values()]
+    assert "where" in ops and "masked" not in ops
 
 
 @pytest.mark.parametrize("opt", ["adam", "adamw"])

@@ -110,14 +110,12 @@ def test_what_the_pass_removes(step):
     assert n1["transpose"] == n0["transpose"] - fired
     assert time_sums(after) == time_sums(before) - 1  # (a linear layer on a sequence keeps its)
     assert projections(before) == 1
-    if name.startswith("gru"):
-        # the GRU's recurrent product is split into gates, never a gemm's C: its forward
-        # projection stays
-        assert projections(after) == 1 and "step_projection" not in note
-        return
-    # forward (rnn, lstm): no whole-sequence projection, bias add or split of it is left;
-    # every step's gemm but the first now has no C and contracts over [x_t, 1, h]
-    assert projections(after) == 0 and "step_projection x1" in note
+    # forward: no whole-sequence projection, bias add or split of it is left; every step's
+    # forward gemm but the first contracts over [x_t, 1, h] and has no C (rnn, lstm: the
+    # recurrent gemm took the slice in; gru: one gemm gives r and z summed and the
+    # candidate's two parts apart, four gates wide)
+    rule = "gate_projection" if name.startswith("gru") else "step_projection"
+    assert projections(after) == 0 and f"{rule} x1" in note
     steps = [
         n
         for n in after.nodes.values()
@@ -126,6 +124,10 @@ def test_what_the_pass_removes(step):
     assert len(steps) == T and all(not n.inputs[2:] or not n.inputs[2] for n in steps)
     widths = sorted(after.types[n.inputs[0]].shape[1] for n in steps)
     assert widths == [2 + 1] + [2 + 1 + 4] * (T - 1)  # F + ones (+ units)
+    if name.startswith("gru"):
+        outs = sorted(after.types[n.outputs[0]].shape[1] for n in steps)
+        assert outs == [3 * 4] + [4 * 4] * (T - 1)
+        assert "add" not in {after.producers()[n.inputs[0]].op for n in steps[1:]}
 
 
 def test_the_pass_is_idempotent(step):
@@ -156,9 +158,9 @@ def test_other_readers_of_the_slices_keep_the_projection():
 
 
 def test_the_sample_steps_lose_their_sequence_tensors():
-    """On the bundled samples at -O2: no whole-sequence projection is left in rnn and lstm
-    (gru keeps its own), no batched weight product in any; the step matches -O0's loss."""
-    for name, left in (("rnn_sequence", 0), ("lstm_sequence", 0), ("gru_sequence", 1)):
+    """On the bundled samples at -O2: no whole-sequence projection and no batched weight
+    product is left; the step matches -O0's loss."""
+    for name, left in (("rnn_sequence", 0), ("lstm_sequence", 0), ("gru_sequence", 0)):
         g = graphc.load(f"samples/{name}.gc")
         ts = build_step(g, StepConfig(optimizer="adam"))
         g2 = optimize(ts.graph, 2)

@@ -9,7 +9,7 @@ product of X transposed with that stack, summed over the batch; the bias's a
 reduce_sum over N and T. In ONNX Runtime on a CPU every one of these is a
 pass over N*T*K values that the steps themselves never need whole (the
 stack, the matmul, the bias add, the split, the batched product, the sum),
-and the batched product runs as N small GEMMs. Two rules remove them:
+and the batched product runs as N small GEMMs. Three rules remove them:
 
 * `step_projection` (forward): when every step's slice but the first is the
   C operand of its recurrent GEMM, each step's projection moves into that
@@ -20,6 +20,14 @@ and the batched product runs as N small GEMMs. Two rules remove them:
   x_t = X[:, t, :] comes from one split of X (with a column of ones for the
   bias, built once); the first step, which has no recurrent product, gets
   `gemm(concat(x_0, 1), concat(W, b))`. Y, its bias add and its split go.
+* `gate_projection` (forward, the GRU): its recurrent product is cut into
+  gates and only r's and z's parts are added to the slice (the candidate's
+  recurrent part gets b_hn and is scaled by the reset gate). One GEMM per
+  step gives all four pieces, with a block weight (zeros where a part does
+  not read an operand, as cuDNN's GRU does):
+
+      [x_t, 1, h] @ [[W, 0], [b, b_hn], [U_r, U_z, 0, U_n]]  ->  r, z, n_x, n_h
+
 * `projection_grads` (backward): the weight's batched product and the
   bias's sum become one 2-D GEMM over all N*T rows, the bias gradient as its
   last row (the same column of ones):
@@ -31,13 +39,13 @@ and the batched product runs as N small GEMMs. Two rules remove them:
   gradient autodiff sums over the batch (`linear` on a sequence already
   lowers to one 2-D Gemm and needs nothing).
 
-Both are exact up to float summation order. Matched by data flow and
-shapes; an unrolled GRU keeps its forward projection (its recurrent product
-is split into gates and added piecewise, so no slice is a GEMM's C) and
-gets only the backward rule. See docs/optimizer.md for what each measured.
+All are exact up to float summation order, and matched by data flow and
+shapes. See docs/optimizer.md for what each measured.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from graphc.builder import Builder, Tensor
 from graphc.ir import Graph, Node
@@ -156,8 +164,8 @@ def _recurrent_gemm(g: Graph, ctx: dict, v: str) -> tuple[Node, list[Node]] | No
     return (r, shape) if g.types[v] == g.types[r.outputs[0]] else None
 
 
-def check_steps(g: Graph, node: Node, ctx: dict) -> Match | str:
-    """split(reshape(X @ W + b, [N, T*K]), axis=1, sizes=K...) feeding recurrent GEMMs."""
+def _sliced_projection(g: Graph, node: Node, ctx: dict) -> tuple | str:
+    """(X, W, b) when node is split(reshape(X @ W [+ b], [N, T*K]), axis=1, sizes=K...)."""
     flat = ctx["producers"].get(node.inputs[0])
     if flat is None or flat.op != "reshape" or g.types[node.inputs[0]].rank != 2:
         return "not a split of a reshaped sequence"
@@ -174,6 +182,14 @@ def check_steps(g: Graph, node: Node, ctx: dict) -> Match | str:
         return "the sequence is not X @ W (+ b) read only here"
     if _sequence(g, found[0], shape[1]) is None:
         return "X is not [N, T, F] with F known"
+    return found
+
+
+def check_steps(g: Graph, node: Node, ctx: dict) -> Match | str:
+    """split(reshape(X @ W + b, [N, T*K]), axis=1, sizes=K...) feeding recurrent GEMMs."""
+    found = _sliced_projection(g, node, ctx)
+    if isinstance(found, str):
+        return found
     gemms = [_recurrent_gemm(g, ctx, v) for v in node.outputs]
     if sum(r is None for r in gemms) > 1:
         return "more than one step's slice is not the C of a recurrent gemm"
@@ -206,6 +222,125 @@ def rewrite_steps(g: Graph, m: Match) -> None:
             r.inputs = [gemm.outputs[0] if i == v else i for i in r.inputs]
 
 
+# ------------------------------------------------------------- gate_projection
+def _parts(ctx: dict, v: str, width: int) -> Node | None:
+    """The split of v alone into three parts of `width` along axis 1, else None."""
+    readers = ctx["consumers"].get(v, ())
+    if v in ctx["protected"] or len(readers) != 1 or readers[0].op != "split":
+        return None
+    sp = readers[0]
+    if sp.inputs[0] != v or tuple(sp.attrs["sizes"]) != (width,) * 3 or sp.attrs["axis"] != 1:
+        return None
+    return sp
+
+
+def _only_reader(ctx: dict, v: str) -> Node | None:
+    readers = ctx["consumers"].get(v, ())
+    return readers[0] if len(readers) == 1 and v not in ctx["protected"] else None
+
+
+def _gru_step(g: Graph, ctx: dict, v: str, width: int) -> dict | None:
+    """A GRU step reading the slice v: split(v) -> xr, xz, xn; split(h @ U) -> rr, rz, rn;
+    xr + rr, xz + rz and rn + b_hn (the reset gate later scales the last). Else None."""
+    a = _parts(ctx, v, width)
+    if a is None:
+        return None
+    adds = [_only_reader(ctx, o) for o in a.outputs[:2]]
+    if any(n is None or n.op != "add" for n in adds):
+        return None
+    other = [n.inputs[1] if n.inputs[0] == o else n.inputs[0] for n, o in zip(adds, a.outputs)]
+    b = ctx["producers"].get(other[0])
+    if b is None or b.op != "split" or other != b.outputs[:2]:
+        return None
+    mm = ctx["producers"].get(b.inputs[0])
+    if (
+        mm is None
+        or mm.op != "matmul"
+        or _only_reader(ctx, mm.outputs[0]) is not b
+        or tuple(b.attrs["sizes"]) != (width,) * 3
+        or b.attrs["axis"] != 1
+        or g.types[mm.inputs[1]].rank != 2
+        or g.types[mm.inputs[0]].rank != 2
+    ):
+        return None
+    if any(_only_reader(ctx, o) is not n for o, n in zip(b.outputs[:2], adds)):
+        return None
+    hn = _only_reader(ctx, b.outputs[2])
+    if hn is None or hn.op != "add" or b.outputs[2] not in hn.inputs:
+        return None
+    bias_hn = hn.inputs[1] if hn.inputs[0] == b.outputs[2] else hn.inputs[0]
+    if g.types[bias_hn].shape != (width,):
+        return None
+    return {
+        "dead": [a, b, mm, *adds, hn],
+        "h": mm.inputs[0],
+        "u": mm.inputs[1],
+        "bias_hn": bias_hn,
+        "r": adds[0],
+        "z": adds[1],
+        "xn": a.outputs[2],
+        "hn": hn,
+    }
+
+
+def check_gates(g: Graph, node: Node, ctx: dict) -> Match | str:
+    """The GRU's form of step_projection: every step's slice but the first is cut into the
+    gates r, z, n, and r and z are added to the same cut of h @ U (n's recurrent part gets
+    b_hn and the reset gate instead)."""
+    found = _sliced_projection(g, node, ctx)
+    if isinstance(found, str):
+        return found
+    if found[2] is None:
+        return "the projection has no bias"
+    width = g.types[node.outputs[0]].shape[1]
+    if width % 3:
+        return "a step's slice is not three gates wide"
+    steps = [_gru_step(g, ctx, v, width // 3) for v in node.outputs]
+    if sum(s is None for s in steps) > 1:
+        return "more than one step's slice is not a GRU step's gates"
+    known = [s for s in steps if s is not None]
+    if len({(s["u"], s["bias_hn"]) for s in known}) != 1:
+        return "the steps do not share one recurrent weight and b_hn"
+    if any(v in ctx["protected"] for v in node.outputs):
+        return "a step's slice is a graph output"
+    return Match(node, {"projection": found, "steps": steps})
+
+
+def rewrite_gates(g: Graph, m: Match) -> None:
+    node = m.node
+    x_name, w_name, bias_name = m.values["projection"]
+    known = next(s for s in m.values["steps"] if s is not None)
+    b = builder_for(g, node)
+    x, w, bias = b.tensor(x_name), b.tensor(w_name), b.tensor(bias_name)
+    u, bias_hn = b.tensor(known["u"]), b.tensor(known["bias_hn"])
+    features, hidden = w.shape[0], u.shape[0]
+    dtype = np.dtype(w.dtype)
+    x = _with_ones(b, x)
+    w_b = b.concat(w, b.unsqueeze(bias, axes=(0,)), axis=0)  # [F + 1, 3H]: the first step
+    # one weight for [x_t, 1, h] -> [r and z summed, n's input part, n's recurrent part]
+    u_r, u_z, u_n = b.split(u, axis=1, sizes=(hidden,) * 3)
+    blocks = b.concat(
+        b.concat(w, b.const(np.zeros((features, hidden), dtype)), axis=1),
+        b.unsqueeze(b.concat(bias, bias_hn, axis=0), axes=(0,)),
+        b.concat(u_r, u_z, b.const(np.zeros((hidden, hidden), dtype)), u_n, axis=1),
+        axis=0,
+    )
+    steps, cols = x.shape[1], x.shape[2]
+    xs = b.split(b.reshape(x, shape=(0, steps * cols)), axis=1, sizes=(cols,) * steps)
+    for v, x_t, step in zip(node.outputs, xs, m.values["steps"]):
+        if step is None:  # the first step: no recurrent product
+            replace_uses(g, v, b.gemm(x_t, w_b).name)
+            continue
+        gates = b.gemm(b.concat(x_t, b.tensor(step["h"]), axis=1), blocks)
+        r, z, xn, hn = b.split(gates, axis=1, sizes=(hidden,) * 4)
+        for old, new in ((step["r"], r), (step["z"], z), (step["hn"], hn)):
+            replace_uses(g, old.outputs[0], new.name)
+        replace_uses(g, step["xn"], xn.name)
+        # gone, not just unread: the old cut would match this split again every round
+        for dead in step["dead"]:
+            del g.nodes[dead.name]
+
+
 fold_input_projection = rule_pass(
     "fold_input_projection",
     "a sequence layer's input projection folded into its per-step recurrent gemms, and "
@@ -217,6 +352,15 @@ fold_input_projection = rule_pass(
             check_steps,
             rewrite_steps,
             "gemm(h, U, C=(X @ W + b)[:, t]) -> gemm(concat(x_t, 1, h), concat(W, b, U))",
+            local=False,
+        ),
+        Rule(
+            "gate_projection",
+            ("split",),
+            check_gates,
+            rewrite_gates,
+            "the GRU's gates: gemm([x_t, 1, h], [[W, 0], [b, b_hn], [U_r, U_z, 0, U_n]]) -> "
+            "r and z summed, n's two parts apart",
             local=False,
         ),
         Rule(

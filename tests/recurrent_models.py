@@ -23,3 +23,14 @@ loss = mse(prediction, target)
 output(prediction)
 minimize(loss)
 """
+
+
+# the variants the pass tests run: each kind, truncated BPTT, and a loss on every step
+PASS_MODELS = {
+    "rnn": LAST.format(T=T, kind="rnn", extra=""),
+    "lstm": LAST.format(T=T, kind="lstm", extra=""),
+    "gru": LAST.format(T=T, kind="gru", extra=""),
+    "lstm_bptt2": LAST.format(T=T, kind="lstm", extra=", bptt=2"),
+    "gru_seq": SEQ.format(T=T, kind="gru", extra=""),
+    "rnn_seq_bptt2": SEQ.format(T=T, kind="rnn", extra=", bptt=2"),
+}

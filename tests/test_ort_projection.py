@@ -21,16 +21,9 @@ from graphc.ir import Graph
 from graphc.passes import PIPELINES, optimize
 from graphc.runtime import make_session
 from graphc.train.step import StepConfig, build_step
-from recurrent_models import LAST, SEQ, T
+from recurrent_models import PASS_MODELS, T
 
-MODELS = {
-    "rnn": LAST.format(T=T, kind="rnn", extra=""),
-    "lstm": LAST.format(T=T, kind="lstm", extra=""),
-    "gru": LAST.format(T=T, kind="gru", extra=""),
-    "lstm_bptt2": LAST.format(T=T, kind="lstm", extra=", bptt=2"),
-    "gru_seq": SEQ.format(T=T, kind="gru", extra=""),
-    "rnn_seq_bptt2": SEQ.format(T=T, kind="rnn", extra=", bptt=2"),
-}
+MODELS = PASS_MODELS
 # what forms the pattern: the recurrent gemm and the one split of the projection
 BEFORE = ["fuse_gemm", "static_reshape", "merge_step_slices", "merge_step_sums"]
 PASS = ["fold_input_projection", "eliminate_dead_code"]

@@ -25,19 +25,12 @@ from graphc.passes import PIPELINES, optimize
 from graphc.passes.unroll import reshape_spec
 from graphc.runtime import make_session
 from graphc.train.step import StepConfig, build_step
-from recurrent_models import LAST, SEQ, T  # the shared small models
+from recurrent_models import LAST, PASS_MODELS, T  # the shared small models
 
 MINE = ["static_reshape", "merge_step_slices", "merge_step_sums"]
 
 
-MODELS = {
-    "rnn": LAST.format(T=T, kind="rnn", extra=""),
-    "lstm": LAST.format(T=T, kind="lstm", extra=""),
-    "gru": LAST.format(T=T, kind="gru", extra=""),
-    "lstm_bptt2": LAST.format(T=T, kind="lstm", extra=", bptt=2"),
-    "gru_seq": SEQ.format(T=T, kind="gru", extra=""),
-    "rnn_seq_bptt2": SEQ.format(T=T, kind="rnn", extra=", bptt=2"),
-}
+MODELS = PASS_MODELS
 
 # every variant of -O2 minus the flat optimizer update, whose step interface may differ
 O2_SAME_OUTPUTS = [p for p in PIPELINES[2] if p != "fuse_optimizer_update"]

@@ -182,6 +182,8 @@ def _sliced_projection(g: Graph, node: Node, ctx: dict) -> tuple | str:
         return "the sequence is not X @ W (+ b) read only here"
     if _sequence(g, found[0], shape[1]) is None:
         return "X is not [N, T, F] with F known"
+    if any(v in ctx["protected"] for v in node.outputs):
+        return "a step's slice is a graph output"
     return found
 
 
@@ -193,8 +195,6 @@ def check_steps(g: Graph, node: Node, ctx: dict) -> Match | str:
     gemms = [_recurrent_gemm(g, ctx, v) for v in node.outputs]
     if sum(r is None for r in gemms) > 1:
         return "more than one step's slice is not the C of a recurrent gemm"
-    if any(v in ctx["protected"] for v in node.outputs):
-        return "a step's slice is a graph output"
     return Match(node, {"projection": found, "gemms": gemms})
 
 
@@ -301,8 +301,6 @@ def check_gates(g: Graph, node: Node, ctx: dict) -> Match | str:
     known = [s for s in steps if s is not None]
     if len({(s["u"], s["bias_hn"]) for s in known}) != 1:
         return "the steps do not share one recurrent weight and b_hn"
-    if any(v in ctx["protected"] for v in node.outputs):
-        return "a step's slice is a graph output"
     return Match(node, {"projection": found, "steps": steps})
 
 

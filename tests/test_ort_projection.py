@@ -63,6 +63,14 @@ def time_sums(g: Graph) -> int:
     return sum(n.op == "reduce_sum" and n.attrs["axes"] == (0, 1) for n in g.nodes.values())
 
 
+def stacks(g: Graph) -> int:
+    """Concats of the T steps' pre-activation gradients into one [N, T*K] stack."""
+    return sum(
+        n.op == "concat" and bool(n.tags.get("grad")) and len(n.inputs) >= T
+        for n in g.nodes.values()
+    )
+
+
 def projections(g: Graph) -> int:
     """Whole-sequence input projections: a matmul of the input x by a weight."""
     return sum(n.op == "matmul" and n.inputs[0] == "x" for n in g.nodes.values())
@@ -117,6 +125,13 @@ def test_what_the_pass_removes(step):
     assert len(steps) == T and all(not n.inputs[2:] or not n.inputs[2] for n in steps)
     widths = sorted(after.types[n.inputs[0]].shape[1] for n in steps)
     assert widths == [2 + 1] + [2 + 1 + 4] * (T - 1)  # F + ones (+ units)
+    # rnn, lstm: the recurrent weight's per-step gradient GEMMs read the forward's
+    # [x_t, 1, h], so they give the input weight's and the bias's gradients too: the stack
+    # of the step gradients over time is gone. The GRU keeps it (its recurrent weight's
+    # gradient reads the gates' recurrent parts, not the slice's gradient), and so does
+    # lstm_bptt2, whose one step in reach leaves no sum of terms to join.
+    assert stacks(before) == 1
+    assert stacks(after) == (1 if name.startswith("gru") or name == "lstm_bptt2" else 0)
     if name.startswith("gru"):
         outs = sorted(after.types[n.outputs[0]].shape[1] for n in steps)
         assert outs == [3 * 4] + [4 * 4] * (T - 1)

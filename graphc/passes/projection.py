@@ -35,6 +35,14 @@ and the batched product runs as N small GEMMs. Three rules remove them:
       sum_n X[n]^T dZ[n], sum_{n,t} dZ[n,t]  ->  split(gemm([X, 1] as [N*T, F+1],
                                                            dZ as [N*T, K], transA))
 
+  Where the forward rule has run, each step's operand `[x_t, 1, h]` already
+  exists and the recurrent weight's gradient is a sum of per-step GEMMs
+  `h^T dz_t`: those GEMMs take the whole operand instead, and one sum gives
+  the input weight's, the bias's and the recurrent weight's gradients, with
+  no stack at all:
+
+      sum_t [x_t, 1, h]^T dz_t  ->  split into dW, db, dU
+
   It matches any matmul of a [N, T, F] tensor by a 2-D weight whose
   gradient autodiff sums over the batch (`linear` on a sequence already
   lowers to one 2-D Gemm and needs nothing).
@@ -101,10 +109,136 @@ def check_grads(g: Graph, node: Node, ctx: dict) -> Match | str:
         for r in ctx["consumers"].get(dz, ())
         if r.op == "reduce_sum" and reduce_axes(g, r) == (0, 1) and not r.attrs["keepdims"]
     ]
-    return Match(node, {"x": tr.inputs[0], "dz": dz, "sum": readers[0], "bias": bias[:1]})
+    wide = _step_operands(g, ctx, dz, tr.inputs[0]) if bias else None
+    return Match(
+        node, {"x": tr.inputs[0], "dz": dz, "sum": readers[0], "bias": bias[:1], "wide": wide}
+    )
+
+
+def _steps(g: Graph, pieces: list[str], steps: int, width: int) -> list[list[str]] | None:
+    """A concat's operands grouped into `steps` runs of `width` columns, or None."""
+    groups: list[list[str]] = []
+    run: list[str] = []
+    cols = 0
+    for v in pieces:
+        t = g.types[v]
+        if t.rank != 2 or not isinstance(t.shape[1], int):
+            return None
+        run.append(v)
+        cols += t.shape[1]
+        if cols == width:
+            groups.append(run)
+            run, cols = [], 0
+        elif cols > width:
+            return None
+    return groups if not run and len(groups) == steps else None
+
+
+def _ones_split(ctx: dict, v: str, x: str) -> tuple[Node, int] | None:
+    """(the split, index) when v is step t's [x_t, 1] from split(reshape(concat(X, ones)))."""
+    sp = ctx["producers"].get(v)
+    flat = ctx["producers"].get(sp.inputs[0]) if sp is not None and sp.op == "split" else None
+    cat = (
+        ctx["producers"].get(flat.inputs[0]) if flat is not None and flat.op == "reshape" else None
+    )
+    if cat is None or cat.op != "concat" or cat.inputs[0] != x:
+        return None
+    ones = ctx["producers"].get(cat.inputs[1])
+    return (sp, sp.outputs.index(v)) if ones is not None and ones.op == "ones_like" else None
+
+
+def _step_operands(g: Graph, ctx: dict, dz: str, x: str) -> dict | None:
+    """Where step_projection has run: the recurrent weight's per-step gradient terms
+    gemm(h, dz_t, transA) whose h sits next to [x_t, 1] in that step's forward operand
+    concat(x_t, 1, h). Their GEMMs over the whole operand give the input weight's and the
+    bias's gradients too, and the dz stack is not needed."""
+    flat = ctx["producers"].get(dz)
+    stack = (
+        ctx["producers"].get(flat.inputs[0]) if flat is not None and flat.op == "reshape" else None
+    )
+    if (
+        stack is None
+        or stack.op != "concat"
+        or len(ctx["consumers"].get(stack.outputs[0], ())) != 1
+    ):
+        return None
+    steps, width = g.types[dz].shape[1:]
+    groups = _steps(g, stack.inputs, steps, width)
+    if groups is None:
+        return None
+    terms, split, total = {}, None, None
+    for t, run in enumerate(groups):
+        if len(run) != 1:
+            continue
+        for r in ctx["consumers"].get(run[0], ()):
+            if (
+                r.op != "gemm"
+                or r.inputs[1] != run[0]
+                or not r.attrs["transA"]
+                or r.inputs[2:3] not in ([], [""])
+            ):
+                continue
+            if r.attrs["transB"] or r.attrs["alpha"] != 1.0:
+                continue
+            sums = ctx["consumers"].get(r.outputs[0], ())
+            if len(sums) != 1 or sums[0].op != "add_n" or total not in (None, sums[0]):
+                continue
+            for c in ctx["consumers"].get(r.inputs[0], ()):
+                found = _ones_split(ctx, c.inputs[0], x) if c.op == "concat" else None
+                if (
+                    found
+                    and c.inputs[1:] == [r.inputs[0]]
+                    and found[1] == t
+                    and split in (None, found[0])
+                ):
+                    terms[t] = (r, c)
+                    split, total = found[0], sums[0]
+                    break
+            if t in terms:
+                break
+    if not terms:
+        return None
+    return {"groups": groups, "terms": terms, "split": split, "sum": total}
+
+
+def _rewrite_wide(g: Graph, m: Match) -> None:
+    """[dW; db; dU] as one sum of per-step GEMMs over the forward's [x_t, 1, h] operands."""
+    total, bias, wide = m.values["sum"], m.values["bias"], m.values["wide"]
+    b = builder_for(g, total)
+    terms, xs = wide["terms"], wide["split"].outputs
+    first = next(iter(terms.values()))[0]
+    features = g.types[m.values["x"]].shape[2]
+    hidden = g.types[first.inputs[0]].shape[1]
+    stacked = b.add_n(
+        *(
+            b.gemm(b.tensor(c.outputs[0]), b.tensor(r.inputs[1]), transA=True)
+            for r, c in terms.values()
+        )
+    )
+    top, du = b.split(stacked, axis=0, sizes=(features + 1, hidden))
+    rest = [
+        b.gemm(
+            b.tensor(xs[t]),
+            b.tensor(run[0]) if len(run) == 1 else b.concat(*map(b.tensor, run), axis=1),
+            transA=True,
+        )
+        for t, run in enumerate(wide["groups"])
+        if t not in terms
+    ]
+    grad = b.add_n(top, *rest) if rest else top
+    dw, db = b.split(grad, axis=0, sizes=(features, 1))
+    replace_uses(g, bias[0].outputs[0], b.reshape(db, shape=(-1,)).name)
+    replace_uses(g, total.outputs[0], dw.name)
+    old = {r.outputs[0] for r, _ in terms.values()}
+    wide["sum"].inputs = [du.name, *(v for v in wide["sum"].inputs if v not in old)]
+    for n in (total, *bias, *(r for r, _ in terms.values())):
+        del g.nodes[n.name]
 
 
 def rewrite_grads(g: Graph, m: Match) -> None:
+    if m.values["wide"] is not None:
+        _rewrite_wide(g, m)
+        return
     total, bias = m.values["sum"], m.values["bias"]
     b = builder_for(g, total)
     x, dz = b.tensor(m.values["x"]), b.tensor(m.values["dz"])

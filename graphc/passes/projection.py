@@ -147,55 +147,53 @@ def _ones_split(ctx: dict, v: str, x: str) -> tuple[Node, int] | None:
     return (sp, sp.outputs.index(v)) if ones is not None and ones.op == "ones_like" else None
 
 
+def _weight_term(ctx: dict, d: str) -> tuple[Node, Node] | None:
+    """(gemm, add_n) for a plain gemm(h, d, transA) read only by an add_n, else None."""
+    for r in ctx["consumers"].get(d, ()):
+        plain = r.op == "gemm" and r.inputs[1] == d and r.inputs[2:3] in ([], [""])
+        if not plain or not r.attrs["transA"] or r.attrs["transB"] or r.attrs["alpha"] != 1.0:
+            continue
+        sums = ctx["consumers"].get(r.outputs[0], ())
+        if r.outputs[0] not in ctx["protected"] and len(sums) == 1 and sums[0].op == "add_n":
+            return r, sums[0]
+    return None
+
+
+def _step_operand(g: Graph, ctx: dict, h: str, x: str, t: int) -> tuple[Node, Node] | None:
+    """(concat, split) for step t's forward operand concat([x_t, 1], h), [x_t, 1] being
+    output t of the split of [X, 1] that step_projection made, else None."""
+    for c in ctx["consumers"].get(h, ()):
+        if c.op != "concat" or c.inputs[1:] != [h] or c.attrs["axis"] % 2 != 1:
+            continue
+        found = _ones_split(ctx, c.inputs[0], x)
+        if found is not None and found[1] == t:
+            return c, found[0]
+    return None
+
+
 def _step_operands(g: Graph, ctx: dict, dz: str, x: str) -> dict | None:
     """Where step_projection has run: the recurrent weight's per-step gradient terms
     gemm(h, dz_t, transA) whose h sits next to [x_t, 1] in that step's forward operand
     concat(x_t, 1, h). Their GEMMs over the whole operand give the input weight's and the
     bias's gradients too, and the dz stack is not needed."""
     flat = ctx["producers"].get(dz)
-    stack = (
-        ctx["producers"].get(flat.inputs[0]) if flat is not None and flat.op == "reshape" else None
-    )
-    if (
-        stack is None
-        or stack.op != "concat"
-        or len(ctx["consumers"].get(stack.outputs[0], ())) != 1
-    ):
+    if flat is None or flat.op != "reshape":
         return None
-    steps, width = g.types[dz].shape[1:]
-    groups = _steps(g, stack.inputs, steps, width)
+    stack = ctx["producers"].get(flat.inputs[0])
+    if stack is None or stack.op != "concat" or len(ctx["consumers"][stack.outputs[0]]) != 1:
+        return None
+    groups = _steps(g, stack.inputs, *g.types[dz].shape[1:])
     if groups is None:
         return None
-    terms, split, total = {}, None, None
+    terms: dict[int, tuple[Node, Node]] = {}
+    split = total = None
     for t, run in enumerate(groups):
-        if len(run) != 1:
+        term = _weight_term(ctx, run[0]) if len(run) == 1 else None
+        operand = _step_operand(g, ctx, term[0].inputs[0], x, t) if term else None
+        if operand is None or split not in (None, operand[1]) or total not in (None, term[1]):
             continue
-        for r in ctx["consumers"].get(run[0], ()):
-            if (
-                r.op != "gemm"
-                or r.inputs[1] != run[0]
-                or not r.attrs["transA"]
-                or r.inputs[2:3] not in ([], [""])
-            ):
-                continue
-            if r.attrs["transB"] or r.attrs["alpha"] != 1.0:
-                continue
-            sums = ctx["consumers"].get(r.outputs[0], ())
-            if len(sums) != 1 or sums[0].op != "add_n" or total not in (None, sums[0]):
-                continue
-            for c in ctx["consumers"].get(r.inputs[0], ()):
-                found = _ones_split(ctx, c.inputs[0], x) if c.op == "concat" else None
-                if (
-                    found
-                    and c.inputs[1:] == [r.inputs[0]]
-                    and found[1] == t
-                    and split in (None, found[0])
-                ):
-                    terms[t] = (r, c)
-                    split, total = found[0], sums[0]
-                    break
-            if t in terms:
-                break
+        terms[t] = (term[0], operand[0])
+        split, total = operand[1], term[1]
     if not terms:
         return None
     return {"groups": groups, "terms": terms, "split": split, "sum": total}

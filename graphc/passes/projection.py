@@ -63,6 +63,7 @@ from graphc.passes.rewrite import (
     builder_for,
     reduce_axes,
     replace_uses,
+    reroute,
     rule_pass,
 )
 from graphc.passes.time_batch import SHAPE_ONLY
@@ -223,13 +224,23 @@ def _rewrite_wide(g: Graph, m: Match) -> None:
         for t, run in enumerate(wide["groups"])
         if t not in terms
     ]
-    grad = b.add_n(top, *rest) if rest else top
-    dw, db = b.split(grad, axis=0, sizes=(features, 1))
-    replace_uses(g, bias[0].outputs[0], b.reshape(db, shape=(-1,)).name)
-    replace_uses(g, total.outputs[0], dw.name)
     old = {r.outputs[0] for r, _ in terms.values()}
     wide["sum"].inputs = [du.name, *(v for v in wide["sum"].inputs if v not in old)]
-    for n in (total, *bias, *(r for r, _ in terms.values())):
+    for r, _ in terms.values():
+        del g.nodes[r.name]
+    _replace_sums(g, b, b.add_n(top, *rest) if rest else top, features, total, bias)
+
+
+def _replace_sums(g: Graph, b: Builder, grad: Tensor, features: int, total: Node, bias):
+    """Route the weight's batch sum (and the bias's sum, grad's last row) to grad, and drop
+    them: gone, not just unread, since a sum left behind keeps the product alive for the
+    next round."""
+    if bias:
+        dw, db = b.split(grad, axis=0, sizes=(features, 1))
+        replace_uses(g, bias[0].outputs[0], b.reshape(db, shape=(-1,)).name)
+        grad = dw
+    replace_uses(g, total.outputs[0], grad.name)
+    for n in (total, *bias):
         del g.nodes[n.name]
 
 
@@ -245,14 +256,7 @@ def rewrite_grads(g: Graph, m: Match) -> None:
         x = _with_ones(b, x)
     rows = b.reshape(x, shape=(-1, x.shape[2]))
     grad = b.gemm(rows, b.reshape(dz, shape=(-1, dz.shape[2])), transA=True)
-    if bias:
-        dw, db = b.split(grad, axis=0, sizes=(features, 1))
-        replace_uses(g, bias[0].outputs[0], b.reshape(db, shape=(-1,)).name)
-        grad = dw
-    replace_uses(g, total.outputs[0], grad.name)
-    # gone, not just unread: a sum left behind keeps the product alive for the next round
-    for n in (total, *bias):
-        del g.nodes[n.name]
+    _replace_sums(g, b, grad, features, total, bias)
 
 
 # ------------------------------------------------------------- step_projection
@@ -327,7 +331,7 @@ def check_steps(g: Graph, node: Node, ctx: dict) -> Match | str:
     gemms = [_recurrent_gemm(g, ctx, v) for v in node.outputs]
     if sum(r is None for r in gemms) > 1:
         return "more than one step's slice is not the C of a recurrent gemm"
-    return Match(node, {"projection": found, "gemms": gemms})
+    return Match(node, {"projection": found, "gemms": gemms, "consumers": ctx["consumers"]})
 
 
 def rewrite_steps(g: Graph, m: Match) -> None:
@@ -341,17 +345,17 @@ def rewrite_steps(g: Graph, m: Match) -> None:
     steps, cols = x.shape[1], x.shape[2]
     xs = b.split(b.reshape(x, shape=(0, steps * cols)), axis=1, sizes=(cols,) * steps)
     stacked: dict[str, Tensor] = {}  # one [W; b; U] per recurrent weight
+    readers = m.values["consumers"]
     for v, x_t, found in zip(node.outputs, xs, m.values["gemms"]):
         if found is None:  # the first step: no recurrent product to join
-            replace_uses(g, v, b.gemm(x_t, w).name)
+            reroute(readers.get(v, ()), v, b.gemm(x_t, w).name)
             continue
         gemm, shape_readers = found
         u = gemm.inputs[1]
         if u not in stacked:
             stacked[u] = b.concat(w, b.tensor(u), axis=0)
         gemm.inputs = [b.concat(x_t, b.tensor(gemm.inputs[0]), axis=1).name, stacked[u].name]
-        for r in shape_readers:  # the gemm's output has the slice's shape
-            r.inputs = [gemm.outputs[0] if i == v else i for i in r.inputs]
+        reroute(shape_readers, v, gemm.outputs[0])  # the gemm's output has the slice's shape
 
 
 # ------------------------------------------------------------- gate_projection
@@ -433,7 +437,7 @@ def check_gates(g: Graph, node: Node, ctx: dict) -> Match | str:
     known = [s for s in steps if s is not None]
     if len({(s["u"], s["bias_hn"]) for s in known}) != 1:
         return "the steps do not share one recurrent weight and b_hn"
-    return Match(node, {"projection": found, "steps": steps})
+    return Match(node, {"projection": found, "steps": steps, "consumers": ctx["consumers"]})
 
 
 def rewrite_gates(g: Graph, m: Match) -> None:
@@ -457,15 +461,16 @@ def rewrite_gates(g: Graph, m: Match) -> None:
     )
     steps, cols = x.shape[1], x.shape[2]
     xs = b.split(b.reshape(x, shape=(0, steps * cols)), axis=1, sizes=(cols,) * steps)
+    readers = m.values["consumers"]
     for v, x_t, step in zip(node.outputs, xs, m.values["steps"]):
         if step is None:  # the first step: no recurrent product
-            replace_uses(g, v, b.gemm(x_t, w_b).name)
+            reroute(readers.get(v, ()), v, b.gemm(x_t, w_b).name)
             continue
         gates = b.gemm(b.concat(x_t, b.tensor(step["h"]), axis=1), blocks)
         r, z, xn, hn = b.split(gates, axis=1, sizes=(hidden,) * 4)
-        for old, new in ((step["r"], r), (step["z"], z), (step["hn"], hn)):
-            replace_uses(g, old.outputs[0], new.name)
-        replace_uses(g, step["xn"], xn.name)
+        olds = (step["r"].outputs[0], step["z"].outputs[0], step["hn"].outputs[0], step["xn"])
+        for old, new in zip(olds, (r, z, hn, xn)):
+            reroute(readers.get(old, ()), old, new.name)
         # gone, not just unread: the old cut would match this split again every round
         for dead in step["dead"]:
             del g.nodes[dead.name]
@@ -474,7 +479,8 @@ def rewrite_gates(g: Graph, m: Match) -> None:
 fold_input_projection = rule_pass(
     "fold_input_projection",
     "a sequence layer's input projection folded into its per-step recurrent gemms, and "
-    "its weight and bias gradients as one 2-D gemm (no [N, T, K] stack, product or sum)",
+    "its weight and bias gradients from the recurrent weight's per-step gemms or one 2-D "
+    "gemm (no [N, T, K] projection, batched product or sum)",
     [
         Rule(
             "step_projection",
@@ -498,7 +504,8 @@ fold_input_projection = rule_pass(
             ("matmul",),
             check_grads,
             rewrite_grads,
-            "sum_n X[n]^T dZ[n] and sum_{n,t} dZ -> split(gemm([X, 1]^T, dZ) over N*T rows)",
+            "sum_n X[n]^T dZ[n] and sum_{n,t} dZ -> split(sum_t [x_t, 1, h]^T dz_t), or "
+            "split(gemm([X, 1]^T, dZ) over N*T rows)",
             local=False,
         ),
     ],

@@ -64,6 +64,15 @@ def replace_uses(g: Graph, old: str, new: str) -> None:
             n.inputs = [new if v == old else v for v in n.inputs]
 
 
+def reroute(readers, old: str, new: str) -> None:
+    """Make each of `readers` (old's readers, from the round's index) read `new` instead.
+
+    A rewrite that reroutes many values (one per time step) goes through the index; a
+    `replace_uses` per value would scan the whole graph each time (quadratic in T)."""
+    for r in readers:
+        r.inputs = [new if v == old else v for v in r.inputs]
+
+
 def reduce_axes(g: Graph, node: Node) -> tuple[int, ...]:
     """A reduction's axes attribute normalized: sorted and non-negative; None, an int or a
     tuple as the op accepts them (the graph is verified, so they are in range)."""

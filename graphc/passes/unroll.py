@@ -26,7 +26,7 @@ T nodes for one:
 from __future__ import annotations
 
 from graphc.ir import Graph, Node
-from graphc.passes.rewrite import Match, Rule, builder_for, rule_pass
+from graphc.passes.rewrite import Match, Rule, builder_for, reroute, rule_pass
 
 
 # ------------------------------------------------------------- static_reshape
@@ -143,15 +143,12 @@ def rewrite_split_squeeze(g: Graph, m: Match) -> None:
         node.outputs, m.values["views"], m.values["shape_readers"], parts
     ):
         for r in squeezes:
-            for c in readers.get(r.outputs[0], ()):
-                c.inputs = [part.name if v == r.outputs[0] else v for v in c.inputs]
+            reroute(readers.get(r.outputs[0], ()), r.outputs[0], part.name)
             # gone, not just unread: a squeeze left behind would match this split again
             # every round (until DCE), and rerouting through the index keeps this linear
             del g.nodes[r.name]
         if others:  # a gradient's reshape_like or zeros_like: give it the slice's shape back
-            like = b.unsqueeze(part, axes=(k,)).name
-            for r in others:
-                r.inputs = [like if v == old else v for v in r.inputs]
+            reroute(others, old, b.unsqueeze(part, axes=(k,)).name)
 
 
 def check_concat_unsqueeze(g: Graph, node: Node, ctx: dict) -> Match | str:
